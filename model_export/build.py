@@ -1,0 +1,197 @@
+"""The offline pipeline: data -> split -> train both models -> ONNX (parity-checked) -> FAISS -> bundle -> evaluate."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from model_export.build_index import build_index, recall_vs_exact
+from model_export.bundle import BundleWriter, code_version
+from model_export.config import ExportConfig
+from model_export.data import Dataset, implicit, temporal_split, user_histories
+from model_export.evaluate import evaluate
+from model_export.export_onnx import export, parity
+from model_export.train import (
+    embed_items,
+    embed_users,
+    item_log_popularity,
+    ranker_examples,
+    seed_everything,
+    train_ranker,
+    train_two_tower,
+)
+from service import bundle as files
+from service.bundle import load_bundle
+from service.features import RANKER_CONTEXT_FEATURES, history_windows
+from service.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    version: str
+    metrics: dict[str, Any]
+
+
+def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(n, size=min(n, size), replace=False))
+
+
+def build_bundle(raw: Dataset, config: ExportConfig, out_dir: Path, progress: bool = True) -> BuildResult:
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    rng = np.random.default_rng(config.seed)
+    dataset = implicit(raw, config.min_rating)
+    train, heldout = temporal_split(dataset.interactions, config.holdout_fraction)
+    tt_train, rank_events = temporal_split(train, config.ranker.window_fraction)
+    log.info(
+        "%s: %d users, %d items, %d positives (%d train, %d held out)",
+        dataset.name,
+        dataset.n_users,
+        dataset.n_items,
+        len(dataset.interactions),
+        len(train),
+        len(heldout),
+    )
+
+    user_tower, item_tower, tt_losses = train_two_tower(dataset, tt_train, config, progress)
+    item_embeddings = embed_items(item_tower, dataset.item_dense)
+    log_popularity = item_log_popularity(train, dataset.n_items)
+    examples = ranker_examples(dataset, train, rank_events, user_tower, item_embeddings, log_popularity, config)
+    ranker, ranker_losses = train_ranker(dataset, examples, examples.dense.shape[1], config, progress)
+
+    offsets, history = user_histories(train, dataset.n_users)
+    L = config.two_tower.history_length
+    writer = BundleWriter(out_dir)
+    try:
+        # ONNX export and parity on real inputs: users with their real histories, real items, real examples.
+        sample_users = _sample(dataset.n_users, 512, rng)
+        user_inputs = {
+            "user_idx": sample_users,
+            "history": history_windows([history[offsets[u] : offsets[u + 1]] for u in sample_users], L),
+            "user_categorical": dataset.user_categorical[sample_users],
+        }
+        sample_items = _sample(dataset.n_items, 4096, rng)
+        item_inputs = {"item_idx": sample_items, "item_dense": dataset.item_dense[sample_items]}
+        rows = _sample(len(examples.label), 2048, rng)
+        ranker_inputs = {
+            "user_idx": examples.user_idx[rows],
+            "item_idx": examples.item_idx[rows],
+            "user_categorical": examples.user_categorical[rows],
+            "dense": examples.dense[rows],
+        }
+        parities = {}
+        for name, module, inputs, output in (
+            (files.USER_TOWER, user_tower, user_inputs, "user_embedding"),
+            (files.ITEM_TOWER, item_tower, item_inputs, "item_embedding"),
+            (files.RANKER, ranker, ranker_inputs, "score"),
+        ):
+            assert isinstance(module, nn.Module)
+            export(module, inputs, output, writer.path(name))
+            parities[name.removesuffix(".onnx")] = parity(module, writer.path(name), inputs)
+        log.info("ONNX parity (max abs diff): %s", parities)
+
+        index, index_info = build_index(item_embeddings, config.index)
+        query_users = _sample(dataset.n_users, config.index.recall_queries, rng)
+        queries = embed_users(
+            user_tower,
+            query_users,
+            history_windows([history[offsets[u] : offsets[u + 1]] for u in query_users], L),
+            dataset.user_categorical[query_users],
+        )
+        index_info["recall_at"] = min(config.index.recall_at, dataset.n_items)
+        index_info["recall_vs_exact"] = recall_vs_exact(index, item_embeddings, queries, config.index.recall_at)
+        import faiss
+
+        faiss.write_index(index, str(writer.path(files.INDEX)))
+
+        writer.array(files.ITEM_EMBEDDINGS, item_embeddings)
+        writer.array(files.ITEM_DENSE, dataset.item_dense)
+        writer.array(files.ITEM_LOG_POPULARITY, log_popularity)
+        writer.array(files.USER_CATEGORICAL, dataset.user_categorical)
+        writer.array(files.HISTORY_OFFSETS, offsets)
+        writer.array(files.HISTORY_ITEMS, history)
+        writer.json(files.ITEM_IDS, dataset.item_ids)
+        writer.json(files.USER_IDS, dataset.user_ids)
+        writer.json(files.ITEM_TITLES, dataset.item_titles)
+
+        created = datetime.now(UTC).replace(microsecond=0)
+        version = f"{dataset.name}-{created:%Y%m%dT%H%M%SZ}-{writer.content_hash()}"
+        fields: dict[str, Any] = {
+            "bundle_version": version,
+            "created_at": created,
+            "code_version": code_version(),
+            "dataset": {
+                "name": dataset.name,
+                "n_users": dataset.n_users,
+                "n_items": dataset.n_items,
+                "n_ratings": len(raw.interactions),
+                "n_positives": len(dataset.interactions),
+                "n_train": len(train),
+                "n_heldout": len(heldout),
+                "split": f"per user, latest {config.holdout_fraction:.0%} of positives held out",
+            },
+            "dims": {
+                "n_users": dataset.n_users,
+                "n_items": dataset.n_items,
+                "embedding_dim": config.two_tower.embedding_dim,
+                "history_length": L,
+                "user_categorical_cardinalities": dataset.user_categorical_cardinalities,
+                "item_dense_dim": dataset.item_dense.shape[1],
+                "ranker_dense_dim": examples.dense.shape[1],
+            },
+            "feature_spec": {
+                "positive_rule": dataset.positive_rule,
+                "user_categorical": dataset.user_categorical_names,
+                "item_dense": dataset.item_dense_names,
+                "ranker_dense": dataset.item_dense_names + list(RANKER_CONTEXT_FEATURES),
+                "user_tower_inputs": {
+                    "user_idx": "int64 (B,): user index; n_users = unknown user",
+                    "history": f"int64 (B, {L}): latest items, oldest first, -1 padded",
+                    "user_categorical": "int64 (B, U): 0 = unknown",
+                },
+                "item_tower_inputs": {"item_idx": "int64 (B,)", "item_dense": "float32 (B, item_dense_dim)"},
+                "ranker_inputs": {
+                    "user_idx": "int64 (N,)",
+                    "item_idx": "int64 (N,)",
+                    "user_categorical": "int64 (N, U)",
+                    "dense": "float32 (N, ranker_dense_dim): service.features.ranker_dense_features",
+                },
+                "unknown_user": "user tower with user_idx = n_users, empty history, unknown categoricals",
+            },
+            "index": index_info,
+            "onnx_parity_max_abs_diff": parities,
+            "training": {
+                "config": config.to_dict(),
+                "two_tower_loss": tt_losses,
+                "ranker_loss": ranker_losses,
+                "ranker_examples": len(examples.label),
+                "seconds": round(time.perf_counter() - started, 1),
+            },
+            "metrics": {},
+        }
+        writer.write_manifest(fields)
+
+        # Evaluate the bundle as the service will run it (ONNX Runtime + FAISS, CPU), then record the metrics.
+        pipeline = Pipeline.open(load_bundle(writer.tmp), device="cpu", intra_op_threads=0)
+        metrics = evaluate(pipeline, heldout, config.eval_k, config.num_candidates, progress)
+        fields["metrics"] = {
+            "validation": metrics,
+            "protocol": "temporal hold-out, seen items excluded, full ranking",
+        }
+        writer.write_manifest(fields)
+        path = writer.finish(version)
+    except BaseException:
+        writer.abort()
+        raise
+    log.info("wrote bundle %s in %.1fs", path, time.perf_counter() - started)
+    return BuildResult(path=path, version=version, metrics=metrics)

@@ -1,0 +1,106 @@
+"""Training and export configuration: plain dataclasses and two presets (`tiny` for tests, `default`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    n_users: int = 6000
+    n_items: int = 3000
+    n_genres: int = 12
+    n_clusters: int = 10
+    mean_interactions: float = 40.0
+    popularity_exponent: float = 1.0  # Zipf exponent of item popularity
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    embedding_dim: int = 64  # output dimension of both towers (the FAISS dimension)
+    id_dim: int = 64
+    categorical_dim: int = 8
+    hidden_dim: int = 256
+    history_length: int = 50
+    temperature: float = 0.05
+    logq_correction: bool = True
+    user_id_dropout: float = 0.1  # teaches the OOV user row, used for unknown users
+    batch_size: int = 1024
+    epochs: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-6
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    id_dim: int = 16
+    categorical_dim: int = 8
+    cross_layers: int = 2
+    hidden_dims: tuple[int, ...] = (256, 128)
+    window_fraction: float = 0.2  # share of each user's training events held out of two-tower training as labels
+    # Negatives mostly come from where serving candidates come from (the two-tower's top `hard_pool`, the
+    # candidate count), so the ranker learns to order retrieved items rather than to tell them from random
+    # ones; measured on ml-100k: NDCG@10 0.119 with 8 from the top 500 + 1 uniform, 0.071 with 4 from the top
+    # 100 + 4 uniform (retrieval alone 0.112).
+    uniform_negatives: int = 1
+    hard_negatives: int = 8
+    hard_pool: int = 500
+    batch_size: int = 2048
+    epochs: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 1e-6
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    exact_max_items: int = 100_000  # above this an HNSW index replaces the exact flat index
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 256
+    recall_at: int = 100  # recall of the approximate index against exact search, measured at this depth
+    recall_queries: int = 1000
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    preset: str = "default"
+    seed: int = 0
+    min_rating: float = 4.0  # explicit ratings at or above this are positives
+    holdout_fraction: float = 0.2  # latest share of each user's positives held out for validation
+    eval_k: int = 10
+    num_candidates: int = 500
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, ExportConfig] = {
+    "default": ExportConfig(),
+    "tiny": ExportConfig(
+        preset="tiny",
+        num_candidates=100,
+        synthetic=SyntheticConfig(n_users=300, n_items=200, n_genres=6, n_clusters=4, mean_interactions=20.0),
+        two_tower=TwoTowerConfig(
+            embedding_dim=16,
+            id_dim=16,
+            categorical_dim=4,
+            hidden_dim=32,
+            history_length=10,
+            batch_size=256,
+            epochs=3,
+        ),
+        ranker=RankerConfig(id_dim=4, categorical_dim=4, hidden_dims=(32,), batch_size=512, epochs=2, hard_pool=100),
+        index=IndexConfig(recall_queries=100),
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ExportConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)

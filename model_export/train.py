@@ -1,0 +1,263 @@
+"""Training loops for the two-tower model and the ranker (seeded, with progress bars).
+
+Both models learn from the past only: a two-tower example is (user, history before the event, event item),
+and the ranker learns on the latest `window_fraction` of each user's training events, which the two-tower
+model never saw, so the two-tower score it gets as a feature is distributed as it will be when serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from model_export.config import ExportConfig
+from model_export.data import Dataset, Interactions, chronological
+from model_export.ranker import DCNRanker
+from model_export.two_tower import ItemTower, RetrievalTask, UserTower
+from service.features import content_profiles, ranker_dense_features
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def sequence_windows(interactions: Interactions, length: int) -> tuple[Interactions, np.ndarray, np.ndarray]:
+    """For every interaction, the user's `length` previous items (oldest first, right-padded with -1).
+
+    Returns the interactions sorted by user then time, their windows (N, length) int64 and the number of
+    earlier interactions of the same user (N,) int64.
+    """
+    ordered = interactions.take(chronological(interactions))
+    n = len(ordered)
+    starts = np.flatnonzero(np.r_[True, ordered.user[1:] != ordered.user[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    row_start = np.repeat(starts, lengths)  # (N,)
+    rows = np.arange(n)
+    idx = rows[:, None] - length + np.arange(length)[None, :]  # (N, L): the L rows before each row
+    valid = idx >= row_start[:, None]
+    windows = np.where(valid, ordered.item[np.clip(idx, 0, None)], -1)
+    # Left-justify so that the layout matches service.features.history_window.
+    windows = np.take_along_axis(windows, np.argsort(~valid, axis=1, kind="stable"), axis=1)
+    return ordered, windows.astype(np.int64), rows - row_start
+
+
+def item_log_popularity(interactions: Interactions, n_items: int) -> np.ndarray:
+    """log1p(count) scaled to [0, 1] by the most popular item. (I,) float32"""
+    counts = np.bincount(interactions.item, minlength=n_items).astype(np.float64)
+    scaled: np.ndarray = (np.log1p(counts) / max(np.log1p(counts.max()), 1e-9)).astype(np.float32)
+    return scaled
+
+
+@dataclass
+class TrainedModels:
+    user_tower: UserTower
+    item_tower: ItemTower
+    ranker: DCNRanker
+    history: dict[str, list[float]]
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    return [order[start : start + batch_size] for start in range(0, n, batch_size)]
+
+
+def train_two_tower(
+    dataset: Dataset, train: Interactions, config: ExportConfig, progress: bool = True
+) -> tuple[UserTower, ItemTower, list[float]]:
+    cfg = config.two_tower
+    ordered, windows, _ = sequence_windows(train, cfg.history_length)
+    user_tower = UserTower(
+        dataset.n_users,
+        dataset.n_items,
+        dataset.user_categorical_cardinalities,
+        cfg.id_dim,
+        cfg.categorical_dim,
+        cfg.hidden_dim,
+        cfg.embedding_dim,
+    )
+    item_tower = ItemTower(dataset.n_items, dataset.item_dense.shape[1], cfg.id_dim, cfg.hidden_dim, cfg.embedding_dim)
+    counts = np.bincount(ordered.item, minlength=dataset.n_items).astype(np.float64) + 1e-3
+    task = RetrievalTask(
+        user_tower,
+        item_tower,
+        torch.from_numpy(np.log(counts / counts.sum())).float(),
+        cfg.temperature,
+        cfg.logq_correction,
+        cfg.user_id_dropout,
+    )
+    optimizer = torch.optim.AdamW(task.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    users = torch.from_numpy(ordered.user)
+    items = torch.from_numpy(ordered.item)
+    hist = torch.from_numpy(windows)
+    user_cat = torch.from_numpy(dataset.user_categorical)
+    item_dense = torch.from_numpy(dataset.item_dense)
+    generator = torch.Generator().manual_seed(config.seed)
+    losses: list[float] = []
+    task.train()
+    for epoch in range(cfg.epochs):
+        batches = _batches(len(users), cfg.batch_size, generator)
+        total = 0.0
+        bar = tqdm(batches, desc=f"two-tower epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for b in bar:
+            loss = task(users[b], hist[b], user_cat[users[b]], items[b], item_dense[items[b]])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(b)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        losses.append(total / len(users))
+        log.info("two-tower epoch %d: loss %.4f", epoch + 1, losses[-1])
+    task.eval()
+    return user_tower, item_tower, losses
+
+
+@torch.no_grad()
+def embed_items(item_tower: ItemTower, item_dense: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    item_tower.eval()
+    out = []
+    dense = torch.from_numpy(item_dense)
+    for start in range(0, len(item_dense), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(item_dense)))
+        out.append(item_tower(idx, dense[idx]).numpy())
+    return np.concatenate(out).astype(np.float32)  # (I, E)
+
+
+@torch.no_grad()
+def embed_users(
+    user_tower: UserTower,
+    users: np.ndarray,
+    windows: np.ndarray,
+    user_categorical: np.ndarray,
+    batch_size: int = 8192,
+) -> np.ndarray:
+    user_tower.eval()
+    out = []
+    for start in range(0, len(users), batch_size):
+        s = slice(start, start + batch_size)
+        out.append(
+            user_tower(
+                torch.from_numpy(users[s]),
+                torch.from_numpy(windows[s]),
+                torch.from_numpy(user_categorical[s]),
+            ).numpy()
+        )
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, user_tower.embedding_dim), np.float32)
+
+
+@dataclass(frozen=True)
+class RankerExamples:
+    user_idx: np.ndarray  # (M,) int64
+    item_idx: np.ndarray  # (M,) int64
+    user_categorical: np.ndarray  # (M, U) int64
+    dense: np.ndarray  # (M, F) float32
+    label: np.ndarray  # (M,) float32
+
+
+def ranker_examples(
+    dataset: Dataset,
+    train: Interactions,
+    rank_events: Interactions,
+    user_tower: UserTower,
+    item_embeddings: np.ndarray,
+    log_popularity: np.ndarray,
+    config: ExportConfig,
+) -> RankerExamples:
+    """Positives are the rank-window events; negatives are uniform items and hard negatives from the two-tower
+    top `hard_pool`, never items the user interacted with in training. Features come from the history before
+    each event, built by the same functions the service uses."""
+    cfg, length = config.ranker, config.two_tower.history_length
+    rng = np.random.default_rng(config.seed + 1)
+    ordered, windows, n_before = sequence_windows(train, length)
+    event_codes = rank_events.user * dataset.n_items + rank_events.item
+    is_event = np.isin(ordered.user * dataset.n_items + ordered.item, event_codes)
+    users, positives = ordered.user[is_event], ordered.item[is_event]
+    windows, n_before = windows[is_event], n_before[is_event]
+    user_emb = embed_users(user_tower, users, windows, dataset.user_categorical[users])  # (E, d)
+    seen_codes = np.unique(train.user * dataset.n_items + train.item)
+
+    n_neg = cfg.uniform_negatives + cfg.hard_negatives
+    candidates = np.empty((len(users), 1 + n_neg), dtype=np.int64)
+    candidates[:, 0] = positives
+    pool = min(cfg.hard_pool, dataset.n_items)
+    for start in range(0, len(users), 4096):
+        s = slice(start, start + 4096)
+        scores = user_emb[s] @ item_embeddings.T  # (b, I)
+        top = np.argpartition(-scores, pool - 1, axis=1)[:, :pool]  # (b, pool)
+        pick = rng.integers(0, pool, size=(len(top), cfg.hard_negatives))
+        candidates[s, 1 : 1 + cfg.hard_negatives] = np.take_along_axis(top, pick, axis=1)
+    candidates[:, 1 + cfg.hard_negatives :] = rng.integers(0, dataset.n_items, size=(len(users), cfg.uniform_negatives))
+    labels = np.zeros_like(candidates, dtype=np.float32)
+    labels[:, 0] = 1.0
+    # Drop negatives the user did interact with (they are positives elsewhere in the log).
+    negative_seen = np.isin(users[:, None] * dataset.n_items + candidates, seen_codes)
+    keep = np.ones_like(candidates, dtype=bool)
+    keep[:, 1:] = ~negative_seen[:, 1:]
+
+    rows = np.repeat(np.arange(len(users)), 1 + n_neg).reshape(candidates.shape)[keep]  # (M,)
+    cand = candidates[keep]
+    retrieval = np.einsum("md,md->m", user_emb[rows], item_embeddings[cand])
+    profiles = content_profiles(dataset.item_dense, windows)  # (E, D)
+    dense = ranker_dense_features(
+        dataset.item_dense[cand], retrieval, log_popularity[cand], profiles[rows], n_before[rows]
+    )
+    user_idx = users[rows].copy()
+    dropped = rng.random(len(user_idx)) < config.two_tower.user_id_dropout
+    user_idx[dropped] = dataset.n_users  # teaches the ranker's unknown-user row
+    return RankerExamples(user_idx, cand, dataset.user_categorical[users[rows]], dense, labels[keep])
+
+
+def train_ranker(
+    dataset: Dataset, examples: RankerExamples, dense_dim: int, config: ExportConfig, progress: bool = True
+) -> tuple[DCNRanker, list[float]]:
+    cfg = config.ranker
+    model = DCNRanker(
+        dataset.n_users,
+        dataset.n_items,
+        dataset.user_categorical_cardinalities,
+        dense_dim,
+        cfg.id_dim,
+        cfg.categorical_dim,
+        cfg.cross_layers,
+        cfg.hidden_dims,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.BCEWithLogitsLoss()
+    tensors = [
+        torch.from_numpy(a)
+        for a in (
+            examples.user_idx,
+            examples.item_idx,
+            examples.user_categorical,
+            examples.dense,
+            examples.label,
+        )
+    ]
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    losses: list[float] = []
+    model.train()
+    for epoch in range(cfg.epochs):
+        batches = _batches(len(examples.label), cfg.batch_size, generator)
+        total = 0.0
+        bar = tqdm(batches, desc=f"ranker epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for b in bar:
+            u, i, c, d, y = (t[b] for t in tensors)
+            loss = loss_fn(model.logits(u, i, c, d), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(b)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        losses.append(total / len(examples.label))
+        log.info("ranker epoch %d: loss %.4f", epoch + 1, losses[-1])
+    model.eval()
+    return model, losses

@@ -1,0 +1,111 @@
+"""Two-tower retrieval model.
+
+UserTower: user id (row `n_users` is the unknown user) + mean-pooled recent history + categorical user
+features -> MLP -> L2-normalised embedding. ItemTower: item id + dense content features -> MLP -> L2-normalised
+embedding. The score is their inner product (cosine), which is what the FAISS inner-product index serves.
+
+`RetrievalTask` (model + loss) is separate from the towers so export needs no loss code: in-batch sampled
+softmax with temperature, logQ correction of the in-batch sampling bias (Yi et al., RecSys 2019), and
+masking of in-batch duplicates of the positive item.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Linear(hidden, out_dim))
+
+
+class UserTower(nn.Module):
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        categorical_cardinalities: list[int],
+        id_dim: int,
+        categorical_dim: int,
+        hidden_dim: int,
+        embedding_dim: int,
+    ) -> None:
+        super().__init__()
+        self.unknown_user = n_users
+        self.embedding_dim = embedding_dim
+        self.user_embedding = nn.Embedding(n_users + 1, id_dim)
+        self.history_embedding = nn.Embedding(n_items, id_dim)
+        self.categorical = nn.ModuleList(nn.Embedding(c, categorical_dim) for c in categorical_cardinalities)
+        in_dim = 2 * id_dim + categorical_dim * len(categorical_cardinalities)
+        self.mlp = _mlp(in_dim, hidden_dim, embedding_dim)
+
+    def forward(self, user_idx: torch.Tensor, history: torch.Tensor, user_categorical: torch.Tensor) -> torch.Tensor:
+        # user_idx (B,), history (B, L) with -1 padding, user_categorical (B, U) -> (B, E)
+        mask = (history >= 0).unsqueeze(-1).float()  # (B, L, 1)
+        hist = self.history_embedding(history.clamp(min=0)) * mask  # (B, L, id_dim)
+        pooled = hist.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (B, id_dim)
+        parts = [self.user_embedding(user_idx), pooled]
+        parts += [emb(user_categorical[:, j]) for j, emb in enumerate(self.categorical)]
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
+
+
+class ItemTower(nn.Module):
+    def __init__(self, n_items: int, dense_dim: int, id_dim: int, hidden_dim: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.item_embedding = nn.Embedding(n_items, id_dim)
+        self.dense = nn.Linear(dense_dim, id_dim) if dense_dim else None
+        self.mlp = _mlp(id_dim * (2 if dense_dim else 1), hidden_dim, embedding_dim)
+
+    def forward(self, item_idx: torch.Tensor, item_dense: torch.Tensor) -> torch.Tensor:
+        # item_idx (B,), item_dense (B, D) -> (B, E)
+        parts = [self.item_embedding(item_idx)]
+        if self.dense is not None:
+            parts.append(self.dense(item_dense))
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
+
+
+class RetrievalTask(nn.Module):
+    """The two towers plus the training loss."""
+
+    item_log_probability: torch.Tensor
+
+    def __init__(
+        self,
+        user_tower: UserTower,
+        item_tower: ItemTower,
+        item_log_probability: torch.Tensor,
+        temperature: float,
+        logq_correction: bool,
+        user_id_dropout: float,
+    ) -> None:
+        super().__init__()
+        self.user_tower = user_tower
+        self.item_tower = item_tower
+        self.register_buffer("item_log_probability", item_log_probability)  # (I,) log sampling probability
+        self.temperature = temperature
+        self.logq_correction = logq_correction
+        self.user_id_dropout = user_id_dropout
+
+    def forward(
+        self,
+        user_idx: torch.Tensor,
+        history: torch.Tensor,
+        user_categorical: torch.Tensor,
+        item_idx: torch.Tensor,
+        item_dense: torch.Tensor,
+    ) -> torch.Tensor:
+        if self.training and self.user_id_dropout > 0:
+            drop = torch.rand(user_idx.shape, device=user_idx.device) < self.user_id_dropout
+            user_idx = torch.where(drop, torch.full_like(user_idx, self.user_tower.unknown_user), user_idx)
+        users = self.user_tower(user_idx, history, user_categorical)  # (B, E)
+        items = self.item_tower(item_idx, item_dense)  # (B, E)
+        logits = users @ items.T / self.temperature  # (B, B); row b's positive is column b
+        if self.logq_correction:
+            logits = logits - self.item_log_probability[item_idx].unsqueeze(0)
+        duplicate = (item_idx.unsqueeze(0) == item_idx.unsqueeze(1)) & ~torch.eye(
+            len(item_idx), dtype=torch.bool, device=item_idx.device
+        )
+        logits = logits.masked_fill(duplicate, float("-inf"))
+        target = torch.arange(len(item_idx), device=item_idx.device)
+        return F.cross_entropy(logits, target)

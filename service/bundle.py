@@ -1,0 +1,267 @@
+"""The model bundle: the one contract between the offline exporter and the online service.
+
+A bundle is a directory holding `manifest.json` plus the files it lists (ONNX models, a FAISS index, numpy
+arrays, JSON id maps). The manifest records every file's sha256 and the dimensions the service relies on;
+`load_bundle` refuses a bundle whose manifest, checksums or dimensions disagree, with a message naming
+the file and the field. Nothing in a bundle is a pickle: arrays are loaded with `allow_pickle=False`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+# Files every bundle of this schema holds; the manifest may list more.
+USER_TOWER = "user_tower.onnx"
+ITEM_TOWER = "item_tower.onnx"
+RANKER = "ranker.onnx"
+INDEX = "items.faiss"
+ITEM_EMBEDDINGS = "item_embeddings.npy"
+ITEM_DENSE = "item_dense.npy"
+ITEM_LOG_POPULARITY = "item_log_popularity.npy"
+USER_CATEGORICAL = "user_categorical.npy"
+HISTORY_OFFSETS = "history_offsets.npy"
+HISTORY_ITEMS = "history_items.npy"
+ITEM_IDS = "item_ids.json"
+USER_IDS = "user_ids.json"
+ITEM_TITLES = "item_titles.json"
+REQUIRED_FILES = (
+    USER_TOWER,
+    ITEM_TOWER,
+    RANKER,
+    INDEX,
+    ITEM_EMBEDDINGS,
+    ITEM_DENSE,
+    ITEM_LOG_POPULARITY,
+    USER_CATEGORICAL,
+    HISTORY_OFFSETS,
+    HISTORY_ITEMS,
+    ITEM_IDS,
+    USER_IDS,
+    ITEM_TITLES,
+)
+
+
+class BundleError(Exception):
+    """The bundle cannot be served; the message says which file or field and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileEntry(_Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class Dimensions(_Strict):
+    n_users: int = Field(ge=1)
+    n_items: int = Field(ge=1)
+    embedding_dim: int = Field(ge=1)
+    history_length: int = Field(ge=1)
+    user_categorical_cardinalities: list[int]
+    item_dense_dim: int = Field(ge=0)
+    ranker_dense_dim: int = Field(ge=1)
+
+
+class FeatureSpec(_Strict):
+    """Names and meaning of every model input, so a reader needs no training code to call the models."""
+
+    positive_rule: str
+    user_categorical: list[str]
+    item_dense: list[str]
+    ranker_dense: list[str]
+    user_tower_inputs: dict[str, str]
+    item_tower_inputs: dict[str, str]
+    ranker_inputs: dict[str, str]
+    unknown_user: str
+
+
+class IndexInfo(_Strict):
+    type: str
+    metric: str
+    params: dict[str, Any]
+    recall_vs_exact: float | None = Field(ge=0.0, le=1.0)
+    recall_at: int | None
+
+
+class Manifest(_Strict):
+    schema_version: int
+    bundle_version: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    created_at: datetime
+    code_version: str
+    dataset: dict[str, Any]
+    dims: Dimensions
+    feature_spec: FeatureSpec
+    index: IndexInfo
+    files: dict[str, FileEntry]
+    onnx_parity_max_abs_diff: dict[str, float]
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """A validated bundle, its arrays in memory. Item and user *indices* are positions in the id lists."""
+
+    path: Path
+    manifest: Manifest
+    item_ids: list[str]
+    user_ids: list[str]
+    item_titles: list[str]
+    item_index: dict[str, int]
+    user_index: dict[str, int]
+    item_embeddings: np.ndarray  # (n_items, d) float32, L2-normalised
+    item_dense: np.ndarray  # (n_items, item_dense_dim) float32
+    item_log_popularity: np.ndarray  # (n_items,) float32
+    user_categorical: np.ndarray  # (n_users, n_user_categorical) int64, 0 = unknown
+    history_offsets: np.ndarray  # (n_users + 1,) int64, CSR offsets into history_items
+    history_items: np.ndarray  # (nnz,) int64, each user's interactions oldest first
+
+    @property
+    def version(self) -> str:
+        return self.manifest.bundle_version
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def history(self, user: int) -> np.ndarray:
+        """All training interactions of user index `user`, oldest first (also the 'already seen' set)."""
+        return self.history_items[self.history_offsets[user] : self.history_offsets[user + 1]]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(path: Path) -> Manifest:
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f"bundle directory {path} does not exist")
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: missing; is {path} a model bundle?")
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{manifest_path}: not valid JSON ({e})") from e
+    if isinstance(raw, dict) and raw.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"{manifest_path}: schema_version {raw.get('schema_version')!r} is not supported "
+            f"(this service reads schema {SCHEMA_VERSION})"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise BundleError(f"{manifest_path}: invalid manifest: {problems}") from e
+
+
+def verify_files(path: Path, manifest: Manifest) -> None:
+    missing = [name for name in REQUIRED_FILES if name not in manifest.files]
+    if missing:
+        raise BundleError(f"{path / MANIFEST}: files lists no entry for {', '.join(missing)}")
+    for name, entry in manifest.files.items():
+        if Path(name).name != name:
+            raise BundleError(f"{path / MANIFEST}: file name {name!r} must be a plain name inside the bundle")
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{file}: listed in the manifest but missing")
+        size = file.stat().st_size
+        if size != entry.bytes:
+            raise BundleError(f"{file}: size {size} bytes, manifest says {entry.bytes}")
+        actual = sha256_file(file)
+        if actual != entry.sha256:
+            raise BundleError(f"{file}: sha256 {actual} does not match the manifest ({entry.sha256}); corrupted?")
+
+
+def _load_array(path: Path, dtype: type, shape: tuple[int | None, ...]) -> np.ndarray:
+    try:
+        array: np.ndarray = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise BundleError(f"{path}: not a plain numpy array ({e})") from e
+    if array.dtype != dtype:
+        raise BundleError(f"{path}: dtype {array.dtype}, expected {np.dtype(dtype)}")
+    if array.ndim != len(shape) or any(
+        want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
+    ):
+        want_text = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise BundleError(f"{path}: shape {array.shape} does not match the manifest dimensions {want_text}")
+    return array
+
+
+def _load_str_list(path: Path, length: int) -> list[str]:
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise BundleError(f"{path}: expected a JSON list of strings")
+    if len(values) != length:
+        raise BundleError(f"{path}: {len(values)} entries, manifest dimensions say {length}")
+    return values
+
+
+def _index_of(ids: list[str], path: Path) -> dict[str, int]:
+    index = {v: i for i, v in enumerate(ids)}
+    if len(index) != len(ids):
+        raise BundleError(f"{path}: ids are not unique")
+    return index
+
+
+def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
+    """Read and validate a bundle. Raises `BundleError` naming what is wrong."""
+    path = Path(path).resolve()
+    manifest = read_manifest(path)
+    if verify_checksums:
+        verify_files(path, manifest)
+    dims = manifest.dims
+    n_cat = len(dims.user_categorical_cardinalities)
+    if n_cat != len(manifest.feature_spec.user_categorical):
+        raise BundleError(f"{path / MANIFEST}: dims.user_categorical_cardinalities and feature_spec disagree")
+    if dims.item_dense_dim != len(manifest.feature_spec.item_dense):
+        raise BundleError(f"{path / MANIFEST}: dims.item_dense_dim and feature_spec.item_dense disagree")
+    if dims.ranker_dense_dim != len(manifest.feature_spec.ranker_dense):
+        raise BundleError(f"{path / MANIFEST}: dims.ranker_dense_dim and feature_spec.ranker_dense disagree")
+
+    item_ids = _load_str_list(path / ITEM_IDS, dims.n_items)
+    user_ids = _load_str_list(path / USER_IDS, dims.n_users)
+    offsets = _load_array(path / HISTORY_OFFSETS, np.int64, (dims.n_users + 1,))
+    history = _load_array(path / HISTORY_ITEMS, np.int64, (None,))
+    if offsets[0] != 0 or offsets[-1] != len(history) or np.any(np.diff(offsets) < 0):
+        raise BundleError(f"{path / HISTORY_OFFSETS}: offsets are not a valid CSR index into {HISTORY_ITEMS}")
+    if len(history) and (history.min() < 0 or history.max() >= dims.n_items):
+        raise BundleError(f"{path / HISTORY_ITEMS}: item indices outside [0, {dims.n_items})")
+    user_cat = _load_array(path / USER_CATEGORICAL, np.int64, (dims.n_users, n_cat))
+    for j, card in enumerate(dims.user_categorical_cardinalities):
+        if len(user_cat) and (user_cat[:, j].min() < 0 or user_cat[:, j].max() >= card):
+            raise BundleError(f"{path / USER_CATEGORICAL}: column {j} outside [0, {card})")
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        item_ids=item_ids,
+        user_ids=user_ids,
+        item_titles=_load_str_list(path / ITEM_TITLES, dims.n_items),
+        item_index=_index_of(item_ids, path / ITEM_IDS),
+        user_index=_index_of(user_ids, path / USER_IDS),
+        item_embeddings=_load_array(path / ITEM_EMBEDDINGS, np.float32, (dims.n_items, dims.embedding_dim)),
+        item_dense=_load_array(path / ITEM_DENSE, np.float32, (dims.n_items, dims.item_dense_dim)),
+        item_log_popularity=_load_array(path / ITEM_LOG_POPULARITY, np.float32, (dims.n_items,)),
+        user_categorical=user_cat,
+        history_offsets=offsets,
+        history_items=history,
+    )

@@ -1,0 +1,194 @@
+"""The user-embedding cache: Redis when configured, else a bounded in-process LRU.
+
+The cache is an optimisation, never a dependency: every failure (refused, hung, slow, garbage) becomes a
+result the caller counts and then ignores, computing the embedding instead. Against Redis, commands have
+short socket/connect timeouts and no retries, and a circuit breaker skips Redis entirely for a while after
+repeated errors, so a dead or hung server costs at most one short timeout per breaker period.
+Values are raw float32 bytes; keys carry the bundle version, so a new model never reads an old model's vectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+
+class CacheResult(enum.Enum):
+    HIT = "hit"
+    MISS = "miss"
+    ERROR = "error"  # the backend failed or answered garbage; the request went on without it
+    BYPASS = "bypass"  # the breaker is open: the backend was not asked
+    STORED = "stored"
+
+
+class EmbeddingCache(Protocol):
+    backend: str
+
+    async def get(self, key: str) -> tuple[np.ndarray | None, CacheResult]: ...
+
+    async def set(self, key: str, value: np.ndarray) -> CacheResult: ...
+
+    async def status(self) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+def _decode(raw: bytes, dim: int) -> np.ndarray | None:
+    if len(raw) != 4 * dim:
+        return None
+    return np.frombuffer(raw, dtype=np.float32).copy()
+
+
+class LocalEmbeddingCache:
+    """Bounded LRU with a TTL, for one process. Runs on the event loop only (no locking needed)."""
+
+    backend = "local"
+
+    def __init__(self, max_entries: int, ttl_s: float, dim: int) -> None:
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._max = max_entries
+        self._ttl = ttl_s
+        self._dim = dim
+
+    async def get(self, key: str) -> tuple[np.ndarray | None, CacheResult]:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None, CacheResult.MISS
+        expires, raw = entry
+        if expires < time.monotonic():
+            del self._entries[key]
+            return None, CacheResult.MISS
+        self._entries.move_to_end(key)
+        return _decode(raw, self._dim), CacheResult.HIT
+
+    async def set(self, key: str, value: np.ndarray) -> CacheResult:
+        if self._max == 0:
+            return CacheResult.STORED
+        self._entries[key] = (time.monotonic() + self._ttl, value.astype(np.float32).tobytes())
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        return CacheResult.STORED
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def status(self) -> str:
+        return "ok"
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+
+class CircuitBreaker:
+    """Closed -> open after `failures` consecutive errors; open skips calls for `reset_s`; then one trial call
+    (half-open) closes it on success or re-opens it on failure."""
+
+    def __init__(self, failures: int, reset_s: float) -> None:
+        self._threshold = failures
+        self._reset_s = reset_s
+        self._consecutive = 0
+        self._open_until = 0.0
+        self._trial_in_flight = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._consecutive >= self._threshold
+
+    def allow(self) -> bool:
+        if not self.is_open:
+            return True
+        if time.monotonic() >= self._open_until and not self._trial_in_flight:
+            self._trial_in_flight = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self._consecutive = 0
+        self._trial_in_flight = False
+
+    def failure(self) -> None:
+        self._consecutive += 1
+        self._trial_in_flight = False
+        if self._consecutive >= self._threshold:
+            self._open_until = time.monotonic() + self._reset_s
+
+
+class RedisEmbeddingCache:
+    backend = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        ttl_s: int,
+        dim: int,
+        *,
+        socket_timeout_s: float,
+        connect_timeout_s: float,
+        pool_size: int,
+        breaker: CircuitBreaker,
+    ) -> None:
+        self._client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+            retry=Retry(NoBackoff(), 0),  # redis-py retries 3x with backoff by default; a cache must not wait
+            max_connections=pool_size,
+            health_check_interval=0,
+        )
+        # A hard bound on each call, in case a timeout is not enforced somewhere inside the client.
+        self._deadline_s = socket_timeout_s + connect_timeout_s
+        self._ttl = ttl_s
+        self._dim = dim
+        self.breaker = breaker
+
+    async def get(self, key: str) -> tuple[np.ndarray | None, CacheResult]:
+        if not self.breaker.allow():
+            return None, CacheResult.BYPASS
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                raw = await self._client.get(key)
+        except (RedisError, OSError, TimeoutError):
+            self.breaker.failure()
+            return None, CacheResult.ERROR
+        self.breaker.success()
+        if raw is None:
+            return None, CacheResult.MISS
+        value = _decode(raw, self._dim) if isinstance(raw, bytes) else None
+        return (value, CacheResult.HIT) if value is not None else (None, CacheResult.ERROR)
+
+    async def set(self, key: str, value: np.ndarray) -> CacheResult:
+        if not self.breaker.allow():
+            return CacheResult.BYPASS
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                await self._client.set(key, value.astype(np.float32).tobytes(), ex=self._ttl)
+        except (RedisError, OSError, TimeoutError):
+            self.breaker.failure()
+            return CacheResult.ERROR
+        self.breaker.success()
+        return CacheResult.STORED
+
+    async def status(self) -> str:
+        if self.breaker.is_open and not self.breaker.allow():
+            return "breaker_open"
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                await self._client.ping()
+        except (RedisError, OSError, TimeoutError):
+            self.breaker.failure()
+            return "unreachable"
+        self.breaker.success()
+        return "ok"
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,79 @@
+"""Domain errors and their HTTP mapping, in one place.
+
+    ServiceError              base of the errors the API turns into responses
+    ├── InvalidField          422: a request field is out of bounds (checks that depend on settings)
+    └── NotReady              503: the service is starting or stopping
+
+FastAPI's request validation errors are re-shaped to the same body: `error`, a `message` that names the
+field(s), and `detail` with pydantic's locations. Anything unexpected is a 500 with a generic message,
+logged and counted in `reco_errors_total{type=...}`, never a stack trace in the response.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    status_code = 500
+    error = "internal_error"
+
+    def __init__(self, message: str, detail: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail or []
+
+
+class InvalidField(ServiceError):
+    status_code = 422
+    error = "invalid_request"
+
+    def __init__(self, location: tuple[str, ...], message: str) -> None:
+        field = ".".join(location)
+        super().__init__(f"{field}: {message}", [{"loc": list(location), "msg": message, "type": "value_error"}])
+
+
+class NotReady(ServiceError):
+    status_code = 503
+    error = "not_ready"
+
+
+def _body(error: str, message: str, detail: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"error": error, "message": message, "detail": detail}
+
+
+def _count(request: Request, error_type: str) -> None:
+    state = getattr(request.app.state, "reco", None)
+    if state is not None:
+        state.metrics.errors.labels(error_type).inc()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+            for err in exc.errors()
+        ]
+        message = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in detail) or "invalid request"
+        _count(request, "validation")
+        return JSONResponse(_body("invalid_request", message, detail), status_code=422)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        _count(request, exc.error)
+        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+        return JSONResponse(_body(exc.error, exc.message, exc.detail), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        _count(request, type(exc).__name__)
+        return JSONResponse(_body("internal_error", "internal error", []), status_code=500)

@@ -1,0 +1,62 @@
+"""Prometheus metrics. One registry per app, so several apps (tests) never clash; no user ids in labels."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# Sub-millisecond stages through to slow requests.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+COUNT_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+STAGES = ("cache", "user_encoding", "retrieval", "filtering", "ranking")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "reco_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "reco_http_request_duration_seconds",
+            "HTTP request latency by route template and method.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            "reco_stage_duration_seconds",
+            "Latency of each pipeline stage.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_requests = Counter(
+            "reco_cache_requests",
+            "Embedding cache lookups and failed writes by result (hit, miss, error, bypass).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_breaker_open = Gauge(
+            "reco_cache_breaker_open",
+            "1 while the Redis circuit breaker is open (Redis is skipped).",
+            registry=r,
+        )
+        self.candidates = Histogram(
+            "reco_candidates",
+            "Candidates per request after retrieval and after filtering.",
+            ["stage"],
+            buckets=COUNT_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter("reco_fallbacks", "Requests served by a fallback, by reason.", ["reason"], registry=r)
+        self.errors = Counter("reco_errors", "Errors by type.", ["type"], registry=r)
+        self.bundle = Info("reco_bundle", "The model bundle being served.", registry=r)
+        self.ready = Gauge("reco_ready", "1 when the service is ready to serve.", registry=r)
+        for stage in STAGES:
+            self.stage_latency.labels(stage)
+        for result in ("hit", "miss", "error", "bypass"):
+            self.cache_requests.labels(result)

@@ -1,0 +1,187 @@
+"""The one place that orders the stages: user encoding -> retrieval -> filtering -> ranking -> top k.
+
+`Pipeline` is synchronous numpy in / numpy out and is what offline evaluation calls. `Recommender` is its
+asynchronous front for the API: the embedding cache on the event loop, the blocking ONNX Runtime / FAISS
+work in a thread pool, and the stage timings and counts into the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from service.bundle import Bundle
+from service.cache import CacheResult, EmbeddingCache
+from service.features import history_window
+from service.filtering import filter_candidates, top_k
+from service.metrics import Metrics
+from service.ranking import Ranker
+from service.retrieval import Retriever
+from service.runtime import faiss_gpus, onnx_providers, open_session
+from service.user_encoder import UNKNOWN_USER, UserEncoder
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendations:
+    items: np.ndarray  # (k,) item indices, best first
+    retrieval_scores: np.ndarray  # (k,) float32
+    ranking_scores: np.ndarray  # (k,) float32
+    n_retrieved: int
+    n_after_filter: int
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+
+class Pipeline:
+    def __init__(
+        self,
+        bundle: Bundle,
+        encoder: UserEncoder,
+        retriever: Retriever,
+        ranker: Ranker,
+        onnx_providers: list[str] | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.onnx_providers = onnx_providers or ["CPUExecutionProvider"]
+        self.encoder = encoder
+        self.retriever = retriever
+        self.ranker = ranker
+        # The unknown-user embedding depends on nothing but the model: compute it once.
+        self.unknown_user_embedding = encoder.encode(np.array([UNKNOWN_USER]))[0]
+
+    @classmethod
+    def open(cls, bundle: Bundle, *, device: str = "auto", intra_op_threads: int = 1, omp_threads: int = 0) -> Pipeline:
+        providers = onnx_providers(device)
+        user_session = open_session(bundle.file("user_tower.onnx"), providers, intra_op_threads)
+        ranker_session = open_session(bundle.file("ranker.onnx"), providers, intra_op_threads)
+        retriever = Retriever(bundle, faiss_gpus(device), omp_threads)
+        return cls(
+            bundle,
+            UserEncoder(bundle, user_session),
+            retriever,
+            Ranker(bundle, ranker_session),
+            onnx_providers=user_session.get_providers(),
+        )
+
+    def user_index(self, user_id: str) -> int:
+        return self.bundle.user_index.get(user_id, UNKNOWN_USER)
+
+    def item_indices(self, item_ids: list[str]) -> np.ndarray:
+        """Indices of the known ids among `item_ids` (unknown ids cannot be recommended anyway)."""
+        index = self.bundle.item_index
+        return np.array([index[i] for i in item_ids if i in index], dtype=np.int64)
+
+    def encode(self, users: np.ndarray) -> np.ndarray:
+        return self.encoder.encode(users)  # (B, E)
+
+    def recommend(
+        self, user: int, embedding: np.ndarray, k: int, num_candidates: int, exclude: np.ndarray | None = None
+    ) -> Recommendations:
+        """Retrieve, filter (already seen + `exclude`), rank and keep the top k for one user."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        history = self.bundle.history(user) if user >= 0 else self.bundle.history_items[:0]
+        # Ask for enough candidates that filtering the seen items still leaves k to rank.
+        n = num_candidates + len(history) + (0 if exclude is None else len(exclude))
+        scores, items = self.retriever.search(embedding[None, :], n)
+        t1 = time.perf_counter()
+        blocked = history if exclude is None or not len(exclude) else np.concatenate([history, exclude])
+        items_kept, scores_kept = filter_candidates(items[0], scores[0], blocked)
+        items_kept, scores_kept = items_kept[:num_candidates], scores_kept[:num_candidates]
+        t2 = time.perf_counter()
+        window = history_window(history, self.encoder.history_length)
+        ranking = self.ranker.score(user, window, items_kept, scores_kept)
+        best = top_k(ranking, k)
+        t3 = time.perf_counter()
+        timings.update(retrieval=t1 - t0, filtering=t2 - t1, ranking=t3 - t2)
+        return Recommendations(
+            items=items_kept[best],
+            retrieval_scores=scores_kept[best],
+            ranking_scores=ranking[best],
+            n_retrieved=int((items[0] >= 0).sum()),
+            n_after_filter=len(items_kept),
+            timings=timings,
+        )
+
+    def retrieve(self, users: np.ndarray, embeddings: np.ndarray, k: int) -> list[np.ndarray]:
+        """Retrieval stage alone for a batch (for evaluation): top k by two-tower score, seen items removed."""
+        longest = max((len(self.bundle.history(int(u))) for u in users if u >= 0), default=0)
+        _, items = self.retriever.search(embeddings, k + longest)
+        out = []
+        for row, u in enumerate(users):
+            seen = self.bundle.history(int(u)) if u >= 0 else self.bundle.history_items[:0]
+            kept, _ = filter_candidates(items[row], np.zeros(len(items[row]), np.float32), seen)
+            out.append(kept[:k])
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendationResult:
+    user_index: int
+    recommendations: Recommendations
+    cache: CacheResult | None  # None for unknown users, whose embedding is never cached
+
+
+class Recommender:
+    """Async front of the pipeline for the API; owns the cache policy and records the metrics."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        cache: EmbeddingCache,
+        metrics: Metrics,
+        executor: ThreadPoolExecutor,
+        num_candidates: int,
+    ) -> None:
+        self.pipeline = pipeline
+        self.cache = cache
+        self.metrics = metrics
+        self.executor = executor
+        self.num_candidates = num_candidates
+        self.key_prefix = f"reco:{pipeline.bundle.version}:user_emb:"
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run `fn` in the compute thread pool (never on the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    async def user_embedding(self, user: int, user_id: str) -> tuple[np.ndarray, CacheResult | None]:
+        if user == UNKNOWN_USER:
+            return self.pipeline.unknown_user_embedding, None
+        key = self.key_prefix + user_id
+        stage = self.metrics.stage_latency
+        t0 = time.perf_counter()
+        cached, result = await self.cache.get(key)
+        stage.labels("cache").observe(time.perf_counter() - t0)
+        self.metrics.cache_requests.labels(result.value).inc()
+        if cached is not None:
+            return cached, result
+        t1 = time.perf_counter()
+        embedding = (await self.run_blocking(lambda: self.pipeline.encode(np.array([user]))))[0]
+        t2 = time.perf_counter()
+        stage.labels("user_encoding").observe(t2 - t1)
+        write = await self.cache.set(key, embedding)
+        stage.labels("cache").observe(time.perf_counter() - t2)
+        if write is not CacheResult.STORED:
+            self.metrics.cache_requests.labels(write.value).inc()
+        return embedding, result
+
+    async def recommend(self, user_id: str, k: int, exclude_item_ids: list[str]) -> RecommendationResult:
+        pipeline = self.pipeline
+        user = pipeline.user_index(user_id)
+        if user == UNKNOWN_USER:
+            self.metrics.fallbacks.labels("unknown_user").inc()
+        embedding, cache_result = await self.user_embedding(user, user_id)
+        exclude = pipeline.item_indices(exclude_item_ids)
+        recs = await self.run_blocking(lambda: pipeline.recommend(user, embedding, k, self.num_candidates, exclude))
+        for stage, seconds in recs.timings.items():
+            self.metrics.stage_latency.labels(stage).observe(seconds)
+        self.metrics.candidates.labels("retrieved").observe(recs.n_retrieved)
+        self.metrics.candidates.labels("after_filtering").observe(recs.n_after_filter)
+        return RecommendationResult(user, recs, cache_result)

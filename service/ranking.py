@@ -1,0 +1,58 @@
+"""Stage 4: ranking. Builds the ranker's features (service.features) and runs the ONNX ranker."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from service.bundle import Bundle
+from service.features import content_profiles, ranker_dense_features
+from service.user_encoder import check_inputs
+
+
+class Ranker:
+    """numpy in (one user's candidates and retrieval scores), numpy out ((n,) float32 probabilities)."""
+
+    def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
+        dims = bundle.manifest.dims
+        expected = {
+            "user_idx": 1,
+            "item_idx": 1,
+            "user_categorical": len(dims.user_categorical_cardinalities),
+            "dense": dims.ranker_dense_dim,
+        }
+        check_inputs(session, expected, bundle, "ranker.onnx")
+        self._bundle = bundle
+        self._session = session
+        self._output = session.get_outputs()[0].name
+        self._oov = dims.n_users
+        self._n_cat = len(dims.user_categorical_cardinalities)
+
+    def inputs(
+        self, user: int, window: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """user: index or -1; window: the user tower's history window (L,); candidates, retrieval_scores (n,)."""
+        b = self._bundle
+        n = len(candidates)
+        history_length = len(b.history(user)) if user >= 0 else 0
+        profile = content_profiles(b.item_dense, window[None, :])[0]  # (D,)
+        categorical = b.user_categorical[user] if user >= 0 else np.zeros(self._n_cat, dtype=np.int64)
+        dense = ranker_dense_features(
+            b.item_dense[candidates],
+            retrieval_scores.astype(np.float32),
+            b.item_log_popularity[candidates],
+            profile,
+            np.full(n, history_length, dtype=np.float32),
+        )
+        return {
+            "user_idx": np.full(n, user if user >= 0 else self._oov, dtype=np.int64),  # (n,)
+            "item_idx": candidates.astype(np.int64),  # (n,)
+            "user_categorical": np.broadcast_to(categorical, (n, self._n_cat)).astype(np.int64),  # (n, U)
+            "dense": dense,  # (n, F)
+        }
+
+    def score(self, user: int, window: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray) -> np.ndarray:
+        if len(candidates) == 0:
+            return np.zeros(0, dtype=np.float32)
+        out = self._session.run([self._output], self.inputs(user, window, candidates, retrieval_scores))[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)  # (n,)

@@ -1,0 +1,75 @@
+"""Stage 2: candidate retrieval from the FAISS inner-product index, on the GPU when there is one."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import faiss
+import numpy as np
+
+from service.bundle import Bundle, BundleError
+
+log = logging.getLogger(__name__)
+
+
+class Retriever:
+    """numpy in ((B, E) float32 queries), numpy out ((B, n) scores, (B, n) item indices, -1 = none).
+
+    A GPU index is not thread-safe: every search on it holds a lock, so it is used by one thread at a time.
+    CPU FAISS indexes are safe for concurrent searches and take no lock.
+    """
+
+    def __init__(self, bundle: Bundle, n_gpus: int, omp_threads: int = 0) -> None:
+        path = bundle.file("items.faiss")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as e:
+            raise BundleError(f"{path}: FAISS cannot read it ({e})") from e
+        dims = bundle.manifest.dims
+        if index.d != dims.embedding_dim or index.ntotal != dims.n_items:
+            raise BundleError(
+                f"{path}: index holds {index.ntotal} vectors of dimension {index.d}, manifest says "
+                f"{dims.n_items} x {dims.embedding_dim}"
+            )
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise BundleError(f"{path}: index metric is not inner product")
+        params = bundle.manifest.index.params
+        if "ef_search" in params:
+            faiss.ParameterSpace().set_index_parameter(index, "efSearch", int(params["ef_search"]))
+        if omp_threads:
+            faiss.omp_set_num_threads(omp_threads)
+        self.device = "cpu"
+        self._gpu_resources: Any = None
+        self._lock: threading.Lock | None = None
+        if n_gpus > 0:
+            index = self._to_gpu(index, bundle)
+        self._index = index
+        self.n_items = int(index.ntotal)
+
+    def _to_gpu(self, index: Any, bundle: Bundle) -> Any:
+        self._gpu_resources = faiss.StandardGpuResources()
+        try:
+            gpu_index: Any = faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
+        except RuntimeError:
+            # HNSW has no GPU implementation; exact search over the same embeddings is fast on a GPU.
+            log.info(
+                "index type %s has no GPU version; serving exact inner product on the GPU",
+                type(index).__name__,
+            )
+            gpu_index = faiss.GpuIndexFlatIP(self._gpu_resources, bundle.manifest.dims.embedding_dim)
+            gpu_index.add(bundle.item_embeddings)
+        self.device = "cuda"
+        self._lock = threading.Lock()
+        return gpu_index
+
+    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        n = min(n, self.n_items)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self._lock is None:
+            scores, items = self._index.search(queries, n)
+        else:
+            with self._lock:
+                scores, items = self._index.search(queries, n)
+        return scores, items.astype(np.int64, copy=False)  # (B, n), (B, n)

@@ -1,0 +1,58 @@
+"""API request and response models."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+def _id_to_str(value: Any) -> Any:
+    # Ids are strings; a JSON integer is accepted for convenience (MovieLens ids are numbers). Not booleans.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Id = Annotated[str, BeforeValidator(_id_to_str), Field(min_length=1, max_length=128)]
+
+
+class RecommendationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"user_id": "1", "k": 10}]})
+
+    user_id: Id = Field(description="The user's id as in the training data; unknown ids get the cold-start fallback.")
+    k: int = Field(10, ge=1, description="How many items to return (at most the service's max_k).")
+    exclude_item_ids: list[Id] = Field(
+        default_factory=list,
+        description="Items never to return, in addition to the user's already-seen items.",
+    )
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    title: str
+    retrieval_score: float = Field(description="Two-tower inner product (cosine) of user and item.")
+    ranking_score: float = Field(description="Ranker's probability of a positive interaction.")
+
+
+class RecommendationResponse(BaseModel):
+    request_id: str
+    bundle_version: str
+    user_id: str
+    fallback: str | None = Field(None, description="Set when a fallback served the request, e.g. unknown_user.")
+    items: list[RecommendedItem]
+
+
+class ReadinessResponse(BaseModel):
+    ready: bool
+    bundle_version: str | None
+    onnx_providers: list[str]
+    faiss_device: str | None
+    cache_backend: str | None
+    cache_status: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    message: str
+    detail: list[dict[str, Any]] = Field(default_factory=list)

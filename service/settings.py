@@ -1,0 +1,41 @@
+"""The service's one typed configuration object, read from `RECO_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECO_", env_file=None, extra="ignore")
+
+    bundle_path: Path = Field(Path("bundles/current"), description="Model bundle directory (or a symlink to one).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: the GPU when ONNX Runtime / FAISS see one, else the CPU."
+    )
+
+    # Request bounds.
+    max_k: int = Field(100, ge=1, le=1000, description="Largest `k` a request may ask for.")
+    num_candidates: int = Field(500, ge=1, description="Candidates retrieved from FAISS before filtering and ranking.")
+    max_exclusions: int = Field(1000, ge=0, description="Largest `exclude_item_ids` list a request may send.")
+
+    # Embedding cache. No URL: an in-process bounded LRU cache.
+    redis_url: str | None = Field(None, description="e.g. redis://127.0.0.1:6379/0; unset = in-process cache.")
+    cache_ttl_s: int = Field(3600, ge=1, description="TTL of a cached user embedding.")
+    local_cache_size: int = Field(100_000, ge=0, description="Entries of the in-process cache (0 disables it).")
+    redis_socket_timeout_s: float = Field(0.05, gt=0, description="Per-command Redis timeout.")
+    redis_connect_timeout_s: float = Field(0.05, gt=0, description="Redis connect timeout.")
+    redis_pool_size: int = Field(32, ge=1)
+    breaker_failures: int = Field(3, ge=1, description="Consecutive Redis errors that open the breaker.")
+    breaker_reset_s: float = Field(5.0, gt=0, description="How long an open breaker skips Redis.")
+
+    # Compute.
+    worker_threads: int = Field(4, ge=1, description="Threads that run ONNX Runtime and FAISS off the event loop.")
+    ort_intra_op_threads: int = Field(
+        1, ge=0, description="ONNX Runtime intra-op threads per session (0 = ORT's choice)."
+    )
+    faiss_omp_threads: int = Field(0, ge=0, description="OpenMP threads for CPU FAISS (0 = FAISS's choice).")
+    warmup_requests: int = Field(3, ge=0, description="Pipeline runs at start-up before readiness turns green.")

@@ -1,0 +1,122 @@
+"""The app's typed state: every resource the lifespan opens, in one object, and its `Depends` alias."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, Request
+
+from service.bundle import Bundle, load_bundle
+from service.cache import CircuitBreaker, EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
+from service.errors import NotReady
+from service.metrics import Metrics
+from service.pipeline import Pipeline, Recommender
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    bundle: Bundle
+    pipeline: Pipeline
+    cache: EmbeddingCache
+    recommender: Recommender
+    executor: ThreadPoolExecutor
+    ready: bool = False
+
+    @classmethod
+    async def open(cls, settings: Settings, metrics: Metrics) -> AppState:
+        """Load and validate the bundle, open the models, index and cache, and warm up. Blocking work (hashing,
+        reading, session creation) runs in the thread pool, so the event loop stays responsive."""
+        executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="reco-compute")
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            bundle = await loop.run_in_executor(executor, load_bundle, settings.bundle_path)
+            pipeline = await loop.run_in_executor(
+                executor,
+                lambda: Pipeline.open(
+                    bundle,
+                    device=settings.device,
+                    intra_op_threads=settings.ort_intra_op_threads,
+                    omp_threads=settings.faiss_omp_threads,
+                ),
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        cache = open_cache(settings, bundle.manifest.dims.embedding_dim)
+        recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates)
+        state = cls(settings, metrics, bundle, pipeline, cache, recommender, executor)
+        await state.warm_up()
+        state.ready = True
+        metrics.ready.set(1)
+        metrics.bundle.info(
+            {
+                "version": bundle.version,
+                "schema_version": str(bundle.manifest.schema_version),
+                "created_at": bundle.manifest.created_at.isoformat(),
+                "onnx_provider": pipeline.onnx_providers[0],
+                "faiss_device": pipeline.retriever.device,
+            }
+        )
+        log.info(
+            "serving bundle %s (%d items, %d users) on %s / faiss %s; ready in %.2fs",
+            bundle.version,
+            bundle.manifest.dims.n_items,
+            bundle.manifest.dims.n_users,
+            pipeline.onnx_providers[0],
+            pipeline.retriever.device,
+            time.perf_counter() - t0,
+        )
+        return state
+
+    async def warm_up(self) -> None:
+        """Run the whole pipeline a few times (first ONNX runs allocate and optimise; GPU kernels load)."""
+        p, k, n = self.pipeline, min(10, self.settings.max_k), self.settings.num_candidates
+
+        def once() -> None:
+            for user in (0, -1):
+                p.recommend(user, p.encode(np.array([user]))[0], k, n)
+
+        for _ in range(self.settings.warmup_requests):
+            await self.recommender.run_blocking(once)
+
+    async def close(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        await self.cache.close()
+        self.executor.shutdown(wait=True)
+
+
+def open_cache(settings: Settings, dim: int) -> EmbeddingCache:
+    if settings.redis_url:
+        return RedisEmbeddingCache(
+            settings.redis_url,
+            settings.cache_ttl_s,
+            dim,
+            socket_timeout_s=settings.redis_socket_timeout_s,
+            connect_timeout_s=settings.redis_connect_timeout_s,
+            pool_size=settings.redis_pool_size,
+            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+        )
+    return LocalEmbeddingCache(settings.local_cache_size, settings.cache_ttl_s, dim)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState | None = getattr(request.app.state, "reco", None)
+    if state is None or not state.ready:
+        raise NotReady("the service is not ready (bundle loading or shutting down)")
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]

@@ -1,0 +1,67 @@
+"""Stage 1: user encoding. Builds the user tower's inputs from the bundle and runs the ONNX user tower."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from service.bundle import Bundle, BundleError
+from service.features import history_windows
+from service.runtime import session_signature
+
+UNKNOWN_USER = -1
+
+
+class UserEncoder:
+    """numpy in (user indices, -1 = unknown), numpy out ((B, E) float32 L2-normalised embeddings)."""
+
+    def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
+        dims = bundle.manifest.dims
+        expected = {
+            "user_idx": 1,
+            "history": dims.history_length,
+            "user_categorical": len(dims.user_categorical_cardinalities),
+        }
+        check_inputs(session, expected, bundle, "user_tower.onnx")
+        output = session.get_outputs()[0]
+        if output.shape[-1] != dims.embedding_dim:
+            raise BundleError(
+                f"{bundle.path / 'user_tower.onnx'}: output dimension {output.shape[-1]} "
+                f"!= manifest embedding_dim {dims.embedding_dim}"
+            )
+        self._bundle = bundle
+        self._session = session
+        self._output = output.name
+        self.history_length = dims.history_length
+        self._oov = dims.n_users
+        self._n_cat = len(dims.user_categorical_cardinalities)
+
+    def inputs(self, users: np.ndarray) -> dict[str, np.ndarray]:
+        b = self._bundle
+        known = users >= 0
+        histories = [b.history(int(u)) if u >= 0 else b.history_items[:0] for u in users]
+        categorical = np.zeros((len(users), self._n_cat), dtype=np.int64)
+        categorical[known] = b.user_categorical[users[known]]
+        return {
+            "user_idx": np.where(known, users, self._oov).astype(np.int64),  # (B,)
+            "history": history_windows(histories, self.history_length),  # (B, L)
+            "user_categorical": categorical,  # (B, U)
+        }
+
+    def encode(self, users: np.ndarray) -> np.ndarray:
+        out = self._session.run([self._output], self.inputs(users))[0]
+        return np.ascontiguousarray(out, dtype=np.float32)  # (B, E)
+
+
+def check_inputs(session: ort.InferenceSession, expected: dict[str, int], bundle: Bundle, name: str) -> None:
+    """Each expected input exists and its last dimension (1 = a vector input) matches the manifest."""
+    signature = session_signature(session)
+    if set(signature) != set(expected):
+        raise BundleError(f"{bundle.path / name}: inputs {sorted(signature)} != expected {sorted(expected)}")
+    for input_name, width in expected.items():
+        shape = signature[input_name]
+        declared = shape[-1] if len(shape) > 1 else 1
+        if isinstance(declared, int) and declared != width:
+            raise BundleError(
+                f"{bundle.path / name}: input {input_name!r} has width {declared}, the manifest implies {width}"
+            )

@@ -1,0 +1,53 @@
+"""Shared fixtures: one real tiny bundle per test session (trained, exported, indexed), apps through their lifespan."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import Settings
+
+ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from model_export.build import build_bundle
+    from model_export.config import preset
+    from model_export.data import generate_synthetic
+
+    config = preset("tiny")
+    out = tmp_path_factory.mktemp("bundles")
+    return build_bundle(generate_synthetic(config.synthetic, seed=config.seed), config, out, progress=False).path
+
+
+@pytest.fixture
+def settings(tiny_bundle: Path) -> Settings:
+    return Settings(bundle_path=tiny_bundle, redis_url=None, warmup_requests=1, max_k=50, num_candidates=100)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def redis_available() -> bool:
+    try:
+        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A local TCP port with nothing listening on it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from model_export.build_index import build_index, recall_vs_exact
+from model_export.config import IndexConfig
+from model_export.evaluate import ranking_metrics
+from model_export.export_onnx import ParityError, export, parity
+from service.bundle import MANIFEST, load_bundle
+from service.main import create_app
+from service.settings import Settings
+from tests.conftest import ML100K
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_manifest_records_everything(tiny_bundle: Path) -> None:
+    manifest = json.loads((tiny_bundle / MANIFEST).read_text())
+    assert manifest["schema_version"] == 1
+    assert manifest["bundle_version"] == tiny_bundle.name
+    assert set(manifest["onnx_parity_max_abs_diff"]) == {"user_tower", "item_tower", "ranker"}
+    assert all(0 <= d <= 1e-4 for d in manifest["onnx_parity_max_abs_diff"].values())
+    assert manifest["index"]["type"] == "IndexFlatIP"
+    assert manifest["index"]["recall_vs_exact"] == 1.0
+    assert manifest["training"]["config"]["preset"] == "tiny"
+    for name in ("most_popular", "retrieval", "pipeline"):
+        m = manifest["metrics"]["validation"][name]
+        assert 0.0 <= m["recall@10"] <= 1.0
+        assert 0.0 <= m["ndcg@10"] <= 1.0
+    assert "rating >= 4" in manifest["feature_spec"]["positive_rule"]
+    # Atomic write: no temporary directory left, `current` points at the new bundle.
+    siblings = [p.name for p in tiny_bundle.parent.iterdir()]
+    assert not [s for s in siblings if s.startswith(".")]
+    assert (tiny_bundle.parent / "current").resolve() == tiny_bundle.resolve()
+    # No pickles: every array loads with allow_pickle=False.
+    for name in manifest["files"]:
+        if name.endswith(".npy"):
+            np.load(tiny_bundle / name, allow_pickle=False)
+
+
+def test_parity_check_fails_when_onnx_and_torch_disagree(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh())
+    inputs = {"x": np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)}
+    path = tmp_path / "m.onnx"
+    export(model, inputs, "y", path)
+    assert parity(model, path, inputs) < 1e-6
+    with torch.no_grad():
+        model[0].bias += 1e-3  # the exported graph no longer matches the module
+    with pytest.raises(ParityError, match=r"m\.onnx: ONNX Runtime differs from PyTorch by"):
+        parity(model, path, inputs)
+    # Dynamic batch axis: another batch size runs.
+    import onnxruntime as ort
+
+    out = ort.InferenceSession(str(path)).run(None, {"x": np.zeros((3, 4), np.float32)})[0]
+    assert out.shape == (3, 3)
+
+
+def test_index_exact_and_approximate() -> None:
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(2000, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    exact, info = build_index(emb, IndexConfig(exact_max_items=5000))
+    assert info["type"] == "IndexFlatIP"
+    hnsw, info = build_index(emb, IndexConfig(exact_max_items=1000, hnsw_m=16, hnsw_ef_search=64))
+    assert info["type"] == "IndexHNSWFlat"
+    assert info["params"]["ef_search"] == 64
+    queries = rng.normal(size=(50, 16)).astype(np.float32)
+    assert recall_vs_exact(exact, emb, queries, 20) == 1.0
+    approx = recall_vs_exact(hnsw, emb, queries, 20)
+    assert 0.8 < approx <= 1.0
+
+
+def test_ranking_metrics_exact() -> None:
+    recs = [np.array([1, 2, 3]), np.array([4, 5, 6]), np.array([7, 8, 9])]
+    rel = [np.array([2, 10]), np.array([9]), np.array([], dtype=np.int64)]
+    m = ranking_metrics(recs, rel, 3)
+    assert m["users"] == 2  # users without held-out items do not count
+    assert m["recall@3"] == pytest.approx((0.5 + 0.0) / 2)
+    ndcg_user0 = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
+    assert m["ndcg@3"] == pytest.approx(ndcg_user0 / 2)
+    assert m["hit_rate@3"] == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ML100K / "u.data").is_file(), reason="../shared/data/ml-100k not present")
+def test_cli_trains_on_ml100k_and_the_service_serves_it(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model_export",
+            "--dataset",
+            "movielens",
+            "--data-dir",
+            str(ML100K),
+            "--out",
+            str(tmp_path),
+            "--preset",
+            "tiny",
+            "--epochs",
+            "4",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Recall@10" in out.stdout
+    assert "NDCG@10" in out.stdout
+    lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line.strip()}
+    assert {"most_popular", "retrieval", "pipeline"} <= lines.keys()
+    bundle = load_bundle(tmp_path / "current")
+    assert bundle.manifest.dataset["name"] == "ml-100k"
+    assert bundle.manifest.dims.n_users == 943
+    # The retrieval model learned something: it beats most-popular on the held-out interactions.
+    metrics = bundle.manifest.metrics["validation"]
+    assert metrics["retrieval"]["recall@10"] > metrics["most_popular"]["recall@10"]
+    with TestClient(create_app(Settings(bundle_path=tmp_path / "current", warmup_requests=1))) as c:
+        r = c.post("/v1/recommendations", json={"user_id": "1", "k": 10})
+        assert r.status_code == 200
+        titles = [it["title"] for it in r.json()["items"]]
+        assert len(set(titles)) == 10
+        seen = {bundle.item_titles[i] for i in bundle.history(bundle.user_index["1"])}
+        assert not seen & set(titles)
+
+
+def test_cli_reports_data_errors(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "model_export", "--dataset", "movielens", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "no MovieLens files found" in out.stderr

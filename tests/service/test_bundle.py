@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.bundle import MANIFEST, BundleError, load_bundle, sha256_file
+from service.pipeline import Pipeline
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+
+
+def edit_manifest(path: Path, edit: dict[str, object]) -> None:
+    manifest = json.loads((path / MANIFEST).read_text())
+    for dotted, value in edit.items():
+        node = manifest
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (path / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_valid_bundle_loads(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    dims = bundle.manifest.dims
+    assert bundle.item_embeddings.shape == (dims.n_items, dims.embedding_dim)
+    np.testing.assert_allclose(np.linalg.norm(bundle.item_embeddings, axis=1), 1.0, atol=1e-5)
+    assert bundle.user_index[bundle.user_ids[3]] == 3
+    assert bundle.manifest.metrics["validation"]["pipeline"]["users"] > 0
+
+
+def test_corrupted_file_is_refused(bundle_copy: Path) -> None:
+    target = bundle_copy / "ranker.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"ranker\.onnx: sha256 .* does not match the manifest"):
+        load_bundle(bundle_copy)
+
+
+def test_missing_file_is_refused(bundle_copy: Path) -> None:
+    (bundle_copy / "items.faiss").unlink()
+    with pytest.raises(BundleError, match=r"items\.faiss: listed in the manifest but missing"):
+        load_bundle(bundle_copy)
+
+
+def test_dimension_mismatch_is_refused(bundle_copy: Path) -> None:
+    edit_manifest(bundle_copy, {"dims.embedding_dim": 999})
+    with pytest.raises(BundleError, match=r"item_embeddings\.npy: shape .* does not match the manifest"):
+        load_bundle(bundle_copy)
+
+
+def test_item_count_mismatch_is_refused(bundle_copy: Path) -> None:
+    n_items = json.loads((bundle_copy / MANIFEST).read_text())["dims"]["n_items"]
+    edit_manifest(bundle_copy, {"dims.n_items": n_items + 1})
+    with pytest.raises(BundleError, match=rf"item_ids\.json: {n_items} entries, manifest dimensions say {n_items + 1}"):
+        load_bundle(bundle_copy)
+
+
+def test_schema_and_manifest_errors(bundle_copy: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match=r"missing; is .* a model bundle"):
+        load_bundle(tmp_path)
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nope")
+    edit_manifest(bundle_copy, {"schema_version": 99})
+    with pytest.raises(BundleError, match="schema_version 99 is not supported"):
+        load_bundle(bundle_copy)
+    edit_manifest(bundle_copy, {"schema_version": 1, "bundle_version": "../escape"})
+    with pytest.raises(BundleError, match="invalid manifest: bundle_version"):
+        load_bundle(bundle_copy)
+    (bundle_copy / MANIFEST).write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bundle_copy)
+
+
+def test_onnx_signature_checked_against_manifest(bundle_copy: Path) -> None:
+    """A model from another bundle (different dimensions) with matching checksums is still refused."""
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    cards = manifest["dims"]["user_categorical_cardinalities"]
+    names = manifest["feature_spec"]["user_categorical"]
+    # Pretend the user tower takes one more categorical feature: arrays and model now disagree with the manifest.
+    edit_manifest(
+        bundle_copy,
+        {
+            "dims.user_categorical_cardinalities": [*cards, 2],
+            "feature_spec.user_categorical": [*names, "extra"],
+        },
+    )
+    user_cat = np.load(bundle_copy / "user_categorical.npy")
+    np.save(
+        bundle_copy / "user_categorical.npy",
+        np.concatenate([user_cat, np.zeros((len(user_cat), 1), np.int64)], 1),
+    )
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    path = bundle_copy / "user_categorical.npy"
+    manifest["files"]["user_categorical.npy"] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    bundle = load_bundle(bundle_copy)
+    with pytest.raises(BundleError, match=r"user_tower\.onnx: input 'user_categorical' has width"):
+        Pipeline.open(bundle, device="cpu")

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.bundle import load_bundle
+
+
+def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def test_metrics_after_traffic(client: TestClient, tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    user_id = bundle.user_ids[1]
+    for _ in range(3):
+        assert client.post("/v1/recommendations", json={"user_id": user_id, "k": 5}).status_code == 200
+    assert client.post("/v1/recommendations", json={"user_id": "stranger", "k": 5}).status_code == 200
+    assert client.post("/v1/recommendations", json={"user_id": user_id, "k": 0}).status_code == 422
+    m = scrape(client)
+    route = "/v1/recommendations"
+    assert m[("reco_http_requests_total", (("method", "POST"), ("route", route), ("status", "200")))] == 4
+    assert m[("reco_http_requests_total", (("method", "POST"), ("route", route), ("status", "422")))] == 1
+    assert m[("reco_http_request_duration_seconds_count", (("method", "POST"), ("route", route)))] == 5
+    assert m[("reco_http_request_duration_seconds_sum", (("method", "POST"), ("route", route)))] > 0
+    # One miss, then hits from the in-process cache; the unknown user never touches the cache.
+    assert m[("reco_cache_requests_total", (("result", "miss"),))] == 1
+    assert m[("reco_cache_requests_total", (("result", "hit"),))] == 2
+    assert m[("reco_fallbacks_total", (("reason", "unknown_user"),))] == 1
+    assert m[("reco_errors_total", (("type", "validation"),))] == 1
+    for stage in ("cache", "retrieval", "filtering", "ranking"):
+        count = m[("reco_stage_duration_seconds_count", (("stage", stage),))]
+        assert count >= 4 if stage != "cache" else count >= 3
+        assert m[("reco_stage_duration_seconds_sum", (("stage", stage),))] > 0
+    assert m[("reco_stage_duration_seconds_count", (("stage", "user_encoding"),))] == 1
+    # 100 candidates asked for: retrieval returns them all; filtering removes the seen ones.
+    assert m[("reco_candidates_count", (("stage", "retrieved"),))] == 4
+    assert m[("reco_candidates_sum", (("stage", "retrieved"),))] >= 4 * 100
+    assert m[("reco_candidates_sum", (("stage", "after_filtering"),))] <= 4 * 100
+    info = [k for k in m if k[0] == "reco_bundle_info"]
+    assert len(info) == 1
+    assert ("version", bundle.version) in info[0][1]
+    assert m[("reco_ready", ())] == 1.0
+    # No user ids in any label.
+    assert not any(user_id == v or v == "stranger" for _, labels in m for _, v in labels)
+    # Unmatched paths are one label, not one series per path.
+    client.get("/does/not/exist/123")
+    assert (
+        "reco_http_requests_total",
+        (("method", "GET"), ("route", "unmatched"), ("status", "404")),
+    ) in scrape(client)
+
+
+def test_service_never_imports_torch() -> None:
+    code = (
+        "import sys, service.main, service.pipeline, service.bundle; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert 'model_export' not in sys.modules; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
