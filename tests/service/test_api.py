@@ -4,7 +4,9 @@ import json
 import shutil
 from pathlib import Path
 
+import faiss
 import numpy as np
+import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
@@ -133,9 +135,50 @@ def test_health_and_readiness(client: TestClient, tiny_bundle: Path) -> None:
     body = ready.json()
     assert body["ready"] is True
     assert body["bundle_version"] == load_bundle(tiny_bundle).version
-    assert body["onnx_providers"][0] == "CPUExecutionProvider"
-    assert body["faiss_device"] == "cpu"
+    # device=auto: the GPU wherever this process has one (the GPU machine), the CPU elsewhere.
+    assert body["onnx_providers"][0] == ("CUDAExecutionProvider" if cuda_onnx() else "CPUExecutionProvider")
+    assert body["faiss_device"] == ("cuda" if faiss.get_num_gpus() > 0 else "cpu")
     assert body["cache_backend"] == "local"
+
+
+def cuda_onnx() -> bool:
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def test_device_cpu_forces_the_cpu(settings: Settings) -> None:
+    with TestClient(create_app(settings.model_copy(update={"device": "cpu"}))) as c:
+        body = c.get("/readyz").json()
+        assert body["onnx_providers"] == ["CPUExecutionProvider"]
+        assert body["faiss_device"] == "cpu"
+        assert len(recommend(c, user_id="1", k=5)["items"]) == 5
+
+
+def test_device_cuda_without_a_gpu_fails_clearly(settings: Settings) -> None:
+    app = create_app(settings.model_copy(update={"device": "cuda"}))
+    if cuda_onnx() and faiss.get_num_gpus() > 0:
+        with TestClient(app) as c:
+            assert c.get("/readyz").json()["faiss_device"] == "cuda"
+    else:
+        with pytest.raises(RuntimeError, match="device=cuda but"), TestClient(app):
+            pass
+
+
+def test_gpu_and_cpu_agree(settings: Settings, tiny_bundle: Path) -> None:
+    """Where a GPU serves, its recommendations match the CPU's (same items, scores within float tolerance)."""
+    bundle = load_bundle(tiny_bundle)
+    with (
+        TestClient(create_app(settings)) as auto,
+        TestClient(create_app(settings.model_copy(update={"device": "cpu"}))) as cpu,
+    ):
+        for user in range(0, 60, 6):
+            a = recommend(auto, user_id=bundle.user_ids[user], k=10)["items"]
+            b = recommend(cpu, user_id=bundle.user_ids[user], k=10)["items"]
+            # Float differences may swap an item at the candidate or top-k boundary, nothing more.
+            assert len({i["item_id"] for i in a} & {i["item_id"] for i in b}) >= 9
+            scores_b = {i["item_id"]: i["ranking_score"] for i in b}
+            for item in a:
+                if item["item_id"] in scores_b:
+                    assert item["ranking_score"] == pytest.approx(scores_b[item["item_id"]], abs=1e-4)
 
 
 def test_bad_bundle_is_refused_at_startup(tiny_bundle: Path, tmp_path: Path, settings: Settings) -> None:
