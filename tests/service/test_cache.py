@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,9 @@ from service.main import create_app
 from service.settings import Settings
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, redis_available
 
+# CI (RECO_TEST_REQUIRE_REDIS=1) must exercise the real server; elsewhere (e.g. the GPU machine) these skip.
+if os.environ.get("RECO_TEST_REQUIRE_REDIS") == "1" and not redis_available():
+    raise RuntimeError("RECO_TEST_REQUIRE_REDIS=1 but no Redis answers at 127.0.0.1:6379")
 needs_redis = pytest.mark.skipif(not redis_available(), reason="no Redis at 127.0.0.1:6379 (.ci/run starts one)")
 
 

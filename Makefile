@@ -1,0 +1,50 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+BUNDLES ?= bundles
+HOST ?= 0.0.0.0
+PORT ?= 8000
+# torch 2.13.0: a CPU build of it is on the dev/CI machines' disk; elsewhere pip downloads it.
+TORCH ?= torch==2.13.0
+EXTRAS ?= cpu,train,dev
+
+.PHONY: install run bundle bundle-movielens test lint format clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(BIN)/.installed
+
+# A demo bundle from synthetic data, built only when there is none.
+$(BUNDLES)/current: | $(BIN)/.installed
+	$(BIN)/python -m model_export --dataset synthetic --out $(BUNDLES)
+
+bundle: $(BUNDLES)/current
+
+# Train on a MovieLens download: make bundle-movielens DATA=path/to/ml-100k
+bundle-movielens: install
+	$(BIN)/python -m model_export --dataset movielens --data-dir $(DATA) --out $(BUNDLES)
+
+run: $(BUNDLES)/current
+	RECO_BUNDLE_PATH=$${RECO_BUNDLE_PATH:-$(BUNDLES)/current} \
+	$(BIN)/uvicorn --factory service.main:create_app --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
