@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,20 @@ from fastapi.testclient import TestClient
 from service.main import create_app
 from service.settings import Settings
 
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+
+def _find_ml100k() -> Path:
+    """MovieLens 100K is never copied into the project: $ML100K_DIR, else `shared/data/ml-100k` beside the
+    checkout or any folder above it (../shared/data/ml-100k on the development and CI machines)."""
+    if os.environ.get("ML100K_DIR"):
+        return Path(os.environ["ML100K_DIR"])
+    for parent in Path(__file__).resolve().parents[1:]:
+        candidate = parent / "shared" / "data" / "ml-100k"
+        if (candidate / "u.data").is_file():
+            return candidate
+    return Path("ml-100k-not-found")
+
+
+ML100K = _find_ml100k()
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 
