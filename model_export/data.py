@@ -413,7 +413,7 @@ def generate_synthetic(config: SyntheticConfig, seed: int = 0) -> Dataset:
 
     genre_names = [f"g{j:02d}" for j in range(n_genres)]
     titles = [
-        f"Item {i} ({', '.join(g for g, on in zip(genre_names, genres[i], strict=True) if on)}; {years[i]})"
+        f"Item {i + 1} ({', '.join(g for g, on in zip(genre_names, genres[i], strict=True) if on)}; {years[i]})"
         for i in range(n_items)
     ]
     item_dense = np.concatenate([genres, ((years - 1900) / 130.0).astype(np.float32)[:, None]], axis=1)

@@ -44,7 +44,7 @@ class HTTPMetricsMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
             self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.request_latency.labels(template, method).observe(time.perf_counter() - start)
+            self.metrics.request_latency.labels(template, method, str(status)).observe(time.perf_counter() - start)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -72,4 +72,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it narrates its AVX-variant probing at INFO
     return app

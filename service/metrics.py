@@ -22,8 +22,8 @@ class Metrics:
         )
         self.request_latency = Histogram(
             "reco_http_request_duration_seconds",
-            "HTTP request latency by route template and method.",
-            ["route", "method"],
+            "HTTP request latency by route template, method and status.",
+            ["route", "method", "status"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

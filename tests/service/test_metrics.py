@@ -32,8 +32,11 @@ def test_metrics_after_traffic(client: TestClient, tiny_bundle: Path) -> None:
     route = "/v1/recommendations"
     assert m[("reco_http_requests_total", (("method", "POST"), ("route", route), ("status", "200")))] == 4
     assert m[("reco_http_requests_total", (("method", "POST"), ("route", route), ("status", "422")))] == 1
-    assert m[("reco_http_request_duration_seconds_count", (("method", "POST"), ("route", route)))] == 5
-    assert m[("reco_http_request_duration_seconds_sum", (("method", "POST"), ("route", route)))] > 0
+    ok = (("method", "POST"), ("route", route), ("status", "200"))
+    assert m[("reco_http_request_duration_seconds_count", ok)] == 4
+    assert m[("reco_http_request_duration_seconds_sum", ok)] > 0
+    bad = (("method", "POST"), ("route", route), ("status", "422"))
+    assert m[("reco_http_request_duration_seconds_count", bad)] == 1
     # One miss, then hits from the in-process cache; the unknown user never touches the cache.
     assert m[("reco_cache_requests_total", (("result", "miss"),))] == 1
     assert m[("reco_cache_requests_total", (("result", "hit"),))] == 2
