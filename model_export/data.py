@@ -132,6 +132,12 @@ def _convert(path: Path, lineno: int, name: str, value: str, fn: Callable[[str],
         raise DataError(f"{path}:{lineno}: field {name!r} is not a number: {value!r}") from None
 
 
+def _rating(path: Path, lineno: int, fields: list[str]) -> tuple[str, str, float, int]:
+    """(user id, item id, rating, timestamp) from the first four fields of a ratings line."""
+    rating = float(_convert(path, lineno, "rating", fields[2], float))
+    return fields[0], fields[1], rating, int(_convert(path, lineno, "timestamp", fields[3], int))
+
+
 def _age_bucket(age: int) -> int:
     """Index 1..7 of the MovieLens 1M age bucket (0 is reserved for unknown)."""
     return int(np.searchsorted(AGE_BUCKETS, age, side="right"))
@@ -213,12 +219,8 @@ def load_ml100k(directory: Path) -> Dataset:
         occupation = occupations.setdefault(f[3], len(occupations) + 1)
         cat_rows.append((_age_bucket(age), gender, occupation))
 
-    raw: list[tuple[str, str, float, int]] = []
     path = directory / "u.data"
-    for lineno, f in _rows(path, "\t", 4):
-        rating = float(_convert(path, lineno, "rating", f[2], float))
-        ts = int(_convert(path, lineno, "timestamp", f[3], int))
-        raw.append((f[0], f[1], rating, ts))
+    raw = [_rating(path, lineno, f) for lineno, f in _rows(path, "\t", 4)]
     interactions, user_ids = _index_ratings(raw, item_ids, user_ids, path)
     return Dataset(
         name="ml-100k",
@@ -258,17 +260,8 @@ def load_ml1m(directory: Path) -> Dataset:
             age = int(_convert(users_path, lineno, "age", f[2], int))
             occupation = int(_convert(users_path, lineno, "occupation", f[3], int))
             cat_rows.append((_age_bucket(age), {"M": 1, "F": 2}.get(f[1], 0), occupation + 1))
-    raw: list[tuple[str, str, float, int]] = []
     path = directory / "ratings.dat"
-    for lineno, f in _rows(path, "::", 4):
-        raw.append(
-            (
-                f[0],
-                f[1],
-                float(_convert(path, lineno, "rating", f[2], float)),
-                int(_convert(path, lineno, "timestamp", f[3], int)),
-            )
-        )
+    raw = [_rating(path, lineno, f) for lineno, f in _rows(path, "::", 4)]
     interactions, user_ids = _index_ratings(raw, item_ids, user_ids, path)
     vocabulary = _genre_vocabulary(genres)
     years = [_parse_year(t) for t in titles]
@@ -301,17 +294,8 @@ def load_ml_csv(directory: Path) -> Dataset:
         item_ids.append(f[0])
         titles.append(f[1])
         genres.append([g for g in f[2].split("|") if g and g != "(no genres listed)"])
-    raw: list[tuple[str, str, float, int]] = []
     path = directory / "ratings.csv"
-    for lineno, f in _csv_rows(path, ("userId", "movieId", "rating", "timestamp")):
-        raw.append(
-            (
-                f[0],
-                f[1],
-                float(_convert(path, lineno, "rating", f[2], float)),
-                int(_convert(path, lineno, "timestamp", f[3], int)),
-            )
-        )
+    raw = [_rating(path, lineno, f) for lineno, f in _csv_rows(path, ("userId", "movieId", "rating", "timestamp"))]
     interactions, user_ids = _index_ratings(raw, item_ids, None, path)
     vocabulary = _genre_vocabulary(genres)
     return Dataset(
