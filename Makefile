@@ -7,7 +7,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 # torch 2.13.0: a CPU build of it is on the dev/CI machines' disk; elsewhere pip downloads it.
 TORCH ?= torch==2.13.0
-EXTRAS ?= cpu,train,dev
+EXTRAS ?= cpu,train,bench,dev
 
 .PHONY: install run bundle bundle-movielens test lint format clean
 

@@ -43,14 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     from model_export.build import build_bundle  # imports torch: after argument errors are reported
 
     result = build_bundle(raw, config, args.out, progress=not args.no_progress)
-    k = config.eval_k
     print(f"\nbundle {result.version} -> {result.path}")
-    print(
-        f"validation ({raw.name}, temporal hold-out, seen items excluded, {result.metrics['pipeline']['users']} users)"
-    )
-    print(f"{'model':<14}{'Recall@' + str(k):>12}{'NDCG@' + str(k):>12}{'HitRate@' + str(k):>14}")
+    users = result.metrics["pipeline"]["users"]
+    print(f"validation ({raw.name}, temporal hold-out, seen items excluded, full ranking, {users} users)")
+    columns = ["recall@10", "ndcg@10", "recall@100", "hit_rate@10", "coverage@10"]
+    print(f"{'model':<14}" + "".join(f"{c:>13}" for c in columns))
     for name, m in result.metrics.items():
-        print(f"{name:<14}{m[f'recall@{k}']:>12.4f}{m[f'ndcg@{k}']:>12.4f}{m[f'hit_rate@{k}']:>14.4f}")
+        print(f"{name:<14}" + "".join(f"{m[c]:>13.4f}" for c in columns))
     print(json.dumps({"bundle": str(result.path), "version": result.version}))
     return 0
 

@@ -15,13 +15,13 @@ from torch import nn
 from model_export.build_index import build_index, recall_vs_exact
 from model_export.bundle import BundleWriter, code_version
 from model_export.config import ExportConfig
-from model_export.data import Dataset, implicit, temporal_split, user_histories
+from model_export.data import Dataset, Interactions, implicit, temporal_split, user_histories
 from model_export.evaluate import evaluate
 from model_export.export_onnx import export, parity
 from model_export.train import (
     embed_items,
     embed_users,
-    item_log_popularity,
+    item_popularity,
     ranker_examples,
     seed_everything,
     train_ranker,
@@ -46,12 +46,21 @@ def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(n, size), replace=False))
 
 
-def build_bundle(raw: Dataset, config: ExportConfig, out_dir: Path, progress: bool = True) -> BuildResult:
+def build_bundle(
+    raw: Dataset,
+    config: ExportConfig,
+    out_dir: Path,
+    progress: bool = True,
+    split: tuple[Interactions, Interactions] | None = None,
+    evaluate_bundle: bool = True,
+) -> BuildResult:
+    """Train, export and write a bundle. `split` (train, held out) of `implicit(raw, config.min_rating)` replaces
+    the default temporal split; the held-out part is only used for the validation metrics in the manifest."""
     started = time.perf_counter()
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     dataset = implicit(raw, config.min_rating)
-    train, heldout = temporal_split(dataset.interactions, config.holdout_fraction)
+    train, heldout = split or temporal_split(dataset.interactions, config.holdout_fraction)
     tt_train, rank_events = temporal_split(train, config.ranker.window_fraction)
     log.info(
         "%s: %d users, %d items, %d positives (%d train, %d held out)",
@@ -63,11 +72,23 @@ def build_bundle(raw: Dataset, config: ExportConfig, out_dir: Path, progress: bo
         len(heldout),
     )
 
-    user_tower, item_tower, tt_losses = train_two_tower(dataset, tt_train, config, progress)
+    user_tower, item_tower, tt_history = train_two_tower(dataset, tt_train, config, progress, validation=rank_events)
     item_embeddings = embed_items(item_tower, dataset.item_dense)
-    log_popularity = item_log_popularity(train, dataset.n_items)
-    examples = ranker_examples(dataset, train, rank_events, user_tower, item_embeddings, log_popularity, config)
+    # Popularity as known before the ranker's labels (tt_train), so labels are not counted in their features.
+    examples = ranker_examples(
+        dataset, train, rank_events, user_tower, item_embeddings, item_popularity(tt_train, dataset.n_items), config
+    )
+    popularity = item_popularity(train, dataset.n_items)  # what the service sees: all training data
     ranker, ranker_losses = train_ranker(dataset, examples, examples.dense.shape[1], config, progress)
+    if config.two_tower.refit and len(rank_events):
+        # The ranker needed a two-tower model that never saw its labels; serving wants one that saw the most
+        # recent interactions too. Retrain on all training data for the epochs validation chose.
+        recalls = tt_history["validation_recall@50"]
+        best_epochs = int(np.argmax(recalls)) + 1 if recalls else config.two_tower.epochs
+        seed_everything(config.seed)
+        user_tower, item_tower, refit_history = train_two_tower(dataset, train, config, progress, epochs=best_epochs)
+        tt_history["refit_loss"] = refit_history["loss"]
+        item_embeddings = embed_items(item_tower, dataset.item_dense)
 
     offsets, history = user_histories(train, dataset.n_users)
     L = config.two_tower.history_length
@@ -116,7 +137,8 @@ def build_bundle(raw: Dataset, config: ExportConfig, out_dir: Path, progress: bo
 
         writer.array(files.ITEM_EMBEDDINGS, item_embeddings)
         writer.array(files.ITEM_DENSE, dataset.item_dense)
-        writer.array(files.ITEM_LOG_POPULARITY, log_popularity)
+        writer.array(files.ITEM_LOG_POPULARITY, popularity.overall)
+        writer.array(files.ITEM_RECENT_POPULARITY, popularity.recent)
         writer.array(files.USER_CATEGORICAL, dataset.user_categorical)
         writer.array(files.HISTORY_OFFSETS, offsets)
         writer.array(files.HISTORY_ITEMS, history)
@@ -172,7 +194,7 @@ def build_bundle(raw: Dataset, config: ExportConfig, out_dir: Path, progress: bo
             "onnx_parity_max_abs_diff": parities,
             "training": {
                 "config": config.to_dict(),
-                "two_tower_loss": tt_losses,
+                "two_tower": tt_history,
                 "ranker_loss": ranker_losses,
                 "ranker_examples": len(examples.label),
                 "seconds": round(time.perf_counter() - started, 1),
@@ -182,13 +204,13 @@ def build_bundle(raw: Dataset, config: ExportConfig, out_dir: Path, progress: bo
         writer.write_manifest(fields)
 
         # Evaluate the bundle as the service will run it (ONNX Runtime + FAISS, CPU), then record the metrics.
-        pipeline = Pipeline.open(load_bundle(writer.tmp), device="cpu", intra_op_threads=0)
-        metrics = evaluate(pipeline, heldout, config.eval_k, config.num_candidates, progress)
-        fields["metrics"] = {
-            "validation": metrics,
-            "protocol": "temporal hold-out, seen items excluded, full ranking",
-        }
-        writer.write_manifest(fields)
+        metrics: dict[str, Any] = {}
+        if evaluate_bundle:
+            pipeline = Pipeline.open(load_bundle(writer.tmp), device="cpu", intra_op_threads=0)
+            metrics = evaluate(pipeline, heldout, config.num_candidates, progress)
+            protocol = "held-out positives, seen items excluded, full ranking over the catalogue"
+            fields["metrics"] = {"validation": metrics, "protocol": protocol}
+            writer.write_manifest(fields)
         path = writer.finish(version)
     except BaseException:
         writer.abort()

@@ -23,19 +23,23 @@ class TwoTowerConfig:
     categorical_dim: int = 8
     hidden_dim: int = 256
     history_length: int = 50
-    temperature: float = 0.05
+    temperature: float = 0.1  # ml-100k temporal: 0.05 -> 0.1 moved two-tower Recall@100 0.533 -> 0.549
     logq_correction: bool = True
     user_id_dropout: float = 0.1  # teaches the OOV user row, used for unknown users
     batch_size: int = 1024
-    epochs: int = 8
+    epochs: int = 20
+    early_stopping_patience: int = 2  # epochs without a better validation Recall@50
+    refit: bool = True  # after the ranker is trained, retrain on all training data for the best epoch count
     lr: float = 3e-3
     weight_decay: float = 1e-6
 
 
 @dataclass(frozen=True)
 class RankerConfig:
-    id_dim: int = 16
-    categorical_dim: int = 8
+    # Width 1: a learnt per-user and per-item bias. Wider id embeddings overfit the few ranker labels
+    # (ml-100k temporal: NDCG@10 0.144 with 16 / 8, 0.147 with 1 / 2).
+    id_dim: int = 1
+    categorical_dim: int = 2
     cross_layers: int = 2
     hidden_dims: tuple[int, ...] = (256, 128)
     window_fraction: float = 0.2  # share of each user's training events held out of two-tower training as labels
@@ -46,6 +50,7 @@ class RankerConfig:
     uniform_negatives: int = 1
     hard_negatives: int = 8
     hard_pool: int = 500
+    retrieved_positives_only: bool = True
     batch_size: int = 2048
     epochs: int = 4
     lr: float = 2e-3
@@ -68,7 +73,6 @@ class ExportConfig:
     seed: int = 0
     min_rating: float = 4.0  # explicit ratings at or above this are positives
     holdout_fraction: float = 0.2  # latest share of each user's positives held out for validation
-    eval_k: int = 10
     num_candidates: int = 500
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)

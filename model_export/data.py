@@ -459,6 +459,25 @@ def temporal_split(interactions: Interactions, holdout_fraction: float) -> tuple
     return interactions.take(order[~held]), interactions.take(order[held])
 
 
+def stratified_random_split(
+    interactions: Interactions, train_fraction: float, seed: int
+) -> tuple[Interactions, Interactions]:
+    """Per user, a random `train_fraction` of interactions (rounded) for training, the rest held out, as in
+    Microsoft Recommenders' `python_stratified_split`. Returns (train, held out), each sorted by user then time."""
+    rng = np.random.default_rng(seed)
+    order = chronological(interactions)
+    users = interactions.user[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    lengths = np.diff(np.r_[starts, len(users)])
+    keys = rng.random(len(users))
+    position = np.empty(len(users), dtype=np.int64)
+    for start, length in zip(starts, lengths, strict=True):
+        position[start : start + length] = np.argsort(np.argsort(keys[start : start + length]))
+    n_train = np.rint(lengths * train_fraction).astype(np.int64)
+    is_train = position < np.repeat(n_train, lengths)
+    return interactions.take(order[is_train]), interactions.take(order[~is_train])
+
+
 def user_histories(interactions: Interactions, n_users: int) -> tuple[np.ndarray, np.ndarray]:
     """CSR (offsets (n_users + 1,), items) of each user's interactions, oldest first."""
     order = chronological(interactions)

@@ -1,8 +1,9 @@
-"""Offline evaluation on the temporal hold-out, through the exported bundle exactly as the service runs it.
+"""Offline evaluation: exact full-ranking metrics, bootstrap intervals, and the bundle's own validation.
 
-Protocol: each user's held-out positives (their latest interactions) are the relevant set; items in the
-user's training history are excluded from the ranking (as the service excludes already-seen items);
-every other catalogue item is a candidate. Metrics are averaged over users with at least one held-out item.
+Protocol (both the bundle's validation and `benchmarks.quality`): each user's held-out positives are the
+relevant set; items in the user's training history are excluded from the ranking (as the service excludes
+already-seen items); every other catalogue item is a candidate (no sampled negatives). Metrics are means over
+users with at least one held-out item. Recommendation lists are (U, depth) item-index arrays, -1 padded.
 """
 
 from __future__ import annotations
@@ -15,28 +16,44 @@ from tqdm import tqdm
 from model_export.data import Interactions
 from service.pipeline import Pipeline
 
+DEPTH = 100
+RECALL_AT = (10, 20, 50, 100)
+NDCG_AT = (10, 20)
+HIT_AT = 10
+COVERAGE_AT = 10
 
-def ranking_metrics(recommended: Sequence[np.ndarray], relevant: Sequence[np.ndarray], k: int) -> dict[str, float]:
-    """Recall@k, NDCG@k (binary gains) and HitRate@k, averaged over users. Exact, no sampling."""
-    recalls, ndcgs, hits = [], [], []
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))  # (k,)
-    for recs, rel in zip(recommended, relevant, strict=True):
-        if len(rel) == 0:
-            continue
-        gains = np.isin(recs[:k], rel).astype(np.float64)
-        n_hit = gains.sum()
-        recalls.append(n_hit / len(rel))
-        ideal = discounts[: min(len(rel), k)].sum()
-        ndcgs.append(float((gains * discounts[: len(gains)]).sum() / ideal))
-        hits.append(float(n_hit > 0))
-    if not recalls:
-        return {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0, f"hit_rate@{k}": 0.0, "users": 0}
-    return {
-        f"recall@{k}": float(np.mean(recalls)),
-        f"ndcg@{k}": float(np.mean(ndcgs)),
-        f"hit_rate@{k}": float(np.mean(hits)),
-        "users": len(recalls),
-    }
+
+def per_user_metrics(recommended: np.ndarray, relevant: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Recall@{10,20,50,100}, NDCG@{10,20} (binary gains) and HitRate@10 of each user. Each (U,) float64.
+
+    recommended (U, D) with D >= 100 (-1 = no item); relevant: U non-empty arrays of item indices.
+    """
+    n_users = len(relevant)
+    hits = np.zeros((n_users, recommended.shape[1]), dtype=np.float64)  # (U, D)
+    for row, rel in enumerate(relevant):
+        hits[row] = np.isin(recommended[row], rel)
+    n_rel = np.array([len(r) for r in relevant], dtype=np.float64)  # (U,)
+    out = {f"recall@{k}": hits[:, :k].sum(axis=1) / n_rel for k in RECALL_AT}
+    for k in NDCG_AT:
+        discounts = 1.0 / np.log2(np.arange(2, k + 2))  # (k,)
+        ideal = np.array([discounts[: int(min(n, k))].sum() for n in n_rel])
+        out[f"ndcg@{k}"] = (hits[:, :k] * discounts).sum(axis=1) / ideal
+    out[f"hit_rate@{HIT_AT}"] = (hits[:, :HIT_AT].sum(axis=1) > 0).astype(np.float64)
+    return out
+
+
+def coverage(recommended: np.ndarray, n_items: int, k: int = COVERAGE_AT) -> float:
+    """Share of the catalogue that appears in at least one user's top k."""
+    top = recommended[:, :k]
+    return float(len(np.unique(top[top >= 0])) / n_items)
+
+
+def bootstrap_interval(values: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean, resampling users."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_resamples, len(values)))
+    means = values[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def relevant_sets(heldout: Interactions, n_users: int) -> list[np.ndarray]:
@@ -46,33 +63,52 @@ def relevant_sets(heldout: Interactions, n_users: int) -> list[np.ndarray]:
     return [items[bounds[u] : bounds[u + 1]] for u in range(n_users)]
 
 
-def popularity_recommendations(pipeline: Pipeline, users: np.ndarray, k: int) -> list[np.ndarray]:
-    """The most-popular baseline under the same protocol (seen items excluded)."""
-    bundle = pipeline.bundle
-    ranked = np.argsort(-bundle.item_log_popularity, kind="stable")
-    out = []
-    for u in users:
-        seen = bundle.history(int(u))
-        out.append(ranked[~np.isin(ranked, seen)][:k] if len(seen) else ranked[:k])
+def pad(lists: Sequence[np.ndarray], depth: int) -> np.ndarray:
+    out = np.full((len(lists), depth), -1, dtype=np.int64)
+    for row, items in enumerate(lists):
+        out[row, : min(depth, len(items))] = items[:depth]
     return out
 
 
+def popularity_recommendations(pipeline: Pipeline, users: np.ndarray, depth: int) -> np.ndarray:
+    """The most-popular baseline under the same protocol (seen items excluded), from the bundle's popularity."""
+    bundle = pipeline.bundle
+    ranked = np.argsort(-bundle.item_log_popularity, kind="stable")
+    return pad([ranked[~np.isin(ranked, bundle.history(int(u)))] for u in users], depth)
+
+
+def pipeline_recommendations(
+    pipeline: Pipeline, users: np.ndarray, depth: int, num_candidates: int, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(retrieval alone, full pipeline) lists for `users`, through ONNX Runtime and FAISS as the service runs."""
+    embeddings = pipeline.encode(users)  # (U, E)
+    retrieval = pad(pipeline.retrieve(users, embeddings, depth), depth)
+    full = pad(
+        [
+            pipeline.recommend(int(u), embeddings[row], depth, max(num_candidates, depth)).items
+            for row, u in enumerate(tqdm(users, desc="ranking", disable=not progress, leave=False))
+        ],
+        depth,
+    )
+    return retrieval, full
+
+
 def evaluate(
-    pipeline: Pipeline, heldout: Interactions, k: int, num_candidates: int, progress: bool = True
+    pipeline: Pipeline, heldout: Interactions, num_candidates: int, progress: bool = True
 ) -> dict[str, dict[str, float]]:
-    """Metrics of the most-popular baseline, the retrieval stage alone and the full pipeline."""
-    n_users = pipeline.bundle.manifest.dims.n_users
+    """Mean metrics of the most-popular baseline, the retrieval stage alone and the full pipeline."""
+    n_users, n_items = pipeline.bundle.manifest.dims.n_users, pipeline.bundle.manifest.dims.n_items
     relevant = relevant_sets(heldout, n_users)
     users = np.array([u for u in range(n_users) if len(relevant[u])], dtype=np.int64)
     rel = [relevant[u] for u in users]
-    embeddings = pipeline.encode(users)  # (U, E)
-    retrieval = pipeline.retrieve(users, embeddings, k)
-    full = [
-        pipeline.recommend(int(u), embeddings[row], k, num_candidates).items
-        for row, u in enumerate(tqdm(users, desc="evaluating pipeline", disable=not progress, leave=False))
-    ]
-    return {
-        "most_popular": ranking_metrics(popularity_recommendations(pipeline, users, k), rel, k),
-        "retrieval": ranking_metrics(retrieval, rel, k),
-        "pipeline": ranking_metrics(full, rel, k),
+    retrieval, full = pipeline_recommendations(pipeline, users, DEPTH, num_candidates, progress)
+    lists = {
+        "most_popular": popularity_recommendations(pipeline, users, DEPTH),
+        "retrieval": retrieval,
+        "pipeline": full,
     }
+    out: dict[str, dict[str, float]] = {}
+    for name, recs in lists.items():
+        metrics = {k: float(v.mean()) for k, v in per_user_metrics(recs, rel).items()}
+        out[name] = {**metrics, f"coverage@{COVERAGE_AT}": coverage(recs, n_items), "users": len(users)}
+    return out

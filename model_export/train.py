@@ -7,6 +7,7 @@ model never saw, so the two-tower score it gets as a feature is distributed as i
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from dataclasses import dataclass
@@ -17,10 +18,15 @@ from torch import nn
 from tqdm import tqdm
 
 from model_export.config import ExportConfig
-from model_export.data import Dataset, Interactions, chronological
+from model_export.data import Dataset, Interactions, chronological, user_histories
 from model_export.ranker import DCNRanker
 from model_export.two_tower import ItemTower, RetrievalTask, UserTower
-from service.features import content_profiles, ranker_dense_features
+from service.features import (
+    content_profiles,
+    history_similarity,
+    history_windows,
+    ranker_dense_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,23 @@ def item_log_popularity(interactions: Interactions, n_items: int) -> np.ndarray:
     return scaled
 
 
+@dataclass(frozen=True)
+class ItemPopularity:
+    overall: np.ndarray  # (I,) float32, `item_log_popularity` of all interactions
+    recent: np.ndarray  # (I,) float32, the same over the latest `recent_fraction` of them (by time)
+
+
+def item_popularity(interactions: Interactions, n_items: int, recent_fraction: float = 0.1) -> ItemPopularity:
+    """Popularity as of the end of `interactions`. The ranker learns from popularity as of the end of the
+    two-tower training data, so that its labels (later events) are not counted in their own features."""
+    if not len(interactions):
+        zeros = np.zeros(n_items, dtype=np.float32)
+        return ItemPopularity(zeros, zeros)
+    cutoff = np.quantile(interactions.timestamp, 1.0 - recent_fraction)
+    recent = interactions.take(np.flatnonzero(interactions.timestamp >= cutoff))
+    return ItemPopularity(item_log_popularity(interactions, n_items), item_log_popularity(recent, n_items))
+
+
 @dataclass
 class TrainedModels:
     user_tower: UserTower
@@ -71,9 +94,37 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.
     return [order[start : start + batch_size] for start in range(0, n, batch_size)]
 
 
+def validation_recall(
+    user_tower: UserTower, item_tower: ItemTower, dataset: Dataset, history: Interactions, targets: Interactions, k: int
+) -> float:
+    """Recall@k of the two-tower model on `targets` (full ranking, items in `history` excluded), each user's
+    query built from their `history`: the early-stopping signal."""
+    from model_export.baselines import interaction_matrix, top_unseen
+
+    offsets, items = user_histories(history, dataset.n_users)
+    users = np.unique(targets.user)
+    windows = history_windows([items[offsets[u] : offsets[u + 1]] for u in users], user_tower.history_length)
+    user_emb = embed_users(user_tower, users, windows, dataset.user_categorical[users])
+    item_emb = embed_items(item_tower, dataset.item_dense)
+    seen = interaction_matrix(history, dataset.n_users, dataset.n_items)
+    top = top_unseen(user_emb @ item_emb.T, seen, users, min(k, dataset.n_items))
+    recalls = []
+    for row, u in enumerate(users):
+        relevant = targets.item[targets.user == u]
+        recalls.append(np.isin(top[row], relevant).sum() / len(relevant))
+    return float(np.mean(recalls))
+
+
 def train_two_tower(
-    dataset: Dataset, train: Interactions, config: ExportConfig, progress: bool = True
-) -> tuple[UserTower, ItemTower, list[float]]:
+    dataset: Dataset,
+    train: Interactions,
+    config: ExportConfig,
+    progress: bool = True,
+    validation: Interactions | None = None,
+    epochs: int | None = None,
+) -> tuple[UserTower, ItemTower, dict[str, list[float]]]:
+    """Train on `train`; with `validation` (the interactions that follow `train`), keep the epoch with the best
+    validation Recall@50 and stop after `early_stopping_patience` epochs without improvement."""
     cfg = config.two_tower
     ordered, windows, _ = sequence_windows(train, cfg.history_length)
     user_tower = UserTower(
@@ -84,6 +135,7 @@ def train_two_tower(
         cfg.categorical_dim,
         cfg.hidden_dim,
         cfg.embedding_dim,
+        cfg.history_length,
     )
     item_tower = ItemTower(dataset.n_items, dataset.item_dense.shape[1], cfg.id_dim, cfg.hidden_dim, cfg.embedding_dim)
     counts = np.bincount(ordered.item, minlength=dataset.n_items).astype(np.float64) + 1e-3
@@ -103,11 +155,14 @@ def train_two_tower(
     item_dense = torch.from_numpy(dataset.item_dense)
     generator = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
-    task.train()
-    for epoch in range(cfg.epochs):
+    recalls: list[float] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    n_epochs = epochs or cfg.epochs
+    for epoch in range(n_epochs):
+        task.train()
         batches = _batches(len(users), cfg.batch_size, generator)
         total = 0.0
-        bar = tqdm(batches, desc=f"two-tower epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        bar = tqdm(batches, desc=f"two-tower epoch {epoch + 1}/{n_epochs}", disable=not progress, leave=False)
         for b in bar:
             loss = task(users[b], hist[b], user_cat[users[b]], items[b], item_dense[items[b]])
             optimizer.zero_grad(set_to_none=True)
@@ -116,9 +171,21 @@ def train_two_tower(
             total += loss.item() * len(b)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         losses.append(total / len(users))
-        log.info("two-tower epoch %d: loss %.4f", epoch + 1, losses[-1])
+        task.eval()
+        if validation is None or not len(validation):
+            log.info("two-tower epoch %d: loss %.4f", epoch + 1, losses[-1])
+            continue
+        recalls.append(validation_recall(user_tower, item_tower, dataset, train, validation, 50))
+        log.info("two-tower epoch %d: loss %.4f, validation recall@50 %.4f", epoch + 1, losses[-1], recalls[-1])
+        if best is None or recalls[-1] > best[0]:
+            best = (recalls[-1], epoch, copy.deepcopy(task.state_dict()))
+        elif epoch - best[1] >= cfg.early_stopping_patience:
+            log.info("two-tower: early stop, best epoch %d", best[1] + 1)
+            break
+    if best is not None:
+        task.load_state_dict(best[2])
     task.eval()
-    return user_tower, item_tower, losses
+    return user_tower, item_tower, {"loss": losses, "validation_recall@50": recalls}
 
 
 @torch.no_grad()
@@ -169,7 +236,7 @@ def ranker_examples(
     rank_events: Interactions,
     user_tower: UserTower,
     item_embeddings: np.ndarray,
-    log_popularity: np.ndarray,
+    popularity: ItemPopularity,
     config: ExportConfig,
 ) -> RankerExamples:
     """Positives are the rank-window events; negatives are uniform items and hard negatives from the two-tower
@@ -189,10 +256,13 @@ def ranker_examples(
     candidates = np.empty((len(users), 1 + n_neg), dtype=np.int64)
     candidates[:, 0] = positives
     pool = min(cfg.hard_pool, dataset.n_items)
+    retrieved = np.ones(len(users), dtype=bool)  # was the positive among the `pool` retrieved candidates?
     for start in range(0, len(users), 4096):
         s = slice(start, start + 4096)
         scores = user_emb[s] @ item_embeddings.T  # (b, I)
         top = np.argpartition(-scores, pool - 1, axis=1)[:, :pool]  # (b, pool)
+        threshold = np.take_along_axis(scores, top, axis=1).min(axis=1)  # (b,)
+        retrieved[s] = np.take_along_axis(scores, positives[s, None], axis=1)[:, 0] >= threshold
         pick = rng.integers(0, pool, size=(len(top), cfg.hard_negatives))
         candidates[s, 1 : 1 + cfg.hard_negatives] = np.take_along_axis(top, pick, axis=1)
     candidates[:, 1 + cfg.hard_negatives :] = rng.integers(0, dataset.n_items, size=(len(users), cfg.uniform_negatives))
@@ -202,13 +272,23 @@ def ranker_examples(
     negative_seen = np.isin(users[:, None] * dataset.n_items + candidates, seen_codes)
     keep = np.ones_like(candidates, dtype=bool)
     keep[:, 1:] = ~negative_seen[:, 1:]
+    if cfg.retrieved_positives_only:
+        # The ranker only ever sees retrieved candidates; a positive retrieval missed would teach it that a
+        # low two-tower score predicts a positive.
+        keep &= retrieved[:, None]
 
     rows = np.repeat(np.arange(len(users)), 1 + n_neg).reshape(candidates.shape)[keep]  # (M,)
     cand = candidates[keep]
     retrieval = np.einsum("md,md->m", user_emb[rows], item_embeddings[cand])
     profiles = content_profiles(dataset.item_dense, windows)  # (E, D)
     dense = ranker_dense_features(
-        dataset.item_dense[cand], retrieval, log_popularity[cand], profiles[rows], n_before[rows]
+        dataset.item_dense[cand],
+        retrieval,
+        popularity.overall[cand],
+        popularity.recent[cand],
+        profiles[rows],
+        history_similarity(item_embeddings, cand, windows[rows]),
+        n_before[rows],
     )
     user_idx = users[rows].copy()
     dropped = rng.random(len(user_idx)) < config.two_tower.user_id_dropout

@@ -30,10 +30,12 @@ class UserTower(nn.Module):
         categorical_dim: int,
         hidden_dim: int,
         embedding_dim: int,
+        history_length: int,
     ) -> None:
         super().__init__()
         self.unknown_user = n_users
         self.embedding_dim = embedding_dim
+        self.history_length = history_length
         self.user_embedding = nn.Embedding(n_users + 1, id_dim)
         self.history_embedding = nn.Embedding(n_items, id_dim)
         self.categorical = nn.ModuleList(nn.Embedding(c, categorical_dim) for c in categorical_cardinalities)

@@ -29,6 +29,7 @@ INDEX = "items.faiss"
 ITEM_EMBEDDINGS = "item_embeddings.npy"
 ITEM_DENSE = "item_dense.npy"
 ITEM_LOG_POPULARITY = "item_log_popularity.npy"
+ITEM_RECENT_POPULARITY = "item_recent_popularity.npy"
 USER_CATEGORICAL = "user_categorical.npy"
 HISTORY_OFFSETS = "history_offsets.npy"
 HISTORY_ITEMS = "history_items.npy"
@@ -43,6 +44,7 @@ REQUIRED_FILES = (
     ITEM_EMBEDDINGS,
     ITEM_DENSE,
     ITEM_LOG_POPULARITY,
+    ITEM_RECENT_POPULARITY,
     USER_CATEGORICAL,
     HISTORY_OFFSETS,
     HISTORY_ITEMS,
@@ -124,7 +126,8 @@ class Bundle:
     user_index: dict[str, int]
     item_embeddings: np.ndarray  # (n_items, d) float32, L2-normalised
     item_dense: np.ndarray  # (n_items, item_dense_dim) float32
-    item_log_popularity: np.ndarray  # (n_items,) float32
+    item_log_popularity: np.ndarray  # (n_items,) float32, log1p(count) / max, over the training data
+    item_recent_popularity: np.ndarray  # (n_items,) float32, the same over its latest 10 %
     user_categorical: np.ndarray  # (n_users, n_user_categorical) int64, 0 = unknown
     history_offsets: np.ndarray  # (n_users + 1,) int64, CSR offsets into history_items
     history_items: np.ndarray  # (nnz,) int64, each user's interactions oldest first
@@ -261,6 +264,7 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         item_embeddings=_load_array(path / ITEM_EMBEDDINGS, np.float32, (dims.n_items, dims.embedding_dim)),
         item_dense=_load_array(path / ITEM_DENSE, np.float32, (dims.n_items, dims.item_dense_dim)),
         item_log_popularity=_load_array(path / ITEM_LOG_POPULARITY, np.float32, (dims.n_items,)),
+        item_recent_popularity=_load_array(path / ITEM_RECENT_POPULARITY, np.float32, (dims.n_items,)),
         user_categorical=user_cat,
         history_offsets=offsets,
         history_items=history,

@@ -16,7 +16,15 @@ import numpy as np
 PAD = -1
 
 # Per-candidate features the ranker sees after the item's own dense features, in this order.
-RANKER_CONTEXT_FEATURES = ("retrieval_score", "item_log_popularity", "content_affinity", "log_history_length")
+RANKER_CONTEXT_FEATURES = (
+    "retrieval_score",
+    "item_log_popularity",
+    "item_recent_popularity",
+    "content_affinity",
+    "history_similarity_max",
+    "history_similarity_mean",
+    "log_history_length",
+)
 
 
 def history_window(history: np.ndarray, length: int) -> np.ndarray:
@@ -45,29 +53,58 @@ def content_profiles(item_dense: np.ndarray, windows: np.ndarray) -> np.ndarray:
     return profiles
 
 
+def history_similarity(item_embeddings: np.ndarray, candidates: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Max and mean cosine between each candidate's embedding and the embeddings of its user's history window
+    (an item-to-item signal, like ItemKNN's); zeros for an empty window. (N, 2) float32
+
+    candidates (N,); windows (N, L), or (L,) shared by all candidates (one user). Embeddings are L2-normalised.
+    """
+    out = np.zeros((len(candidates), 2), dtype=np.float32)
+    if windows.ndim == 1:  # one user: (h, E) @ (E, N)
+        history = windows[windows >= 0]
+        if len(history) and len(candidates):
+            sims = item_embeddings[history] @ item_embeddings[candidates].T  # (h, N)
+            out[:, 0], out[:, 1] = sims.max(axis=0), sims.mean(axis=0)
+        return out
+    for start in range(0, len(candidates), 4096):
+        s = slice(start, start + 4096)
+        mask = windows[s] >= 0  # (n, L)
+        hist = item_embeddings[np.where(mask, windows[s], 0)]  # (n, L, E)
+        sims = np.einsum("nle,ne->nl", hist, item_embeddings[candidates[s]])  # (n, L)
+        count = mask.sum(axis=1)
+        out[s, 0] = np.where(count > 0, np.where(mask, sims, -np.inf).max(axis=1, initial=-np.inf), 0.0)
+        out[s, 1] = (sims * mask).sum(axis=1) / np.maximum(count, 1)
+    return out
+
+
 def ranker_dense_features(
     item_dense: np.ndarray,
     retrieval_score: np.ndarray,
     item_log_popularity: np.ndarray,
+    item_recent_popularity: np.ndarray,
     profile: np.ndarray,
+    history_sim: np.ndarray,
     history_length: np.ndarray,
 ) -> np.ndarray:
-    """The ranker's dense input: item content, then `RANKER_CONTEXT_FEATURES`. (N, D + 4) float32
+    """The ranker's dense input: item content, then `RANKER_CONTEXT_FEATURES`. (N, D + 7) float32
 
-    item_dense (N, D); retrieval_score, item_log_popularity, history_length (N,); profile (N, D) or (D,).
-    content_affinity is the cosine between the candidate's content and the user's history profile.
+    item_dense (N, D); retrieval_score, popularities, history_length (N,); profile (N, D) or (D,);
+    history_sim (N, 2) from `history_similarity`. content_affinity is the cosine between the candidate's
+    content and the user's history profile.
     """
     profile = np.broadcast_to(profile, item_dense.shape)
     dot = np.einsum("nd,nd->n", item_dense, profile)
     norms = np.linalg.norm(item_dense, axis=1) * np.linalg.norm(profile, axis=1)
     affinity = np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
-    context = np.stack(
+    context = np.column_stack(
         [
             retrieval_score,
             item_log_popularity,
+            item_recent_popularity,
             affinity,
+            history_sim[:, 0],
+            history_sim[:, 1],
             np.log1p(np.broadcast_to(history_length, retrieval_score.shape).astype(np.float32)),
-        ],
-        axis=1,
-    )  # (N, 4)
+        ]
+    )  # (N, 7)
     return np.concatenate([item_dense, context], axis=1).astype(np.float32)

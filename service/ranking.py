@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.bundle import Bundle
-from service.features import content_profiles, ranker_dense_features
+from service.features import content_profiles, history_similarity, ranker_dense_features
 from service.user_encoder import check_inputs
 
 
@@ -41,7 +41,9 @@ class Ranker:
             b.item_dense[candidates],
             retrieval_scores.astype(np.float32),
             b.item_log_popularity[candidates],
+            b.item_recent_popularity[candidates],
             profile,
+            history_similarity(b.item_embeddings, candidates, window),
             np.full(n, history_length, dtype=np.float32),
         )
         return {

@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.features import content_profiles, history_window, history_windows, ranker_dense_features
+from service.features import (
+    RANKER_CONTEXT_FEATURES,
+    content_profiles,
+    history_similarity,
+    history_window,
+    history_windows,
+    ranker_dense_features,
+)
 from service.filtering import filter_candidates, top_k
 
 
@@ -26,23 +33,29 @@ def test_ranker_dense_features_exact() -> None:
         item_dense,
         retrieval_score=np.array([0.5, -0.25], dtype=np.float32),
         item_log_popularity=np.array([1.0, 0.0], dtype=np.float32),
+        item_recent_popularity=np.array([0.25, 0.75], dtype=np.float32),
         profile=np.array([1.0, 1.0], dtype=np.float32),
+        history_sim=np.array([[0.9, 0.1], [0.2, -0.3]], dtype=np.float32),
         history_length=np.array([3, 3], dtype=np.float32),
     )
     assert out.dtype == np.float32
-    assert out.shape == (2, 6)
+    assert out.shape == (2, 2 + len(RANKER_CONTEXT_FEATURES))
     s = 1 / np.sqrt(2)
-    np.testing.assert_allclose(out[0], [1.0, 0.0, 0.5, 1.0, s, np.log(4)], rtol=1e-6)
-    np.testing.assert_allclose(out[1], [0.0, 2.0, -0.25, 0.0, s, np.log(4)], rtol=1e-6)
+    np.testing.assert_allclose(out[0], [1.0, 0.0, 0.5, 1.0, 0.25, s, 0.9, 0.1, np.log(4)], rtol=1e-6)
+    np.testing.assert_allclose(out[1], [0.0, 2.0, -0.25, 0.0, 0.75, s, 0.2, -0.3, np.log(4)], rtol=1e-6)
     # An empty profile (no history) has zero affinity rather than NaN.
-    zero = ranker_dense_features(
-        item_dense,
-        np.zeros(2, np.float32),
-        np.zeros(2, np.float32),
-        np.zeros(2, np.float32),
-        np.zeros(2, np.float32),
-    )
-    assert zero[:, 4].tolist() == [0.0, 0.0]
+    z = np.zeros(2, np.float32)
+    zero = ranker_dense_features(item_dense, z, z, z, z, np.zeros((2, 2), np.float32), z)
+    assert zero[:, 5].tolist() == [0.0, 0.0]
+
+
+def test_history_similarity_one_user_and_batch_agree() -> None:
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [s := 1 / np.sqrt(2), s]], dtype=np.float32)
+    window = np.array([0, 1, -1])
+    one = history_similarity(emb, np.array([2, 0]), window)
+    np.testing.assert_allclose(one, [[s, s], [1.0, 0.5]], rtol=1e-6)
+    batch = history_similarity(emb, np.array([2, 0, 1]), np.array([[0, 1, -1], [0, 1, -1], [-1, -1, -1]]))
+    np.testing.assert_allclose(batch, [[s, s], [1.0, 0.5], [0.0, 0.0]], rtol=1e-6)
 
 
 def test_filter_candidates_drops_padding_seen_and_excluded() -> None:

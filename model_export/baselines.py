@@ -1,0 +1,142 @@
+"""Standard baselines for the quality protocol: most-popular, ItemKNN (cosine), ALS and BPR (`implicit`).
+
+Each is fitted on the same training interactions as our models and returns, per user, the top `depth`
+items not in the user's training history, as a (U, depth) item-index array.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+from model_export.data import Interactions
+
+
+def interaction_matrix(train: Interactions, n_users: int, n_items: int) -> sp.csr_matrix:
+    """Binary user x item matrix (duplicates collapse to 1)."""
+    m = sp.csr_matrix((np.ones(len(train), np.float32), (train.user, train.item)), shape=(n_users, n_items))
+    m.data[:] = 1.0
+    return m
+
+
+def top_unseen(scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray, depth: int) -> np.ndarray:
+    """Top `depth` columns of each row of `scores` (U, I), with the user's seen items removed. (U, depth)"""
+    scores = scores.astype(np.float64, copy=True)
+    rows = seen[users]
+    scores[np.repeat(np.arange(len(users)), np.diff(rows.indptr)), rows.indices] = -np.inf
+    top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    ranked = np.take_along_axis(top, order, axis=1)
+    return np.where(np.isfinite(np.take_along_axis(scores, ranked, axis=1)), ranked, -1)
+
+
+class Baseline(Protocol):
+    name: str
+
+    def fit(self, train: sp.csr_matrix, seed: int) -> None: ...
+
+    def scores(self, users: np.ndarray) -> np.ndarray: ...
+
+
+class MostPopular:
+    name = "most_popular"
+
+    def fit(self, train: sp.csr_matrix, seed: int) -> None:
+        self.popularity = np.asarray(train.sum(axis=0)).ravel()
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.popularity, (len(users), len(self.popularity)))
+
+
+class ItemKNN:
+    """Item-based neighbours: cosine similarity of item columns, `neighbours` kept per item; a user's score
+    for an item is the sum of its similarities to the items in the user's history."""
+
+    name = "itemknn"
+
+    def __init__(self, neighbours: int = 100) -> None:
+        self.neighbours = neighbours
+
+    def fit(self, train: sp.csr_matrix, seed: int) -> None:
+        norms = np.sqrt(np.asarray(train.multiply(train).sum(axis=0)).ravel())
+        normalised = train.multiply(1.0 / np.maximum(norms, 1e-9)).tocsc()
+        sim = (normalised.T @ normalised).toarray()  # (I, I)
+        np.fill_diagonal(sim, 0.0)
+        if self.neighbours < sim.shape[1]:
+            cut = np.argpartition(-sim, self.neighbours, axis=0)[self.neighbours :]
+            np.put_along_axis(sim, cut, 0.0, axis=0)
+        self.sim = sim
+        self.train = train
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return np.asarray(self.train[users] @ self.sim)
+
+
+class _ImplicitModel:
+    """Shared fit/score for the `implicit` library's factorisation models."""
+
+    name = ""
+
+    def _model(self, seed: int) -> object:
+        raise NotImplementedError
+
+    def fit(self, train: sp.csr_matrix, seed: int) -> None:
+        from threadpoolctl import threadpool_limits
+
+        # implicit's advice: its own threads, not OpenBLAS's (it warns about the pool size on construction).
+        with threadpool_limits(1, "blas"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "OpenBLAS is configured to use", RuntimeWarning)
+            model = self._model(seed)
+            model.fit(train, show_progress=False)  # type: ignore[attr-defined]
+        self.user_factors = np.asarray(model.user_factors)  # type: ignore[attr-defined]
+        self.item_factors = np.asarray(model.item_factors)  # type: ignore[attr-defined]
+
+    def scores(self, users: np.ndarray) -> np.ndarray:
+        return np.asarray(self.user_factors[users] @ self.item_factors.T)
+
+
+class ALS(_ImplicitModel):
+    name = "als"
+
+    def __init__(self, factors: int = 64, regularization: float = 0.05, iterations: int = 20, alpha: float = 2.0):
+        self.params = {"factors": factors, "regularization": regularization, "iterations": iterations, "alpha": alpha}
+
+    def _model(self, seed: int) -> object:
+        from implicit.als import AlternatingLeastSquares
+
+        return AlternatingLeastSquares(**self.params, random_state=seed, num_threads=1)
+
+
+class BPR(_ImplicitModel):
+    name = "bpr"
+
+    def __init__(
+        self, factors: int = 64, learning_rate: float = 0.05, regularization: float = 0.01, iterations: int = 200
+    ):
+        self.params = {
+            "factors": factors,
+            "learning_rate": learning_rate,
+            "regularization": regularization,
+            "iterations": iterations,
+        }
+
+    def _model(self, seed: int) -> object:
+        from implicit.bpr import BayesianPersonalizedRanking
+
+        # One thread: implicit's multi-threaded SGD is not reproducible for a given seed.
+        return BayesianPersonalizedRanking(**self.params, random_state=seed, num_threads=1)
+
+
+def recommend(model: Baseline, train: sp.csr_matrix, users: np.ndarray, depth: int, batch: int = 2048) -> np.ndarray:
+    out = [
+        top_unseen(model.scores(users[s : s + batch]), train, users[s : s + batch], depth)
+        for s in range(0, len(users), batch)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, depth), np.int64)
+
+
+def all_baselines() -> list[Baseline]:
+    return [MostPopular(), ItemKNN(), ALS(), BPR()]
