@@ -6,9 +6,13 @@ set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 bash .gpuwheels/install-on-device 2>&1 | tail -3 | tee "$OUT/install.txt"
-if compgen -G ".gpuwheels/extra/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpusite .gpuwheels/extra/*.whl
-fi
+# Further pure or small wheels (httpx2 for starlette's TestClient; scipy, implicit, threadpoolctl for training
+# and the baselines), carried in .gpuwheels/extra or copied to /tmp/gwx by an earlier run.
+for extra in .gpuwheels/extra /tmp/gwx; do
+  if compgen -G "$extra/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpusite "$extra"/*.whl
+  fi
+done
 export PYTHONPATH=/tmp/gpusite:$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import faiss, onnxruntime as o; o.preload_dlls(); print('faiss gpus', faiss.get_num_gpus(), o.get_available_providers())" | tee -a "$OUT/gpu.txt"
