@@ -140,7 +140,10 @@ class Bundle:
         return self.path / name
 
     def history(self, user: int) -> np.ndarray:
-        """All training interactions of user index `user`, oldest first (also the 'already seen' set)."""
+        """All training interactions of user index `user`, oldest first (also the 'already seen' set); empty for
+        an unknown user (index -1)."""
+        if user < 0:
+            return self.history_items[:0]
         return self.history_items[self.history_offsets[user] : self.history_offsets[user + 1]]
 
 

@@ -87,7 +87,7 @@ class Pipeline:
         """Retrieve, filter (already seen + `exclude`), rank and keep the top k for one user."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        history = self.bundle.history(user) if user >= 0 else self.bundle.history_items[:0]
+        history = self.bundle.history(user)
         # Ask for enough candidates that filtering the seen items still leaves k to rank.
         n = num_candidates + len(history) + (0 if exclude is None else len(exclude))
         scores, items = self.retriever.search(embedding[None, :], n)
@@ -112,12 +112,11 @@ class Pipeline:
 
     def retrieve(self, users: np.ndarray, embeddings: np.ndarray, k: int) -> list[np.ndarray]:
         """Retrieval stage alone for a batch (for evaluation): top k by two-tower score, seen items removed."""
-        longest = max((len(self.bundle.history(int(u))) for u in users if u >= 0), default=0)
+        longest = max((len(self.bundle.history(int(u))) for u in users), default=0)
         _, items = self.retriever.search(embeddings, k + longest)
         out = []
         for row, u in enumerate(users):
-            seen = self.bundle.history(int(u)) if u >= 0 else self.bundle.history_items[:0]
-            kept, _ = filter_candidates(items[row], np.zeros(len(items[row]), np.float32), seen)
+            kept, _ = filter_candidates(items[row], np.zeros(len(items[row]), np.float32), self.bundle.history(int(u)))
             out.append(kept[:k])
         return out
 

@@ -34,7 +34,7 @@ class Ranker:
         """user: index or -1; window: the user tower's history window (L,); candidates, retrieval_scores (n,)."""
         b = self._bundle
         n = len(candidates)
-        history_length = len(b.history(user)) if user >= 0 else 0
+        history_length = len(b.history(user))
         profile = content_profiles(b.item_dense, window[None, :])[0]  # (D,)
         categorical = b.user_categorical[user] if user >= 0 else np.zeros(self._n_cat, dtype=np.int64)
         dense = ranker_dense_features(

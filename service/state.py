@@ -26,12 +26,15 @@ log = logging.getLogger(__name__)
 class AppState:
     settings: Settings
     metrics: Metrics
-    bundle: Bundle
     pipeline: Pipeline
     cache: EmbeddingCache
     recommender: Recommender
     executor: ThreadPoolExecutor
     ready: bool = False
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.pipeline.bundle
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics) -> AppState:
@@ -56,8 +59,12 @@ class AppState:
             raise
         cache = open_cache(settings, bundle.manifest.dims.embedding_dim)
         recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates)
-        state = cls(settings, metrics, bundle, pipeline, cache, recommender, executor)
-        await state.warm_up()
+        state = cls(settings, metrics, pipeline, cache, recommender, executor)
+        try:
+            await state.warm_up()
+        except BaseException:
+            await state.close()
+            raise
         state.ready = True
         metrics.ready.set(1)
         metrics.bundle.info(

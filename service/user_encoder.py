@@ -39,7 +39,7 @@ class UserEncoder:
     def inputs(self, users: np.ndarray) -> dict[str, np.ndarray]:
         b = self._bundle
         known = users >= 0
-        histories = [b.history(int(u)) if u >= 0 else b.history_items[:0] for u in users]
+        histories = [b.history(int(u)) for u in users]
         categorical = np.zeros((len(users), self._n_cat), dtype=np.int64)
         categorical[known] = b.user_categorical[users[known]]
         return {
