@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 from torch import nn
 
@@ -95,10 +96,13 @@ def build_bundle(
     writer = BundleWriter(out_dir)
     try:
         # ONNX export and parity on real inputs: users with their real histories, real items, real examples.
+        def windows_of(users: np.ndarray) -> np.ndarray:
+            return history_windows([history[offsets[u] : offsets[u + 1]] for u in users], L)  # (U, L)
+
         sample_users = _sample(dataset.n_users, 512, rng)
         user_inputs = {
             "user_idx": sample_users,
-            "history": history_windows([history[offsets[u] : offsets[u + 1]] for u in sample_users], L),
+            "history": windows_of(sample_users),
             "user_categorical": dataset.user_categorical[sample_users],
         }
         sample_items = _sample(dataset.n_items, 4096, rng)
@@ -111,28 +115,21 @@ def build_bundle(
             "dense": examples.dense[rows],
         }
         parities = {}
-        for name, module, inputs, output in (
+        models: list[tuple[str, nn.Module, dict[str, np.ndarray], str]] = [
             (files.USER_TOWER, user_tower, user_inputs, "user_embedding"),
             (files.ITEM_TOWER, item_tower, item_inputs, "item_embedding"),
             (files.RANKER, ranker, ranker_inputs, "score"),
-        ):
-            assert isinstance(module, nn.Module)
+        ]
+        for name, module, inputs, output in models:
             export(module, inputs, output, writer.path(name))
             parities[name.removesuffix(".onnx")] = parity(module, writer.path(name), inputs)
         log.info("ONNX parity (max abs diff): %s", parities)
 
         index, index_info = build_index(item_embeddings, config.index)
         query_users = _sample(dataset.n_users, config.index.recall_queries, rng)
-        queries = embed_users(
-            user_tower,
-            query_users,
-            history_windows([history[offsets[u] : offsets[u + 1]] for u in query_users], L),
-            dataset.user_categorical[query_users],
-        )
+        queries = embed_users(user_tower, query_users, windows_of(query_users), dataset.user_categorical[query_users])
         index_info["recall_at"] = min(config.index.recall_at, dataset.n_items)
         index_info["recall_vs_exact"] = recall_vs_exact(index, item_embeddings, queries, config.index.recall_at)
-        import faiss
-
         faiss.write_index(index, str(writer.path(files.INDEX)))
 
         writer.array(files.ITEM_EMBEDDINGS, item_embeddings)
