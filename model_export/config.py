@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class RankerConfig:
     hard_negatives: int = 8
     hard_pool: int = 500
     retrieved_positives_only: bool = True
+    # "listwise": softmax over each event's positive and its negatives; "bce": pointwise. ml-100k temporal,
+    # 3 seeds: pipeline NDCG@10 0.1533 listwise vs 0.1491 bce.
+    loss: Literal["bce", "listwise"] = "listwise"
     batch_size: int = 2048
     epochs: int = 4
     lr: float = 2e-3

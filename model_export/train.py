@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model_export.config import ExportConfig
+from model_export.config import ExportConfig, RankerConfig
 from model_export.data import Dataset, Interactions, chronological, user_histories
 from model_export.ranker import DCNRanker
 from model_export.two_tower import ItemTower, RetrievalTask, UserTower
@@ -228,6 +228,7 @@ class RankerExamples:
     user_categorical: np.ndarray  # (M, U) int64
     dense: np.ndarray  # (M, F) float32
     label: np.ndarray  # (M,) float32
+    groups: np.ndarray  # (E, 1 + negatives) int64: each event's example rows, its positive first, -1 = dropped
 
 
 def ranker_examples(
@@ -293,7 +294,10 @@ def ranker_examples(
     user_idx = users[rows].copy()
     dropped = rng.random(len(user_idx)) < config.two_tower.user_id_dropout
     user_idx[dropped] = dataset.n_users  # teaches the ranker's unknown-user row
-    return RankerExamples(user_idx, cand, dataset.user_categorical[users[rows]], dense, labels[keep])
+    groups = np.full(candidates.shape, -1, dtype=np.int64)
+    groups[keep] = np.arange(int(keep.sum()))
+    groups = groups[keep[:, 0]]  # events whose positive was kept
+    return RankerExamples(user_idx, cand, dataset.user_categorical[users[rows]], dense, labels[keep], groups)
 
 
 def train_ranker(
@@ -325,6 +329,10 @@ def train_ranker(
     generator = torch.Generator().manual_seed(config.seed + 2)
     losses: list[float] = []
     model.train()
+    if cfg.loss == "listwise":
+        return _train_listwise(
+            model, optimizer, tensors[:4], torch.from_numpy(examples.groups), cfg, generator, progress
+        )
     for epoch in range(cfg.epochs):
         batches = _batches(len(examples.label), cfg.batch_size, generator)
         total = 0.0
@@ -339,5 +347,39 @@ def train_ranker(
             bar.set_postfix(loss=f"{loss.item():.3f}")
         losses.append(total / len(examples.label))
         log.info("ranker epoch %d: loss %.4f", epoch + 1, losses[-1])
+    model.eval()
+    return model, losses
+
+
+def _train_listwise(
+    model: DCNRanker,
+    optimizer: torch.optim.Optimizer,
+    inputs: list[torch.Tensor],
+    groups: torch.Tensor,
+    cfg: RankerConfig,
+    generator: torch.Generator,
+    progress: bool,
+) -> tuple[DCNRanker, list[float]]:
+    """Softmax cross-entropy over each event's candidates (its positive against its negatives)."""
+    losses: list[float] = []
+    events_per_batch = max(1, cfg.batch_size // groups.shape[1])
+    for epoch in range(cfg.epochs):
+        total = 0.0
+        batches = _batches(len(groups), events_per_batch, generator)
+        bar = tqdm(batches, desc=f"ranker epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for b in bar:
+            rows = groups[b]  # (b, 1 + n)
+            valid = rows >= 0
+            flat = rows[valid]
+            logits = torch.full(rows.shape, float("-inf"))
+            logits[valid] = model.logits(*(t[flat] for t in inputs))
+            loss = nn.functional.cross_entropy(logits, torch.zeros(len(rows), dtype=torch.long))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            total += loss.item() * len(b)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        losses.append(total / max(len(groups), 1))
+        log.info("ranker epoch %d: listwise loss %.4f", epoch + 1, losses[-1])
     model.eval()
     return model, losses
