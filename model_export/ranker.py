@@ -2,7 +2,9 @@
 
 Inputs (all per candidate): user index (row `n_users` = unknown), item index, user categorical features,
 and the dense vector from `service.features.ranker_dense_features` (item content, two-tower score, item
-popularity, content affinity to the user's history, history length). Output: click probability in (0, 1).
+popularity overall and recent, content affinity and embedding similarity to the user's history, history
+length). Output: sigmoid of the logit, in (0, 1): a probability when trained with BCE, an ordering score
+when trained listwise (the default).
 """
 
 from __future__ import annotations

@@ -32,7 +32,9 @@ class RecommendedItem(BaseModel):
     item_id: str
     title: str
     retrieval_score: float = Field(description="Two-tower inner product (cosine) of user and item.")
-    ranking_score: float = Field(description="Ranker's probability of a positive interaction.")
+    ranking_score: float = Field(
+        description="Ranker score in (0, 1), higher is better (a calibrated probability only for a BCE-trained ranker)."
+    )
 
 
 class RecommendationResponse(BaseModel):
