@@ -100,6 +100,7 @@ def validation_recall(
     """Recall@k of the two-tower model on `targets` (full ranking, items in `history` excluded), each user's
     query built from their `history`: the early-stopping signal."""
     from model_export.baselines import interaction_matrix, top_unseen
+    from model_export.evaluate import relevant_sets
 
     offsets, items = user_histories(history, dataset.n_users)
     users = np.unique(targets.user)
@@ -108,11 +109,8 @@ def validation_recall(
     item_emb = embed_items(item_tower, dataset.item_dense)
     seen = interaction_matrix(history, dataset.n_users, dataset.n_items)
     top = top_unseen(user_emb @ item_emb.T, seen, users, min(k, dataset.n_items))
-    recalls = []
-    for row, u in enumerate(users):
-        relevant = targets.item[targets.user == u]
-        recalls.append(np.isin(top[row], relevant).sum() / len(relevant))
-    return float(np.mean(recalls))
+    relevant = relevant_sets(targets, dataset.n_users)
+    return float(np.mean([np.isin(top[row], relevant[u]).sum() / len(relevant[u]) for row, u in enumerate(users)]))
 
 
 def train_two_tower(
