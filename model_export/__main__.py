@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="override the two-tower epochs of the preset")
+    parser.add_argument(
+        "--history-sampling",
+        choices=["sequential", "shuffled"],
+        help="two-tower training histories: the events before each one (default; logs whose order matters) "
+        "or other events of the user at random (data whose order does not predict what comes next)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -29,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     config = preset(args.preset, seed=args.seed)
     if args.epochs:
         config = replace(config, two_tower=replace(config.two_tower, epochs=args.epochs))
+    if args.history_sampling:
+        config = replace(config, two_tower=replace(config.two_tower, history_sampling=args.history_sampling))
     try:
         if args.dataset == "movielens":
             if args.data_dir is None:

@@ -16,12 +16,13 @@ from torch import nn
 from model_export.build_index import build_index, recall_vs_exact
 from model_export.bundle import BundleWriter, code_version
 from model_export.config import ExportConfig
-from model_export.data import Dataset, Interactions, implicit, temporal_split, user_histories
+from model_export.data import Dataset, Interactions, implicit, stratified_random_split, temporal_split, user_histories
 from model_export.evaluate import evaluate
 from model_export.export_onnx import export, parity
 from model_export.train import (
     embed_items,
     embed_users,
+    item_neighbours,
     item_popularity,
     ranker_examples,
     seed_everything,
@@ -62,7 +63,10 @@ def build_bundle(
     rng = np.random.default_rng(config.seed)
     dataset = implicit(raw, config.min_rating)
     train, heldout = split or temporal_split(dataset.interactions, config.holdout_fraction)
-    tt_train, rank_events = temporal_split(train, config.ranker.window_fraction)
+    if config.two_tower.history_sampling == "sequential":
+        tt_train, rank_events = temporal_split(train, config.ranker.window_fraction)
+    else:
+        tt_train, rank_events = stratified_random_split(train, 1.0 - config.ranker.window_fraction, config.seed)
     log.info(
         "%s: %d users, %d items, %d positives (%d train, %d held out)",
         dataset.name,
@@ -77,9 +81,18 @@ def build_bundle(
     item_embeddings = embed_items(item_tower, dataset.item_dense)
     # Popularity as known before the ranker's labels (tt_train), so labels are not counted in their features.
     examples = ranker_examples(
-        dataset, train, rank_events, user_tower, item_embeddings, item_popularity(tt_train, dataset.n_items), config
+        dataset,
+        train,
+        rank_events,
+        user_tower,
+        item_embeddings,
+        item_popularity(tt_train, dataset.n_items),
+        item_neighbours(tt_train, dataset.n_users, dataset.n_items, config.ranker.neighbours),
+        config,
     )
-    popularity = item_popularity(train, dataset.n_items)  # what the service sees: all training data
+    # What the service sees: statistics of all training data.
+    popularity = item_popularity(train, dataset.n_items)
+    neighbours = item_neighbours(train, dataset.n_users, dataset.n_items, config.ranker.neighbours)
     ranker, ranker_losses = train_ranker(dataset, examples, examples.dense.shape[1], config, progress)
     if config.two_tower.refit and len(rank_events):
         # The ranker needed a two-tower model that never saw its labels; serving wants one that saw the most
@@ -136,6 +149,8 @@ def build_bundle(
         writer.array(files.ITEM_DENSE, dataset.item_dense)
         writer.array(files.ITEM_LOG_POPULARITY, popularity.overall)
         writer.array(files.ITEM_RECENT_POPULARITY, popularity.recent)
+        writer.array(files.ITEM_NEIGHBOURS, neighbours.items)
+        writer.array(files.ITEM_NEIGHBOUR_WEIGHTS, neighbours.weights)
         writer.array(files.USER_CATEGORICAL, dataset.user_categorical)
         writer.array(files.HISTORY_OFFSETS, offsets)
         writer.array(files.HISTORY_ITEMS, history)
@@ -167,6 +182,7 @@ def build_bundle(
                 "user_categorical_cardinalities": dataset.user_categorical_cardinalities,
                 "item_dense_dim": dataset.item_dense.shape[1],
                 "ranker_dense_dim": examples.dense.shape[1],
+                "item_neighbours": config.ranker.neighbours,
             },
             "feature_spec": {
                 "positive_rule": dataset.positive_rule,

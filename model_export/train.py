@@ -25,6 +25,7 @@ from service.features import (
     content_profiles,
     history_similarity,
     history_windows,
+    neighbour_scores,
     ranker_dense_features,
 )
 
@@ -57,6 +58,25 @@ def sequence_windows(interactions: Interactions, length: int) -> tuple[Interacti
     return ordered, windows.astype(np.int64), rows - row_start
 
 
+def shuffled_windows(ordered: Interactions, length: int, rng: np.random.Generator) -> np.ndarray:
+    """For every interaction of `ordered` (sorted by user), up to `length` *other* items of the same user, drawn
+    at random without replacement (left-justified, -1 padded): a set-based history for data whose order does
+    not predict what comes next (a random split). (N, length) int64"""
+    n = len(ordered)
+    starts = np.flatnonzero(np.r_[True, ordered.user[1:] != ordered.user[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    row_start, row_len = np.repeat(starts, lengths), np.repeat(lengths, lengths)  # (N,)
+    # A random permutation within each user; each row takes the `length` rows that follow it in that
+    # permutation (cyclically), so it never takes itself.
+    perm = np.lexsort((rng.random(n), ordered.user))  # (N,) row indices, grouped by user
+    pos_of = np.empty(n, dtype=np.int64)
+    pos_of[perm] = np.arange(n) - row_start
+    offsets = np.arange(1, length + 1)[None, :]  # (1, L)
+    valid = offsets < row_len[:, None]  # (N, L)
+    idx = perm[row_start[:, None] + (pos_of[:, None] + offsets) % row_len[:, None]]
+    return np.where(valid, ordered.item[idx], -1).astype(np.int64)
+
+
 def item_log_popularity(interactions: Interactions, n_items: int) -> np.ndarray:
     """log1p(count) scaled to [0, 1] by the most popular item. (I,) float32"""
     counts = np.bincount(interactions.item, minlength=n_items).astype(np.float64)
@@ -79,6 +99,36 @@ def item_popularity(interactions: Interactions, n_items: int, recent_fraction: f
     cutoff = np.quantile(interactions.timestamp, 1.0 - recent_fraction)
     recent = interactions.take(np.flatnonzero(interactions.timestamp >= cutoff))
     return ItemPopularity(item_log_popularity(interactions, n_items), item_log_popularity(recent, n_items))
+
+
+@dataclass(frozen=True)
+class ItemNeighbours:
+    items: np.ndarray  # (I, K) int32, each item's most similar items first, -1 padded
+    weights: np.ndarray  # (I, K) float32, their cosine similarities
+
+
+def item_neighbours(interactions: Interactions, n_users: int, n_items: int, k: int) -> ItemNeighbours:
+    """Each item's `k` nearest items by cosine similarity of their user columns (ItemKNN's neighbourhoods),
+    computed sparsely: cost grows with co-occurring pairs, not with items squared."""
+    from model_export.baselines import interaction_matrix
+
+    items = np.full((n_items, k), -1, dtype=np.int32)
+    weights = np.zeros((n_items, k), dtype=np.float32)
+    if not len(interactions) or not k:
+        return ItemNeighbours(items, weights)
+    x = interaction_matrix(interactions, n_users, n_items)
+    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+    xn = x.multiply(1.0 / np.maximum(norms, 1e-9)[None, :]).tocsc()
+    sim = (xn.T @ xn).tocsr()
+    sim.setdiag(0.0)
+    sim.eliminate_zeros()
+    rows = np.repeat(np.arange(n_items), np.diff(sim.indptr))
+    order = np.lexsort((-sim.data, rows))  # by row, most similar first
+    rank = np.arange(len(order)) - sim.indptr[rows[order]]
+    keep = order[rank < k]
+    items[rows[keep], rank[rank < k]] = sim.indices[keep]
+    weights[rows[keep], rank[rank < k]] = sim.data[keep]
+    return ItemNeighbours(items, weights)
 
 
 @dataclass
@@ -152,12 +202,15 @@ def train_two_tower(
     user_cat = torch.from_numpy(dataset.user_categorical)
     item_dense = torch.from_numpy(dataset.item_dense)
     generator = torch.Generator().manual_seed(config.seed)
+    shuffle_rng = np.random.default_rng(config.seed)
     losses: list[float] = []
     recalls: list[float] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     n_epochs = epochs or cfg.epochs
     for epoch in range(n_epochs):
         task.train()
+        if cfg.history_sampling == "shuffled":
+            hist = torch.from_numpy(shuffled_windows(ordered, cfg.history_length, shuffle_rng))
         batches = _batches(len(users), cfg.batch_size, generator)
         total = 0.0
         bar = tqdm(batches, desc=f"two-tower epoch {epoch + 1}/{n_epochs}", disable=not progress, leave=False)
@@ -236,6 +289,7 @@ def ranker_examples(
     user_tower: UserTower,
     item_embeddings: np.ndarray,
     popularity: ItemPopularity,
+    neighbours: ItemNeighbours,
     config: ExportConfig,
 ) -> RankerExamples:
     """Positives are the rank-window events; negatives are uniform items and hard negatives from the two-tower
@@ -243,11 +297,18 @@ def ranker_examples(
     each event, built by the same functions the service uses."""
     cfg, length = config.ranker, config.two_tower.history_length
     rng = np.random.default_rng(config.seed + 1)
-    ordered, windows, n_before = sequence_windows(train, length)
     event_codes = rank_events.user * dataset.n_items + rank_events.item
-    is_event = np.isin(ordered.user * dataset.n_items + ordered.item, event_codes)
-    users, positives = ordered.user[is_event], ordered.item[is_event]
-    windows, n_before = windows[is_event], n_before[is_event]
+    if config.two_tower.history_sampling == "sequential":
+        ordered, windows, n_before = sequence_windows(train, length)
+        is_event = np.isin(ordered.user * dataset.n_items + ordered.item, event_codes)
+        users, positives = ordered.user[is_event], ordered.item[is_event]
+        windows, n_before = windows[is_event], n_before[is_event]
+    else:  # the history of an event is every training event of its user that is not a ranker label
+        before = train.take(np.flatnonzero(~np.isin(train.user * dataset.n_items + train.item, event_codes)))
+        offsets, items = user_histories(before, dataset.n_users)
+        users, positives = rank_events.user, rank_events.item
+        windows = history_windows([items[offsets[u] : offsets[u + 1]] for u in users], length)
+        n_before = (offsets[users + 1] - offsets[users]).astype(np.int64)
     user_emb = embed_users(user_tower, users, windows, dataset.user_categorical[users])  # (E, d)
     seen_codes = np.unique(train.user * dataset.n_items + train.item)
 
@@ -280,6 +341,14 @@ def ranker_examples(
     cand = candidates[keep]
     retrieval = np.einsum("md,md->m", user_emb[rows], item_embeddings[cand])
     profiles = content_profiles(dataset.item_dense, windows)  # (E, D)
+    bounds = np.searchsorted(rows, np.arange(len(users) + 1))  # rows are grouped by event, in order
+    neighbour = np.concatenate(
+        [np.zeros((0, 2), np.float32)]
+        + [
+            neighbour_scores(neighbours.items, neighbours.weights, cand[bounds[e] : bounds[e + 1]], windows[e])
+            for e in range(len(users))
+        ]
+    )  # (M, 2)
     dense = ranker_dense_features(
         dataset.item_dense[cand],
         retrieval,
@@ -288,6 +357,7 @@ def ranker_examples(
         profiles[rows],
         history_similarity(item_embeddings, cand, windows[rows]),
         n_before[rows],
+        neighbour,
     )
     user_idx = users[rows].copy()
     dropped = rng.random(len(user_idx)) < config.two_tower.user_id_dropout

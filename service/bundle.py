@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 
 # Files every bundle of this schema holds; the manifest may list more.
@@ -30,6 +30,8 @@ ITEM_EMBEDDINGS = "item_embeddings.npy"
 ITEM_DENSE = "item_dense.npy"
 ITEM_LOG_POPULARITY = "item_log_popularity.npy"
 ITEM_RECENT_POPULARITY = "item_recent_popularity.npy"
+ITEM_NEIGHBOURS = "item_neighbours.npy"
+ITEM_NEIGHBOUR_WEIGHTS = "item_neighbour_weights.npy"
 USER_CATEGORICAL = "user_categorical.npy"
 HISTORY_OFFSETS = "history_offsets.npy"
 HISTORY_ITEMS = "history_items.npy"
@@ -45,6 +47,8 @@ REQUIRED_FILES = (
     ITEM_DENSE,
     ITEM_LOG_POPULARITY,
     ITEM_RECENT_POPULARITY,
+    ITEM_NEIGHBOURS,
+    ITEM_NEIGHBOUR_WEIGHTS,
     USER_CATEGORICAL,
     HISTORY_OFFSETS,
     HISTORY_ITEMS,
@@ -75,6 +79,7 @@ class Dimensions(_Strict):
     user_categorical_cardinalities: list[int]
     item_dense_dim: int = Field(ge=0)
     ranker_dense_dim: int = Field(ge=1)
+    item_neighbours: int = Field(ge=0)  # co-occurrence neighbours kept per item
 
 
 class FeatureSpec(_Strict):
@@ -128,6 +133,8 @@ class Bundle:
     item_dense: np.ndarray  # (n_items, item_dense_dim) float32
     item_log_popularity: np.ndarray  # (n_items,) float32, log1p(count) / max, over the training data
     item_recent_popularity: np.ndarray  # (n_items,) float32, the same over its latest 10 %
+    item_neighbours: np.ndarray  # (n_items, item_neighbours) int32, most co-occurring items first, -1 padded
+    item_neighbour_weights: np.ndarray  # (n_items, item_neighbours) float32, their cosine similarities
     user_categorical: np.ndarray  # (n_users, n_user_categorical) int64, 0 = unknown
     history_offsets: np.ndarray  # (n_users + 1,) int64, CSR offsets into history_items
     history_items: np.ndarray  # (nnz,) int64, each user's interactions oldest first
@@ -252,6 +259,9 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         raise BundleError(f"{path / HISTORY_OFFSETS}: offsets are not a valid CSR index into {HISTORY_ITEMS}")
     if len(history) and (history.min() < 0 or history.max() >= dims.n_items):
         raise BundleError(f"{path / HISTORY_ITEMS}: item indices outside [0, {dims.n_items})")
+    neighbours = _load_array(path / ITEM_NEIGHBOURS, np.int32, (dims.n_items, dims.item_neighbours))
+    if neighbours.size and (neighbours.min() < -1 or neighbours.max() >= dims.n_items):
+        raise BundleError(f"{path / ITEM_NEIGHBOURS}: item indices outside [-1, {dims.n_items})")
     user_cat = _load_array(path / USER_CATEGORICAL, np.int64, (dims.n_users, n_cat))
     for j, card in enumerate(dims.user_categorical_cardinalities):
         if len(user_cat) and (user_cat[:, j].min() < 0 or user_cat[:, j].max() >= card):
@@ -268,6 +278,10 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         item_dense=_load_array(path / ITEM_DENSE, np.float32, (dims.n_items, dims.item_dense_dim)),
         item_log_popularity=_load_array(path / ITEM_LOG_POPULARITY, np.float32, (dims.n_items,)),
         item_recent_popularity=_load_array(path / ITEM_RECENT_POPULARITY, np.float32, (dims.n_items,)),
+        item_neighbours=neighbours,
+        item_neighbour_weights=_load_array(
+            path / ITEM_NEIGHBOUR_WEIGHTS, np.float32, (dims.n_items, dims.item_neighbours)
+        ),
         user_categorical=user_cat,
         history_offsets=offsets,
         history_items=history,

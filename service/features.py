@@ -24,6 +24,8 @@ RANKER_CONTEXT_FEATURES = (
     "history_similarity_max",
     "history_similarity_mean",
     "log_history_length",
+    "neighbour_score_sum",
+    "neighbour_score_max",
 )
 
 
@@ -77,6 +79,28 @@ def history_similarity(item_embeddings: np.ndarray, candidates: np.ndarray, wind
     return out
 
 
+def neighbour_scores(
+    neighbours: np.ndarray, weights: np.ndarray, candidates: np.ndarray, window: np.ndarray
+) -> np.ndarray:
+    """ItemKNN's signal from the item co-occurrence neighbours: for each candidate, log1p of the summed
+    similarity of its neighbours that are in the history window, and the largest such similarity; zeros for
+    an empty window. (N, 2) float32
+
+    neighbours (I, K) int, -1 padded, and weights (I, K) float32: each item's K most similar items;
+    candidates (N,); window (L,), one user's history window (-1 padding ignored).
+    """
+    out = np.zeros((len(candidates), 2), dtype=np.float32)
+    history = np.unique(window[window >= 0])  # sorted
+    if not len(history) or not len(candidates) or not neighbours.shape[1]:
+        return out
+    nb = neighbours[candidates]  # (N, K)
+    found = history[np.minimum(np.searchsorted(history, nb), len(history) - 1)] == nb  # (N, K)
+    w = np.where(found, weights[candidates], 0.0)  # (N, K)
+    out[:, 0] = np.log1p(w.sum(axis=1))
+    out[:, 1] = w.max(axis=1)
+    return out
+
+
 def ranker_dense_features(
     item_dense: np.ndarray,
     retrieval_score: np.ndarray,
@@ -85,12 +109,13 @@ def ranker_dense_features(
     profile: np.ndarray,
     history_sim: np.ndarray,
     history_length: np.ndarray,
+    neighbour: np.ndarray,
 ) -> np.ndarray:
-    """The ranker's dense input: item content, then `RANKER_CONTEXT_FEATURES`. (N, D + 7) float32
+    """The ranker's dense input: item content, then `RANKER_CONTEXT_FEATURES`. (N, D + 9) float32
 
     item_dense (N, D); retrieval_score, popularities, history_length (N,); profile (N, D) or (D,);
-    history_sim (N, 2) from `history_similarity`. content_affinity is the cosine between the candidate's
-    content and the user's history profile.
+    history_sim (N, 2) from `history_similarity`; neighbour (N, 2) from `neighbour_scores`. content_affinity
+    is the cosine between the candidate's content and the user's history profile.
     """
     profile = np.broadcast_to(profile, item_dense.shape)
     dot = np.einsum("nd,nd->n", item_dense, profile)
@@ -105,6 +130,8 @@ def ranker_dense_features(
             history_sim[:, 0],
             history_sim[:, 1],
             np.log1p(np.broadcast_to(history_length, retrieval_score.shape).astype(np.float32)),
+            neighbour[:, 0],
+            neighbour[:, 1],
         ]
-    )  # (N, 7)
+    )  # (N, 9)
     return np.concatenate([item_dense, context], axis=1).astype(np.float32)

@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.bundle import Bundle
-from service.features import content_profiles, history_similarity, ranker_dense_features
+from service.features import content_profiles, history_similarity, neighbour_scores, ranker_dense_features
 from service.user_encoder import check_inputs
 
 
@@ -45,6 +45,7 @@ class Ranker:
             profile,
             history_similarity(b.item_embeddings, candidates, window),
             np.full(n, history_length, dtype=np.float32),
+            neighbour_scores(b.item_neighbours, b.item_neighbour_weights, candidates, window),
         )
         return {
             "user_idx": np.full(n, user if user >= 0 else self._oov, dtype=np.int64),  # (n,)

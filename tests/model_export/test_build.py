@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_manifest_records_everything(tiny_bundle: Path) -> None:
     manifest = json.loads((tiny_bundle / MANIFEST).read_text())
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == 2
     assert manifest["bundle_version"] == tiny_bundle.name
     assert set(manifest["onnx_parity_max_abs_diff"]) == {"user_tower", "item_tower", "ranker"}
     assert all(0 <= d <= 1e-4 for d in manifest["onnx_parity_max_abs_diff"].values())

@@ -9,9 +9,11 @@ from model_export.config import preset
 from model_export.data import generate_synthetic, implicit, temporal_split
 from model_export.train import (
     embed_items,
+    item_neighbours,
     item_popularity,
     ranker_examples,
     sequence_windows,
+    shuffled_windows,
     train_ranker,
     train_two_tower,
 )
@@ -32,19 +34,74 @@ def test_sequence_windows_hold_only_the_past() -> None:
     assert n_before.tolist() == [0, 1, 2, 0]
 
 
-@pytest.mark.parametrize("loss", ["bce", "listwise"])
-def test_ranker_examples_and_training(loss: str) -> None:
+def test_shuffled_windows_hold_other_items_of_the_same_user_once() -> None:
+    from model_export.data import Interactions
+
+    rng = np.random.default_rng(0)
+    user = np.repeat(np.arange(4), [1, 3, 6, 12])
+    inter = Interactions(
+        user=user,
+        item=np.arange(len(user)) + 100,
+        rating=np.ones(len(user), np.float32),
+        timestamp=np.arange(len(user)),
+    )
+    ordered, _, _ = sequence_windows(inter, 1)
+    windows = shuffled_windows(ordered, 5, rng)
+    for row, (u, item) in enumerate(zip(ordered.user, ordered.item, strict=True)):
+        got = windows[row][windows[row] >= 0]
+        own = set(ordered.item[ordered.user == u].tolist()) - {int(item)}
+        assert len(got) == min(5, len(own))  # as many as the user has, up to the window
+        assert len(set(got.tolist())) == len(got)
+        assert set(got.tolist()) <= own
+        assert (windows[row][len(got) :] == -1).all()  # left-justified
+    # Redrawn on every call.
+    assert not np.array_equal(windows, shuffled_windows(ordered, 5, rng))
+
+
+def test_item_neighbours_match_itemknn() -> None:
+    from model_export.baselines import ItemKNN, interaction_matrix
+    from model_export.data import Interactions
+    from service.features import neighbour_scores
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, n = 200, 40, 3000
+    inter = Interactions(
+        user=rng.integers(0, n_users, n),
+        item=rng.zipf(1.3, n) % n_items,
+        rating=np.ones(n, np.float32),
+        timestamp=np.arange(n),
+    )
+    nb = item_neighbours(inter, n_users, n_items, 8)
+    assert nb.items.shape == nb.weights.shape == (n_items, 8)
+    assert (np.diff(nb.weights, axis=1) <= 1e-7).all()  # most similar first
+    assert not (nb.items == np.arange(n_items)[:, None]).any()  # never the item itself
+    knn = ItemKNN(neighbours=8)
+    knn.fit(interaction_matrix(inter, n_users, n_items), 0)
+    history = np.array([1, 2, 3, 5, -1])
+    scores = neighbour_scores(nb.items, nb.weights, np.arange(n_items), history)
+    np.testing.assert_allclose(np.expm1(scores[:, 0]), knn.sim[[1, 2, 3, 5]].sum(axis=0), atol=1e-5)
+    np.testing.assert_allclose(scores[:, 1], knn.sim[[1, 2, 3, 5]].max(axis=0), atol=1e-6)
+
+
+@pytest.mark.parametrize(("loss", "history_sampling"), [("bce", "sequential"), ("listwise", "shuffled")])
+def test_ranker_examples_and_training(loss: str, history_sampling: str) -> None:
     config = preset("tiny")
-    config = replace(config, ranker=replace(config.ranker, loss=loss, epochs=3))
+    config = replace(
+        config,
+        ranker=replace(config.ranker, loss=loss, epochs=3),
+        two_tower=replace(config.two_tower, history_sampling=history_sampling),
+    )
     dataset = implicit(generate_synthetic(config.synthetic, seed=0), config.min_rating)
     train, _ = temporal_split(dataset.interactions, config.holdout_fraction)
     tt_train, rank_events = temporal_split(train, config.ranker.window_fraction)
     user_tower, item_tower, history = train_two_tower(dataset, tt_train, config, False, validation=rank_events)
     assert len(history["validation_recall@50"]) >= 1
     item_emb = embed_items(item_tower, dataset.item_dense)
-    examples = ranker_examples(
-        dataset, train, rank_events, user_tower, item_emb, item_popularity(tt_train, dataset.n_items), config
-    )
+    neighbours = item_neighbours(tt_train, dataset.n_users, dataset.n_items, config.ranker.neighbours)
+    popularity = item_popularity(tt_train, dataset.n_items)
+    examples = ranker_examples(dataset, train, rank_events, user_tower, item_emb, popularity, neighbours, config)
+    # The neighbour features are live: some candidates have neighbours in their history.
+    assert (examples.dense[:, -1] > 0).mean() > 0.1
     # Each event's positive comes first in its group; the other members are negatives; no row is reused.
     assert (examples.label[examples.groups[:, 0]] == 1.0).all()
     negatives = examples.groups[:, 1:]

@@ -72,7 +72,7 @@ def test_schema_and_manifest_errors(bundle_copy: Path, tmp_path: Path) -> None:
     edit_manifest(bundle_copy, {"schema_version": 99})
     with pytest.raises(BundleError, match="schema_version 99 is not supported"):
         load_bundle(bundle_copy)
-    edit_manifest(bundle_copy, {"schema_version": 1, "bundle_version": "../escape"})
+    edit_manifest(bundle_copy, {"schema_version": 2, "bundle_version": "../escape"})
     with pytest.raises(BundleError, match="invalid manifest: bundle_version"):
         load_bundle(bundle_copy)
     (bundle_copy / MANIFEST).write_text("{not json")

@@ -9,6 +9,7 @@ from service.features import (
     history_similarity,
     history_window,
     history_windows,
+    neighbour_scores,
     ranker_dense_features,
 )
 from service.filtering import filter_candidates, top_k
@@ -37,15 +38,16 @@ def test_ranker_dense_features_exact() -> None:
         profile=np.array([1.0, 1.0], dtype=np.float32),
         history_sim=np.array([[0.9, 0.1], [0.2, -0.3]], dtype=np.float32),
         history_length=np.array([3, 3], dtype=np.float32),
+        neighbour=np.array([[0.5, 0.4], [0.0, 0.0]], dtype=np.float32),
     )
     assert out.dtype == np.float32
     assert out.shape == (2, 2 + len(RANKER_CONTEXT_FEATURES))
     s = 1 / np.sqrt(2)
-    np.testing.assert_allclose(out[0], [1.0, 0.0, 0.5, 1.0, 0.25, s, 0.9, 0.1, np.log(4)], rtol=1e-6)
-    np.testing.assert_allclose(out[1], [0.0, 2.0, -0.25, 0.0, 0.75, s, 0.2, -0.3, np.log(4)], rtol=1e-6)
+    np.testing.assert_allclose(out[0], [1.0, 0.0, 0.5, 1.0, 0.25, s, 0.9, 0.1, np.log(4), 0.5, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(out[1], [0.0, 2.0, -0.25, 0.0, 0.75, s, 0.2, -0.3, np.log(4), 0.0, 0.0], rtol=1e-6)
     # An empty profile (no history) has zero affinity rather than NaN.
     z = np.zeros(2, np.float32)
-    zero = ranker_dense_features(item_dense, z, z, z, z, np.zeros((2, 2), np.float32), z)
+    zero = ranker_dense_features(item_dense, z, z, z, z, np.zeros((2, 2), np.float32), z, np.zeros((2, 2), np.float32))
     assert zero[:, 5].tolist() == [0.0, 0.0]
 
 
@@ -73,3 +75,12 @@ def test_top_k_order_and_ties() -> None:
     assert top_k(scores, 3).tolist() == [1, 3, 2]
     assert top_k(scores, 10).tolist() == [1, 3, 2, 4, 0]
     assert top_k(np.zeros(0, np.float32), 3).tolist() == []
+
+
+def test_neighbour_scores_sum_and_max_over_history_neighbours() -> None:
+    neighbours = np.array([[1, 2, -1], [0, -1, -1], [0, 1, -1]], dtype=np.int32)
+    weights = np.array([[0.5, 0.25, 0.0], [0.5, 0.0, 0.0], [0.25, 0.75, 0.0]], dtype=np.float32)
+    out = neighbour_scores(neighbours, weights, np.array([2, 0, 1, 2]), np.array([1, -1, 0, 1]))
+    np.testing.assert_allclose(out[:, 0], np.log1p([1.0, 0.5, 0.5, 1.0]), rtol=1e-6)
+    np.testing.assert_allclose(out[:, 1], [0.75, 0.5, 0.5, 0.75], rtol=1e-6)
+    assert not neighbour_scores(neighbours, weights, np.array([0, 1]), np.array([-1, -1])).any()
