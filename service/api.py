@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.errors import InvalidField
+from service.errors import InvalidField, NotFound, Unavailable
+from service.events import DISLIKE_PREFIX, EventStoreUnavailable
+from service.features import most_similar_in_history
 from service.schemas import (
+    Because,
     ErrorResponse,
+    EventBatch,
+    EventsAccepted,
     ReadinessResponse,
     RecommendationRequest,
     RecommendationResponse,
     RecommendedItem,
+    SimilarItem,
+    SimilarItemsResponse,
 )
 from service.state import AppState, StateDep
 
@@ -23,8 +31,9 @@ router = APIRouter()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ERRORS: dict[int | str, dict[str, object]] = {
     422: {"model": ErrorResponse, "description": "Invalid request; `message` names the field."},
-    503: {"model": ErrorResponse, "description": "Not ready (starting or stopping)."},
+    503: {"model": ErrorResponse, "description": "Not ready (starting or stopping), or a backend failed; retry."},
 }
+_NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": ErrorResponse, "description": "Unknown item id."}}
 
 
 @router.post("/v1/recommendations", response_model=RecommendationResponse, responses=_ERRORS)
@@ -40,19 +49,78 @@ async def recommend(body: RecommendationRequest, request: Request, state: StateD
     request_id = header_id if _REQUEST_ID.match(header_id) else uuid.uuid4().hex
     result = await state.recommender.recommend(body.user_id, body.k, body.exclude_item_ids)
     recs, bundle = result.recommendations, state.bundle
+    because: list[Because | None] = [None] * len(recs.items)
+    if body.explain and recs.window is not None:
+        sources, sims = most_similar_in_history(bundle.item_embeddings, recs.items, recs.window)
+        because = [
+            Because(item_id=bundle.item_ids[s], title=bundle.item_titles[s], similarity=float(sim)) if s >= 0 else None
+            for s, sim in zip(sources.tolist(), sims, strict=True)
+        ]
     return RecommendationResponse(
         request_id=request_id,
         bundle_version=bundle.version,
         user_id=body.user_id,
-        fallback="unknown_user" if result.user_index < 0 else None,
+        fallback="unknown_user" if result.user_index < 0 and not result.fresh_events else None,
         items=[
             RecommendedItem(
                 item_id=bundle.item_ids[i],
                 title=bundle.item_titles[i],
                 retrieval_score=float(r),
                 ranking_score=float(s),
+                because=b,
             )
-            for i, r, s in zip(recs.items.tolist(), recs.retrieval_scores, recs.ranking_scores, strict=True)
+            for i, r, s, b in zip(recs.items.tolist(), recs.retrieval_scores, recs.ranking_scores, because, strict=True)
+        ],
+    )
+
+
+@router.post("/v1/events", response_model=EventsAccepted, responses=_ERRORS)
+async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
+    """Record user events (one or a batch). Interactions join the user's history and dislikes are filtered
+    out, from the very next recommendation on: the user's embedding is recomputed and cached now."""
+    if len(body.events) > state.settings.max_events_per_request:
+        raise InvalidField(("body", "events"), f"at most {state.settings.max_events_per_request} events per request")
+    index = state.bundle.item_index
+    for n, event in enumerate(body.events):
+        if event.item_id not in index:
+            raise InvalidField(("body", "events", str(n), "item_id"), f"unknown item {event.item_id!r}")
+    per_user: dict[str, list[tuple[float, int, str]]] = {}
+    for n, event in enumerate(body.events):
+        entry = (DISLIKE_PREFIX if event.event_type == "dislike" else "") + event.item_id
+        per_user.setdefault(event.user_id, []).append((event.timestamp or 0.0, n, entry))
+    ordered = {user: [entry for _, _, entry in sorted(rows)] for user, rows in per_user.items()}
+    try:
+        await state.recommender.record_events(ordered)
+    except EventStoreUnavailable as e:
+        state.metrics.event_store_errors.labels("write").inc()
+        raise Unavailable(str(e)) from e
+    for event in body.events:
+        state.metrics.events.labels(event.event_type).inc()
+    return EventsAccepted(accepted=len(body.events), users=len(ordered))
+
+
+@router.get("/v1/items/{item_id}/similar", response_model=SimilarItemsResponse, responses=_ERRORS | _NOT_FOUND)
+async def similar_items(
+    state: StateDep,
+    item_id: Annotated[str, Path(min_length=1, max_length=128)],
+    k: Annotated[int, Query(ge=1, description="How many items (at most the service's max_k).")] = 10,
+    exclude_item_ids: Annotated[list[str] | None, Query(max_length=1000, description="Items never to return.")] = None,
+) -> SimilarItemsResponse:
+    """The items closest to `item_id` in the two-tower embedding space (itself and exclusions left out)."""
+    if k > state.settings.max_k:
+        raise InvalidField(("query", "k"), f"must be at most {state.settings.max_k}, got {k}")
+    pipeline, bundle = state.pipeline, state.bundle
+    item = bundle.item_index.get(item_id)
+    if item is None:
+        raise NotFound(f"path.item_id: unknown item {item_id!r}")
+    exclude = pipeline.item_indices(exclude_item_ids or [])
+    items, scores = await state.recommender.run_blocking(lambda: pipeline.similar(item, k, exclude))
+    return SimilarItemsResponse(
+        bundle_version=bundle.version,
+        item_id=item_id,
+        items=[
+            SimilarItem(item_id=bundle.item_ids[i], title=bundle.item_titles[i], score=float(s))
+            for i, s in zip(items.tolist(), scores, strict=True)
         ],
     )
 

@@ -2,6 +2,8 @@
 
     ServiceError              base of the errors the API turns into responses
     ├── InvalidField          422: a request field is out of bounds (checks that depend on settings)
+    ├── NotFound              404: e.g. an item id the bundle does not know
+    ├── Unavailable           503: a backend the request needs (the event store) failed; retry
     └── NotReady              503: the service is starting or stopping
 
 FastAPI's request validation errors are re-shaped to the same body: `error`, a `message` that names the
@@ -38,6 +40,16 @@ class InvalidField(ServiceError):
     def __init__(self, location: tuple[str, ...], message: str) -> None:
         field = ".".join(location)
         super().__init__(f"{field}: {message}", [{"loc": list(location), "msg": message, "type": "value_error"}])
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    error = "not_found"
+
+
+class Unavailable(ServiceError):
+    status_code = 503
+    error = "unavailable"
 
 
 class NotReady(ServiceError):

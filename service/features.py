@@ -79,6 +79,19 @@ def history_similarity(item_embeddings: np.ndarray, candidates: np.ndarray, wind
     return out
 
 
+def most_similar_in_history(
+    item_embeddings: np.ndarray, items: np.ndarray, window: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each item, the history item (from `window`, (L,), -1 padded) whose embedding is closest, and their
+    cosine: the "because you liked X" of an explanation. (N,) int64 (-1 for an empty window), (N,) float32"""
+    history = window[window >= 0]
+    if not len(history) or not len(items):
+        return np.full(len(items), PAD, dtype=np.int64), np.zeros(len(items), dtype=np.float32)
+    sims = item_embeddings[items] @ item_embeddings[history].T  # (N, h)
+    best = sims.argmax(axis=1)
+    return history[best].astype(np.int64), sims[np.arange(len(items)), best].astype(np.float32)
+
+
 def neighbour_scores(
     neighbours: np.ndarray, weights: np.ndarray, candidates: np.ndarray, window: np.ndarray
 ) -> np.ndarray:

@@ -54,9 +54,18 @@ class Metrics:
         )
         self.fallbacks = Counter("reco_fallbacks", "Requests served by a fallback, by reason.", ["reason"], registry=r)
         self.errors = Counter("reco_errors", "Errors by type.", ["type"], registry=r)
+        self.events = Counter("reco_events", "User events accepted, by event type.", ["type"], registry=r)
+        self.event_store_errors = Counter(
+            "reco_event_store_errors",
+            "Event store operations that failed (read: the request went on without fresh events; write: 503).",
+            ["op"],
+            registry=r,
+        )
         self.bundle = Info("reco_bundle", "The model bundle being served.", registry=r)
         self.ready = Gauge("reco_ready", "1 when the service is ready to serve.", registry=r)
         for stage in STAGES:
             self.stage_latency.labels(stage)
         for result in ("hit", "miss", "error", "bypass"):
             self.cache_requests.labels(result)
+        for op in ("read", "write"):
+            self.event_store_errors.labels(op)

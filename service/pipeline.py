@@ -8,6 +8,7 @@ work in a thread pool, and the stage timings and counts into the metrics.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ import numpy as np
 
 from service.bundle import Bundle
 from service.cache import CacheResult, EmbeddingCache
+from service.events import DISLIKE_PREFIX, EventStore, EventStoreUnavailable
 from service.features import history_window
 from service.filtering import filter_candidates, top_k
 from service.metrics import Metrics
@@ -37,6 +39,7 @@ class Recommendations:
     n_retrieved: int
     n_after_filter: int
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    window: np.ndarray | None = None  # (L,) the history window the ranker saw (for explanations)
 
 
 class Pipeline:
@@ -78,16 +81,28 @@ class Pipeline:
         index = self.bundle.item_index
         return np.array([index[i] for i in item_ids if i in index], dtype=np.int64)
 
-    def encode(self, users: np.ndarray) -> np.ndarray:
-        return self.encoder.encode(users)  # (B, E)
+    def history(self, user: int, fresh: np.ndarray | None = None) -> np.ndarray:
+        """The user's history, oldest first: the bundle's training history, then `fresh` events (item indices)."""
+        history = self.bundle.history(user)
+        return history if fresh is None or not len(fresh) else np.concatenate([history, fresh])
+
+    def encode(self, users: np.ndarray, histories: list[np.ndarray] | None = None) -> np.ndarray:
+        return self.encoder.encode(users, histories)  # (B, E)
 
     def recommend(
-        self, user: int, embedding: np.ndarray, k: int, num_candidates: int, exclude: np.ndarray | None = None
+        self,
+        user: int,
+        embedding: np.ndarray,
+        k: int,
+        num_candidates: int,
+        exclude: np.ndarray | None = None,
+        history: np.ndarray | None = None,
     ) -> Recommendations:
-        """Retrieve, filter (already seen + `exclude`), rank and keep the top k for one user."""
+        """Retrieve, filter (already seen + `exclude`), rank and keep the top k for one user. `history`
+        (item indices, oldest first) defaults to the bundle's; pass `self.history(user, fresh)` for fresh events."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        history = self.bundle.history(user)
+        history = self.bundle.history(user) if history is None else history
         # Ask for enough candidates that filtering the seen items still leaves k to rank.
         n = num_candidates + len(history) + (0 if exclude is None else len(exclude))
         scores, items = self.retriever.search(embedding[None, :], n)
@@ -108,7 +123,16 @@ class Pipeline:
             n_retrieved=int((items[0] >= 0).sum()),
             n_after_filter=len(items_kept),
             timings=timings,
+            window=window,
         )
+
+    def similar(self, item: int, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k items whose embeddings are closest to `item`'s (itself and `exclude` left out), best first.
+        Returns (items (<= k,) int64, cosine scores (<= k,) float32)."""
+        blocked = np.array([item], dtype=np.int64) if exclude is None else np.r_[item, exclude].astype(np.int64)
+        scores, items = self.retriever.search(self.bundle.item_embeddings[item][None, :], k + len(blocked))
+        kept, kept_scores = filter_candidates(items[0], scores[0], blocked)
+        return kept[:k], kept_scores[:k]
 
     def retrieve(self, users: np.ndarray, embeddings: np.ndarray, k: int) -> list[np.ndarray]:
         """Retrieval stage alone for a batch (for evaluation): top k by two-tower score, seen items removed."""
@@ -125,7 +149,21 @@ class Pipeline:
 class RecommendationResult:
     user_index: int
     recommendations: Recommendations
-    cache: CacheResult | None  # None for unknown users, whose embedding is never cached
+    cache: CacheResult | None  # None for unknown users without events, whose embedding is never cached
+    fresh_events: int  # events from the event store that shaped this response
+
+
+@dataclass(frozen=True, slots=True)
+class FreshHistory:
+    """A user's events from the event store, as bundle indices (ids the bundle does not know are skipped)."""
+
+    interactions: np.ndarray  # (n,) int64, oldest first
+    disliked: np.ndarray  # (m,) int64
+    digest: str  # identifies the entries: part of the embedding's cache key, so a new event is a new key
+
+    @property
+    def empty(self) -> bool:
+        return not self.digest
 
 
 class Recommender:
@@ -138,9 +176,11 @@ class Recommender:
         metrics: Metrics,
         executor: ThreadPoolExecutor,
         num_candidates: int,
+        events: EventStore | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.cache = cache
+        self.events = events
         self.metrics = metrics
         self.executor = executor
         self.num_candidates = num_candidates
@@ -150,10 +190,27 @@ class Recommender:
         """Run `fn` in the compute thread pool (never on the event loop)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
-    async def user_embedding(self, user: int, user_id: str) -> tuple[np.ndarray, CacheResult | None]:
-        if user == UNKNOWN_USER:
+    async def fresh_history(self, user_id: str) -> FreshHistory:
+        entries = await self.events.recent(user_id) if self.events is not None else []
+        if entries is None:
+            self.metrics.event_store_errors.labels("read").inc()
+            entries = []
+        if not entries:
+            return FreshHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), "")
+        liked = [e for e in entries if not e.startswith(DISLIKE_PREFIX)]
+        disliked = [e[len(DISLIKE_PREFIX) :] for e in entries if e.startswith(DISLIKE_PREFIX)]
+        digest = hashlib.blake2b("\x1f".join(entries).encode(), digest_size=8).hexdigest()
+        return FreshHistory(self.pipeline.item_indices(liked), self.pipeline.item_indices(disliked), digest)
+
+    def cache_key(self, user_id: str, fresh: FreshHistory) -> str:
+        return self.key_prefix + user_id + (f":ev:{fresh.digest}" if not fresh.empty else "")
+
+    async def user_embedding(
+        self, user: int, user_id: str, fresh: FreshHistory, history: np.ndarray
+    ) -> tuple[np.ndarray, CacheResult | None]:
+        if user == UNKNOWN_USER and fresh.empty:
             return self.pipeline.unknown_user_embedding, None
-        key = self.key_prefix + user_id
+        key = self.cache_key(user_id, fresh)
         stage = self.metrics.stage_latency
         t0 = time.perf_counter()
         cached, result = await self.cache.get(key)
@@ -161,26 +218,48 @@ class Recommender:
         self.metrics.cache_requests.labels(result.value).inc()
         if cached is not None:
             return cached, result
-        t1 = time.perf_counter()
-        embedding = (await self.run_blocking(lambda: self.pipeline.encode(np.array([user]))))[0]
+        embedding = await self.compute_embedding(user, history)
         t2 = time.perf_counter()
-        stage.labels("user_encoding").observe(t2 - t1)
         write = await self.cache.set(key, embedding)
         stage.labels("cache").observe(time.perf_counter() - t2)
         if write is not CacheResult.STORED:
             self.metrics.cache_requests.labels(write.value).inc()
         return embedding, result
 
+    async def compute_embedding(self, user: int, history: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        embedding: np.ndarray = (await self.run_blocking(lambda: self.pipeline.encode(np.array([user]), [history])))[0]
+        self.metrics.stage_latency.labels("user_encoding").observe(time.perf_counter() - t0)
+        return embedding
+
     async def recommend(self, user_id: str, k: int, exclude_item_ids: list[str]) -> RecommendationResult:
         pipeline = self.pipeline
         user = pipeline.user_index(user_id)
-        if user == UNKNOWN_USER:
+        fresh = await self.fresh_history(user_id)
+        if user == UNKNOWN_USER and fresh.empty:
             self.metrics.fallbacks.labels("unknown_user").inc()
-        embedding, cache_result = await self.user_embedding(user, user_id)
-        exclude = pipeline.item_indices(exclude_item_ids)
-        recs = await self.run_blocking(lambda: pipeline.recommend(user, embedding, k, self.num_candidates, exclude))
+        history = pipeline.history(user, fresh.interactions)
+        embedding, cache_result = await self.user_embedding(user, user_id, fresh, history)
+        exclude = np.r_[pipeline.item_indices(exclude_item_ids), fresh.disliked].astype(np.int64)
+        recs = await self.run_blocking(
+            lambda: pipeline.recommend(user, embedding, k, self.num_candidates, exclude, history)
+        )
         for stage, seconds in recs.timings.items():
             self.metrics.stage_latency.labels(stage).observe(seconds)
         self.metrics.candidates.labels("retrieved").observe(recs.n_retrieved)
         self.metrics.candidates.labels("after_filtering").observe(recs.n_after_filter)
-        return RecommendationResult(user, recs, cache_result)
+        return RecommendationResult(user, recs, cache_result, len(fresh.interactions) + len(fresh.disliked))
+
+    async def record_events(self, events: dict[str, list[str]]) -> None:
+        """Append events (user id -> entries, oldest first) and refresh each user's cached embedding, so the
+        next request finds the new one. Raises EventStoreUnavailable if the store did not take them."""
+        if self.events is None:
+            raise EventStoreUnavailable("no event store is configured")
+        await self.events.append(events)
+        for user_id in events:
+            fresh = await self.fresh_history(user_id)
+            if fresh.empty:
+                continue
+            user = self.pipeline.user_index(user_id)
+            embedding = await self.compute_embedding(user, self.pipeline.history(user, fresh.interactions))
+            await self.cache.set(self.cache_key(user_id, fresh), embedding)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -26,6 +26,13 @@ class RecommendationRequest(BaseModel):
         default_factory=list,
         description="Items never to return, in addition to the user's already-seen items.",
     )
+    explain: bool = Field(False, description="Add to each item the history item most similar to it (`because`).")
+
+
+class Because(BaseModel):
+    item_id: str
+    title: str
+    similarity: float = Field(description="Cosine of the two items' embeddings.")
 
 
 class RecommendedItem(BaseModel):
@@ -35,6 +42,51 @@ class RecommendedItem(BaseModel):
     ranking_score: float = Field(
         description="Ranker score in (0, 1), higher is better (a calibrated probability only for a BCE-trained ranker)."
     )
+    because: Because | None = Field(
+        None, description="With explain=true: the user's history item most similar to this one, if any history."
+    )
+
+
+EventType = Literal["view", "click", "like", "purchase", "dislike"]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Id = Field(description="Any user id; a user the bundle does not know is personalised from events.")
+    item_id: Id = Field(description="An item id the bundle knows.")
+    event_type: EventType = Field(
+        "click", description="dislike: never recommend the item; any other type joins the user's history."
+    )
+    timestamp: float | None = Field(
+        None, ge=0, description="Unix seconds; orders a batch's events per user (default: arrival order)."
+    )
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"events": [{"user_id": "1", "item_id": "50", "event_type": "click"}]}]},
+    )
+
+    events: list[Event] = Field(min_length=1, description="One or more events (at most the service's limit).")
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+    users: int
+
+
+class SimilarItem(BaseModel):
+    item_id: str
+    title: str
+    score: float = Field(description="Cosine of the two items' embeddings.")
+
+
+class SimilarItemsResponse(BaseModel):
+    bundle_version: str
+    item_id: str
+    items: list[SimilarItem]
 
 
 class RecommendationResponse(BaseModel):

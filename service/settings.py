@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(3, ge=1, description="Consecutive Redis errors that open the breaker.")
     breaker_reset_s: float = Field(5.0, gt=0, description="How long an open breaker skips Redis.")
 
+    # Fresh user events (POST /v1/events): in Redis when redis_url is set, else in process.
+    events_per_user: int = Field(200, ge=1, description="Latest events kept per user.")
+    events_ttl_s: int = Field(30 * 86400, ge=1, description="A user's events expire this long after their last one.")
+    events_local_users: int = Field(100_000, ge=1, description="Users the in-process event store holds.")
+    events_redis_timeout_s: float = Field(0.2, gt=0, description="Per-command timeout of the Redis event store.")
+    max_events_per_request: int = Field(1000, ge=1, description="Largest batch POST /v1/events takes.")
+
     # Compute.
     worker_threads: int = Field(4, ge=1, description="Threads that run ONNX Runtime and FAISS off the event loop.")
     ort_intra_op_threads: int = Field(

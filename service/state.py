@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from service.bundle import Bundle, load_bundle
 from service.cache import CircuitBreaker, EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
 from service.errors import NotReady
+from service.events import EventStore, LocalEventStore, RedisEventStore
 from service.metrics import Metrics
 from service.pipeline import Pipeline, Recommender
 from service.settings import Settings
@@ -30,6 +31,7 @@ class AppState:
     cache: EmbeddingCache
     recommender: Recommender
     executor: ThreadPoolExecutor
+    events: EventStore
     ready: bool = False
 
     @property
@@ -58,8 +60,9 @@ class AppState:
             executor.shutdown(wait=False)
             raise
         cache = open_cache(settings, bundle.manifest.dims.embedding_dim)
-        recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates)
-        state = cls(settings, metrics, pipeline, cache, recommender, executor)
+        events = open_event_store(settings)
+        recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates, events)
+        state = cls(settings, metrics, pipeline, cache, recommender, executor, events)
         try:
             await state.warm_up()
         except BaseException:
@@ -102,6 +105,7 @@ class AppState:
         self.ready = False
         self.metrics.ready.set(0)
         await self.cache.close()
+        await self.events.close()
         self.executor.shutdown(wait=True)
 
 
@@ -117,6 +121,18 @@ def open_cache(settings: Settings, dim: int) -> EmbeddingCache:
             breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
         )
     return LocalEmbeddingCache(settings.local_cache_size, settings.cache_ttl_s, dim)
+
+
+def open_event_store(settings: Settings) -> EventStore:
+    if settings.redis_url:
+        return RedisEventStore(
+            settings.redis_url,
+            settings.events_per_user,
+            settings.events_ttl_s,
+            timeout_s=settings.events_redis_timeout_s,
+            pool_size=settings.redis_pool_size,
+        )
+    return LocalEventStore(settings.events_per_user, settings.events_local_users)
 
 
 def get_state(request: Request) -> AppState:

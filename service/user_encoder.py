@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnxruntime as ort
 
@@ -36,10 +38,12 @@ class UserEncoder:
         self._oov = dims.n_users
         self._n_cat = len(dims.user_categorical_cardinalities)
 
-    def inputs(self, users: np.ndarray) -> dict[str, np.ndarray]:
+    def inputs(self, users: np.ndarray, histories: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """`histories`: each user's item indices, oldest first; default: the bundle's training history."""
         b = self._bundle
         known = users >= 0
-        histories = [b.history(int(u)) for u in users]
+        if histories is None:
+            histories = [b.history(int(u)) for u in users]
         categorical = np.zeros((len(users), self._n_cat), dtype=np.int64)
         categorical[known] = b.user_categorical[users[known]]
         return {
@@ -48,8 +52,8 @@ class UserEncoder:
             "user_categorical": categorical,  # (B, U)
         }
 
-    def encode(self, users: np.ndarray) -> np.ndarray:
-        out = self._session.run([self._output], self.inputs(users))[0]
+    def encode(self, users: np.ndarray, histories: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        out = self._session.run([self._output], self.inputs(users, histories))[0]
         return np.ascontiguousarray(out, dtype=np.float32)  # (B, E)
 
 

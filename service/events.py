@@ -1,0 +1,132 @@
+"""Fresh user events: what a user did since the bundle was trained, so the next request already reflects it.
+
+Each user's recent events are a capped list of entries, oldest first: an item id for an interaction (it joins
+the user's history: the user tower's input, the ranker's history features and the already-seen filter), or
+`!` + item id for a dislike (only filtered out). Ids, not bundle indices, are stored, so events outlive a
+bundle change. Backends: Redis (a list per user, trimmed to the cap, with a TTL; shared by replicas) or an
+in-process store bounded in users (the embedded default; one process only).
+
+Unlike the embedding cache, this store holds data: a write that Redis does not acknowledge raises
+`EventStoreUnavailable` (the API answers 503, the client retries), never a silent drop. A failed *read*
+degrades the request to the bundle's history and is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict, deque
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+DISLIKE_PREFIX = "!"
+
+
+class EventStoreUnavailable(Exception):
+    """The backend did not take the write."""
+
+
+class EventStore(Protocol):
+    backend: str
+
+    async def append(self, events: dict[str, list[str]]) -> None:
+        """Append each user's entries (oldest first)."""
+        ...
+
+    async def recent(self, user_id: str) -> list[str] | None:
+        """The user's entries, oldest first; None if the backend failed."""
+        ...
+
+    async def delete(self, user_id: str) -> bool:
+        """Forget the user; True if anything was held."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalEventStore:
+    """In-process: up to `max_users` users (least recently written dropped first), `cap` entries each.
+    Used from the event loop only."""
+
+    backend = "local"
+
+    def __init__(self, cap: int, max_users: int) -> None:
+        self._cap = cap
+        self._max_users = max_users
+        self._users: OrderedDict[str, deque[str]] = OrderedDict()
+
+    async def append(self, events: dict[str, list[str]]) -> None:
+        for user_id, entries in events.items():
+            held = self._users.get(user_id)
+            if held is None:
+                held = self._users[user_id] = deque(maxlen=self._cap)
+            held.extend(entries)
+            self._users.move_to_end(user_id)
+        while len(self._users) > self._max_users:
+            self._users.popitem(last=False)
+
+    async def recent(self, user_id: str) -> list[str] | None:
+        held = self._users.get(user_id)
+        return list(held) if held is not None else []
+
+    async def delete(self, user_id: str) -> bool:
+        return self._users.pop(user_id, None) is not None
+
+    async def close(self) -> None:
+        self._users.clear()
+
+
+class RedisEventStore:
+    """`reco:events:<user id>` lists: RPUSH + LTRIM + EXPIRE in one transaction per write."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, cap: int, ttl_s: int, *, timeout_s: float, pool_size: int) -> None:
+        self._client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=pool_size,
+        )
+        self._cap = cap
+        self._ttl = ttl_s
+        self._deadline_s = 2 * timeout_s
+
+    @staticmethod
+    def key(user_id: str) -> str:
+        return f"reco:events:{user_id}"
+
+    async def append(self, events: dict[str, list[str]]) -> None:
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                async with self._client.pipeline(transaction=True) as pipe:
+                    for user_id, entries in events.items():
+                        key = self.key(user_id)
+                        pipe.rpush(key, *entries)
+                        pipe.ltrim(key, -self._cap, -1)
+                        pipe.expire(key, self._ttl)
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as e:
+            raise EventStoreUnavailable(f"the event store (Redis) did not take the write: {e!r}") from e
+
+    async def recent(self, user_id: str) -> list[str] | None:
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                raw = await self._client.lrange(self.key(user_id), 0, -1)
+        except (RedisError, OSError, TimeoutError):
+            return None
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+
+    async def delete(self, user_id: str) -> bool:
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                return bool(await self._client.delete(self.key(user_id)))
+        except (RedisError, OSError, TimeoutError) as e:
+            raise EventStoreUnavailable(f"the event store (Redis) did not take the delete: {e!r}") from e
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,216 @@
+"""Real-time events, similar items and explanations, through the API and its lifespan."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.bundle import Bundle, load_bundle
+from service.main import create_app
+from service.settings import Settings
+from tests.conftest import free_port, redis_available
+
+
+def recommend(client: TestClient, **body: object) -> dict:  # type: ignore[type-arg]
+    response = client.post("/v1/recommendations", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def post_events(client: TestClient, events: list[dict[str, object]]) -> dict:  # type: ignore[type-arg]
+    response = client.post("/v1/events", json={"events": events})
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def genre_share(bundle: Bundle, item_ids: list[str], genre: int) -> float:
+    return float(np.mean([bundle.item_dense[bundle.item_index[i], genre] > 0 for i in item_ids]))
+
+
+def genre_items(bundle: Bundle, genre: int, avoid: set[int]) -> list[int]:
+    """Items of this genre, fewest genres (the clearest signal) then most popular first, outside `avoid`."""
+    n_genres = len([n for n in bundle.manifest.feature_spec.item_dense if n.startswith("genre:")])
+    genres = bundle.item_dense[:, :n_genres] > 0
+    of_genre = np.flatnonzero(genres[:, genre])
+    order = np.lexsort((-bundle.item_log_popularity[of_genre], genres[of_genre].sum(axis=1)))
+    return [int(i) for i in of_genre[order] if int(i) not in avoid]
+
+
+def test_events_shift_the_next_list_toward_their_genre(client: TestClient, tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    user = 3
+    user_id = bundle.user_ids[user]
+    before = [it["item_id"] for it in recommend(client, user_id=user_id, k=20)["items"]]
+    n_genres = len([n for n in bundle.manifest.feature_spec.item_dense if n.startswith("genre:")])
+    seen = set(bundle.history(user).tolist())
+    # The genre least present in the user's list among those with enough single-genre items to click on.
+    candidates = [g for g in range(n_genres) if len(genre_items(bundle, g, seen)) >= 15]
+    genre = min(candidates, key=lambda g: genre_share(bundle, before, g))
+    clicked = genre_items(bundle, genre, seen)[:10]
+    events = [{"user_id": user_id, "item_id": bundle.item_ids[i], "event_type": "click"} for i in clicked]
+    assert post_events(client, events) == {"accepted": 10, "users": 1}
+    after = [it["item_id"] for it in recommend(client, user_id=user_id, k=20)["items"]]
+    assert genre_share(bundle, after, genre) > genre_share(bundle, before, genre)
+    # The clicked items are now seen: never recommended again.
+    assert not {bundle.item_ids[i] for i in clicked} & set(after)
+
+
+def test_event_refreshes_the_cached_embedding(client: TestClient, tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    user_id = bundle.user_ids[7]
+    first = recommend(client, user_id=user_id, k=5)["items"]
+    top = first[0]["item_id"]
+    # The next request is a cache hit and returns the same list.
+    assert recommend(client, user_id=user_id, k=5)["items"] == first
+    post_events(client, [{"user_id": user_id, "item_id": top, "event_type": "view"}])
+    metrics = client.app.state.metrics  # type: ignore[attr-defined]
+    hits = metrics.cache_requests.labels("hit")._value.get()
+    encodes = metrics.stage_latency.labels("user_encoding")._sum.get()
+    after = recommend(client, user_id=user_id, k=5)["items"]
+    assert top not in [it["item_id"] for it in after]
+    # Served from the embedding the event computed and cached: a hit, no new encoding.
+    assert metrics.cache_requests.labels("hit")._value.get() == hits + 1
+    assert metrics.stage_latency.labels("user_encoding")._sum.get() == encodes
+    assert metrics.events.labels("view")._value.get() >= 1
+
+
+def test_dislike_filters_without_joining_the_history(client: TestClient, tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    user_id = bundle.user_ids[11]
+    first = recommend(client, user_id=user_id, k=5)
+    disliked = first["items"][0]["item_id"]
+    post_events(client, [{"user_id": user_id, "item_id": disliked, "event_type": "dislike"}])
+    after = recommend(client, user_id=user_id, k=5)
+    assert disliked not in [it["item_id"] for it in after["items"]]
+    # The embedding did not change: the other items keep their retrieval scores.
+    scores = {it["item_id"]: it["retrieval_score"] for it in first["items"]}
+    for it in after["items"]:
+        if it["item_id"] in scores:
+            assert it["retrieval_score"] == pytest.approx(scores[it["item_id"]], abs=1e-6)
+
+
+def test_new_user_is_personalised_by_events(client: TestClient, tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    anonymous = recommend(client, user_id="brand-new-user", k=10)
+    assert anonymous["fallback"] == "unknown_user"
+    liked = genre_items(bundle, 0, set())[:5]
+    post_events(
+        client,
+        [
+            {"user_id": "brand-new-user", "item_id": bundle.item_ids[i], "event_type": "like", "timestamp": 1000 + n}
+            for n, i in enumerate(liked)
+        ],
+    )
+    body = recommend(client, user_id="brand-new-user", k=10, explain=True)
+    assert body["fallback"] is None
+    ids = [it["item_id"] for it in body["items"]]
+    assert ids != [it["item_id"] for it in anonymous["items"]]
+    assert not {bundle.item_ids[i] for i in liked} & set(ids)
+    # Explanations point into what the user did.
+    assert all(it["because"]["item_id"] in {bundle.item_ids[i] for i in liked} for it in body["items"])
+
+
+def test_event_validation_names_the_field(client: TestClient, tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    ok = {"user_id": "u", "item_id": bundle.item_ids[0]}
+    cases = [
+        ({"events": [ok, {"user_id": "u", "item_id": "no-such-item"}]}, "events.1.item_id"),
+        ({"events": []}, "events"),
+        ({"events": [{**ok, "event_type": "teleport"}]}, "events.0.event_type"),
+        ({"events": [{**ok, "timestamp": -1}]}, "events.0.timestamp"),
+        ({"events": [{**ok, "surprise": 1}]}, "events.0.surprise"),
+        ({"events": [ok] * 1001}, "events"),
+    ]
+    for body, field in cases:
+        response = client.post("/v1/events", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert field in response.json()["message"]
+
+
+def test_similar_items(client: TestClient, tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    item_id = bundle.item_ids[4]
+    response = client.get(f"/v1/items/{item_id}/similar", params={"k": 8})
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert len(items) == 8
+    ids = [it["item_id"] for it in items]
+    assert item_id not in ids
+    emb = bundle.item_embeddings
+    expected = emb[[bundle.item_index[i] for i in ids]] @ emb[4]
+    np.testing.assert_allclose([it["score"] for it in items], expected, atol=1e-5)
+    # Exactly the 8 nearest by cosine (ties aside).
+    cosine = emb @ emb[4]
+    cosine[4] = -np.inf
+    assert min(expected) >= np.sort(cosine)[-8] - 1e-5
+    excluded = client.get(f"/v1/items/{item_id}/similar", params={"k": 8, "exclude_item_ids": ids[:2]}).json()
+    assert not set(ids[:2]) & {it["item_id"] for it in excluded["items"]}
+    missing = client.get("/v1/items/nope/similar")
+    assert missing.status_code == 404
+    assert "item_id" in missing.json()["message"]
+    assert client.get(f"/v1/items/{item_id}/similar", params={"k": 51}).status_code == 422
+    assert client.get(f"/v1/items/{item_id}/similar", params={"k": 0}).status_code == 422
+
+
+def test_explanations_are_the_closest_history_item(client: TestClient, tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    user = 2
+    window = bundle.history(user)[-bundle.manifest.dims.history_length :]
+    body = recommend(client, user_id=bundle.user_ids[user], k=5, explain=True)
+    emb = bundle.item_embeddings
+    for it in body["items"]:
+        because = it["because"]
+        sims = emb[window] @ emb[bundle.item_index[it["item_id"]]]
+        assert because["item_id"] == bundle.item_ids[int(window[np.argmax(sims)])]
+        assert because["similarity"] == pytest.approx(float(sims.max()), abs=1e-5)
+        assert because["title"] == bundle.item_titles[bundle.item_index[because["item_id"]]]
+    assert all(it["because"] is None for it in recommend(client, user_id=bundle.user_ids[user], k=5)["items"])
+
+
+@pytest.fixture
+def redis_client(settings: Settings) -> Iterator[tuple[TestClient, redis.Redis]]:
+    if not redis_available():
+        pytest.skip("no Redis server at 127.0.0.1:6379")
+    app = create_app(settings.model_copy(update={"redis_url": "redis://127.0.0.1:6379/15", "events_per_user": 4}))
+    with TestClient(app) as client:
+        yield client, redis.Redis(port=6379, db=15)
+
+
+def test_redis_event_store_keeps_the_latest_events(
+    redis_client: tuple[TestClient, redis.Redis], tiny_bundle: Path
+) -> None:
+    client, r = redis_client
+    bundle = load_bundle(tiny_bundle)
+    user_id = f"test-{uuid.uuid4().hex}"
+    key = f"reco:events:{user_id}"
+    try:
+        items = [bundle.item_ids[i] for i in range(6)]
+        events = [{"user_id": user_id, "item_id": i, "timestamp": 100 - n} for n, i in enumerate(items)]
+        post_events(client, events)
+        # Ordered by timestamp (the batch came newest first), capped at the latest 4.
+        assert [v.decode() for v in r.lrange(key, 0, -1)] == items[::-1][-4:]
+        assert 0 < r.ttl(key) <= 30 * 86400
+        ids = [it["item_id"] for it in recommend(client, user_id=user_id, k=10)["items"]]
+        assert not set(items[::-1][-4:]) & set(ids)
+    finally:
+        r.delete(key)
+
+
+def test_event_store_down_rejects_writes_and_still_serves(settings: Settings, tiny_bundle: Path) -> None:
+    refused = f"redis://127.0.0.1:{free_port()}/0"
+    with TestClient(create_app(settings.model_copy(update={"redis_url": refused}))) as client:
+        bundle = load_bundle(tiny_bundle)
+        response = client.post("/v1/events", json={"events": [{"user_id": "1", "item_id": bundle.item_ids[0]}]})
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert "event store" in response.json()["message"]
+        assert recommend(client, user_id=bundle.user_ids[0], k=5)["items"]
+        metrics = client.app.state.metrics  # type: ignore[attr-defined]
+        assert metrics.event_store_errors.labels("write")._value.get() == 1
+        assert metrics.event_store_errors.labels("read")._value.get() >= 1
