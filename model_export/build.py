@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,12 @@ def build_bundle(
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     dataset = implicit(raw, config.min_rating)
+    text_model, texts = None, []
+    if config.two_tower.text_features:
+        from model_export.text import embed_texts, item_texts, load_encoder
+
+        text_model, texts = load_encoder(), item_texts(dataset)
+        dataset = replace(dataset, item_text=embed_texts(text_model, texts))
     train, heldout = split or temporal_split(dataset.interactions, config.holdout_fraction)
     if config.two_tower.history_sampling == "sequential":
         tt_train, rank_events = temporal_split(train, config.ranker.window_fraction)
@@ -78,7 +84,7 @@ def build_bundle(
     )
 
     user_tower, item_tower, tt_history = train_two_tower(dataset, tt_train, config, progress, validation=rank_events)
-    item_embeddings = embed_items(item_tower, dataset.item_dense)
+    item_embeddings = embed_items(item_tower, dataset)
     # Popularity as known before the ranker's labels (tt_train), so labels are not counted in their features.
     examples = ranker_examples(
         dataset,
@@ -102,7 +108,7 @@ def build_bundle(
         seed_everything(config.seed)
         user_tower, item_tower, refit_history = train_two_tower(dataset, train, config, progress, epochs=best_epochs)
         tt_history["refit_loss"] = refit_history["loss"]
-        item_embeddings = embed_items(item_tower, dataset.item_dense)
+        item_embeddings = embed_items(item_tower, dataset)
 
     offsets, history = user_histories(train, dataset.n_users)
     L = config.two_tower.history_length
@@ -119,7 +125,13 @@ def build_bundle(
             "user_categorical": dataset.user_categorical[sample_users],
         }
         sample_items = _sample(dataset.n_items, 4096, rng)
-        item_inputs = {"item_idx": sample_items, "item_dense": dataset.item_dense[sample_items]}
+        # Real items by id, and some through the unknown-item row (content only, as for an item added live).
+        item_inputs = {
+            "item_idx": np.r_[sample_items, np.full(16, dataset.n_items)],
+            "item_dense": dataset.item_dense[np.r_[sample_items, sample_items[:16]]],
+        }
+        if dataset.text_dim:
+            item_inputs["item_text"] = dataset.text_of(np.r_[sample_items, sample_items[:16]])
         rows = _sample(len(examples.label), 2048, rng)
         ranker_inputs = {
             "user_idx": examples.user_idx[rows],
@@ -136,6 +148,12 @@ def build_bundle(
         for name, module, inputs, output in models:
             export(module, inputs, output, writer.path(name))
             parities[name.removesuffix(".onnx")] = parity(module, writer.path(name), inputs)
+        if text_model is not None:
+            from model_export.text import export_text_encoder
+
+            parities["text_encoder"] = export_text_encoder(
+                text_model, [texts[i] for i in sample_items[:256]], writer.tmp
+            )
         log.info("ONNX parity (max abs diff): %s", parities)
 
         index, index_info = build_index(item_embeddings, config.index)
@@ -183,6 +201,7 @@ def build_bundle(
                 "item_dense_dim": dataset.item_dense.shape[1],
                 "ranker_dense_dim": examples.dense.shape[1],
                 "item_neighbours": config.ranker.neighbours,
+                "text_dim": dataset.text_dim,
             },
             "feature_spec": {
                 "positive_rule": dataset.positive_rule,
@@ -194,7 +213,19 @@ def build_bundle(
                     "history": f"int64 (B, {L}): latest items, oldest first, -1 padded",
                     "user_categorical": "int64 (B, U): 0 = unknown",
                 },
-                "item_tower_inputs": {"item_idx": "int64 (B,)", "item_dense": "float32 (B, item_dense_dim)"},
+                "item_tower_inputs": {
+                    "item_idx": "int64 (B,): item index; n_items = an item added after training (content only)",
+                    "item_dense": "float32 (B, item_dense_dim)",
+                }
+                | (
+                    {"item_text": "float32 (B, text_dim): text_encoder.onnx of the item's text"}
+                    if dataset.text_dim
+                    else {}
+                ),
+                "item_text": "model_export.text.item_texts: '<title>. Genres: <g1>, <g2>.'; text_encoder.onnx "
+                "(input_ids, attention_mask from tokenizer.json, truncated to 128 tokens) -> L2-normalised"
+                if dataset.text_dim
+                else "none",
                 "ranker_inputs": {
                     "user_idx": "int64 (N,)",
                     "item_idx": "int64 (N,)",

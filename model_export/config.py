@@ -33,6 +33,8 @@ class TwoTowerConfig:
     temperature: float = 0.15
     logq_correction: bool = True
     user_id_dropout: float = 0.1  # teaches the OOV user row, used for unknown users
+    item_id_dropout: float = 0.1  # teaches the unknown-item row, used for items added after training
+    text_features: bool = True  # item text through all-MiniLM-L6-v2 as an item-tower input (model_export.text)
     batch_size: int = 1024
     epochs: int = 20
     early_stopping_patience: int = 2  # epochs without a better validation Recall@50

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export.config import SyntheticConfig
+from service.features import year_feature
 
 ML100K_GENRES = (
     "unknown",
@@ -79,6 +80,20 @@ class Dataset:
     user_categorical_names: list[str]
     user_categorical_cardinalities: list[int]
     positive_rule: str = "all interactions"
+    # (n_items, T) float32: each item's text through a pretrained sentence encoder (model_export.text); set by
+    # the exporter when text features are on, else (n_items, 0).
+    item_text: np.ndarray | None = None
+
+    @property
+    def text_dim(self) -> int:
+        return 0 if self.item_text is None else int(self.item_text.shape[1])
+
+    def text_of(self, items: np.ndarray) -> np.ndarray:
+        """(B, T) float32 text features of `items` ((B, 0) without text)."""
+        if self.item_text is None:
+            return np.zeros((len(items), 0), dtype=np.float32)
+        text: np.ndarray = self.item_text[items]
+        return text
 
     @property
     def n_users(self) -> int:
@@ -143,10 +158,6 @@ def _age_bucket(age: int) -> int:
     return int(np.searchsorted(AGE_BUCKETS, age, side="right"))
 
 
-def _year_feature(year: int | None) -> float:
-    return 0.5 if year is None else float(np.clip((year - 1900) / 130.0, 0.0, 1.0))
-
-
 def _parse_year(title: str, date: str = "") -> int | None:
     match = YEAR_RE.search(title.strip())
     if match:
@@ -184,7 +195,7 @@ def _genre_matrix(item_genres: list[list[str]], vocabulary: list[str], years: li
     for i, genres in enumerate(item_genres):
         for g in genres:
             dense[i, column[g]] = 1.0
-        dense[i, -1] = _year_feature(years[i])
+        dense[i, -1] = year_feature(years[i])
     return dense
 
 

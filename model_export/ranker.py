@@ -39,7 +39,7 @@ class DCNRanker(nn.Module):
     ) -> None:
         super().__init__()
         self.user_embedding = nn.Embedding(n_users + 1, id_dim)
-        self.item_embedding = nn.Embedding(n_items, id_dim)
+        self.item_embedding = nn.Embedding(n_items + 1, id_dim)  # row n_items: an item added after training
         self.categorical = nn.ModuleList(nn.Embedding(c, categorical_dim) for c in categorical_cardinalities)
         self.dense_norm = nn.BatchNorm1d(dense_dim)
         in_dim = 2 * id_dim + categorical_dim * len(categorical_cardinalities) + dense_dim

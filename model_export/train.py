@@ -156,7 +156,7 @@ def validation_recall(
     users = np.unique(targets.user)
     windows = history_windows([items[offsets[u] : offsets[u + 1]] for u in users], user_tower.history_length)
     user_emb = embed_users(user_tower, users, windows, dataset.user_categorical[users])
-    item_emb = embed_items(item_tower, dataset.item_dense)
+    item_emb = embed_items(item_tower, dataset)
     seen = interaction_matrix(history, dataset.n_users, dataset.n_items)
     top = top_unseen(user_emb @ item_emb.T, seen, users, min(k, dataset.n_items))
     relevant = relevant_sets(targets, dataset.n_users)
@@ -185,7 +185,9 @@ def train_two_tower(
         cfg.embedding_dim,
         cfg.history_length,
     )
-    item_tower = ItemTower(dataset.n_items, dataset.item_dense.shape[1], cfg.id_dim, cfg.hidden_dim, cfg.embedding_dim)
+    item_tower = ItemTower(
+        dataset.n_items, dataset.item_dense.shape[1], cfg.id_dim, cfg.hidden_dim, cfg.embedding_dim, dataset.text_dim
+    )
     counts = np.bincount(ordered.item, minlength=dataset.n_items).astype(np.float64) + 1e-3
     task = RetrievalTask(
         user_tower,
@@ -194,6 +196,7 @@ def train_two_tower(
         cfg.temperature,
         cfg.logq_correction,
         cfg.user_id_dropout,
+        cfg.item_id_dropout,
     )
     optimizer = torch.optim.AdamW(task.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     users = torch.from_numpy(ordered.user)
@@ -201,6 +204,7 @@ def train_two_tower(
     hist = torch.from_numpy(windows)
     user_cat = torch.from_numpy(dataset.user_categorical)
     item_dense = torch.from_numpy(dataset.item_dense)
+    item_text = torch.from_numpy(dataset.text_of(np.arange(dataset.n_items)))
     generator = torch.Generator().manual_seed(config.seed)
     shuffle_rng = np.random.default_rng(config.seed)
     losses: list[float] = []
@@ -215,7 +219,8 @@ def train_two_tower(
         total = 0.0
         bar = tqdm(batches, desc=f"two-tower epoch {epoch + 1}/{n_epochs}", disable=not progress, leave=False)
         for b in bar:
-            loss = task(users[b], hist[b], user_cat[users[b]], items[b], item_dense[items[b]])
+            text = item_text[items[b]] if dataset.text_dim else None
+            loss = task(users[b], hist[b], user_cat[users[b]], items[b], item_dense[items[b]], text)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -240,13 +245,23 @@ def train_two_tower(
 
 
 @torch.no_grad()
-def embed_items(item_tower: ItemTower, item_dense: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+def embed_items(
+    item_tower: ItemTower,
+    dataset: Dataset,
+    items: np.ndarray | None = None,
+    content_only: bool = False,
+    batch_size: int = 8192,
+) -> np.ndarray:
+    """Embeddings of `items` (default: all). `content_only`: through the unknown-item id row, from content
+    (dense features and text) alone, as for an item added after training."""
     item_tower.eval()
+    items = np.arange(dataset.n_items) if items is None else items
     out = []
-    dense = torch.from_numpy(item_dense)
-    for start in range(0, len(item_dense), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(item_dense)))
-        out.append(item_tower(idx, dense[idx]).numpy())
+    for start in range(0, len(items), batch_size):
+        idx = items[start : start + batch_size]
+        text = torch.from_numpy(dataset.text_of(idx)) if dataset.text_dim else None
+        ids = torch.full((len(idx),), item_tower.unknown_item) if content_only else torch.from_numpy(idx)
+        out.append(item_tower(ids, torch.from_numpy(dataset.item_dense[idx]), text).numpy())
     return np.concatenate(out).astype(np.float32)  # (I, E)
 
 
@@ -362,10 +377,12 @@ def ranker_examples(
     user_idx = users[rows].copy()
     dropped = rng.random(len(user_idx)) < config.two_tower.user_id_dropout
     user_idx[dropped] = dataset.n_users  # teaches the ranker's unknown-user row
+    cand_idx = cand.copy()
+    cand_idx[rng.random(len(cand_idx)) < config.two_tower.item_id_dropout] = dataset.n_items  # and unknown-item row
     groups = np.full(candidates.shape, -1, dtype=np.int64)
     groups[keep] = np.arange(int(keep.sum()))
     groups = groups[keep[:, 0]]  # events whose positive was kept
-    return RankerExamples(user_idx, cand, dataset.user_categorical[users[rows]], dense, labels[keep], groups)
+    return RankerExamples(user_idx, cand_idx, dataset.user_categorical[users[rows]], dense, labels[keep], groups)
 
 
 def train_ranker(

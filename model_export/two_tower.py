@@ -53,17 +53,29 @@ class UserTower(nn.Module):
 
 
 class ItemTower(nn.Module):
-    def __init__(self, n_items: int, dense_dim: int, id_dim: int, hidden_dim: int, embedding_dim: int) -> None:
-        super().__init__()
-        self.item_embedding = nn.Embedding(n_items, id_dim)
-        self.dense = nn.Linear(dense_dim, id_dim) if dense_dim else None
-        self.mlp = _mlp(id_dim * (2 if dense_dim else 1), hidden_dim, embedding_dim)
+    """Row `n_items` of the id embedding is the unknown item (learnt by item-id dropout): an item added after
+    training is embedded from its content (dense features and text) alone."""
 
-    def forward(self, item_idx: torch.Tensor, item_dense: torch.Tensor) -> torch.Tensor:
-        # item_idx (B,), item_dense (B, D) -> (B, E)
+    def __init__(
+        self, n_items: int, dense_dim: int, id_dim: int, hidden_dim: int, embedding_dim: int, text_dim: int = 0
+    ) -> None:
+        super().__init__()
+        self.unknown_item = n_items
+        self.item_embedding = nn.Embedding(n_items + 1, id_dim)
+        self.dense = nn.Linear(dense_dim, id_dim) if dense_dim else None
+        self.text = nn.Linear(text_dim, id_dim) if text_dim else None
+        self.mlp = _mlp(id_dim * (1 + bool(dense_dim) + bool(text_dim)), hidden_dim, embedding_dim)
+
+    def forward(
+        self, item_idx: torch.Tensor, item_dense: torch.Tensor, item_text: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # item_idx (B,), item_dense (B, D), item_text (B, T) -> (B, E)
         parts = [self.item_embedding(item_idx)]
         if self.dense is not None:
             parts.append(self.dense(item_dense))
+        if self.text is not None:
+            assert item_text is not None, "this item tower takes text features"
+            parts.append(self.text(item_text))
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
 
 
@@ -80,6 +92,7 @@ class RetrievalTask(nn.Module):
         temperature: float,
         logq_correction: bool,
         user_id_dropout: float,
+        item_id_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.user_tower = user_tower
@@ -88,6 +101,7 @@ class RetrievalTask(nn.Module):
         self.temperature = temperature
         self.logq_correction = logq_correction
         self.user_id_dropout = user_id_dropout
+        self.item_id_dropout = item_id_dropout
 
     def forward(
         self,
@@ -96,12 +110,17 @@ class RetrievalTask(nn.Module):
         user_categorical: torch.Tensor,
         item_idx: torch.Tensor,
         item_dense: torch.Tensor,
+        item_text: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.training and self.user_id_dropout > 0:
             drop = torch.rand(user_idx.shape, device=user_idx.device) < self.user_id_dropout
             user_idx = torch.where(drop, torch.full_like(user_idx, self.user_tower.unknown_user), user_idx)
         users = self.user_tower(user_idx, history, user_categorical)  # (B, E)
-        items = self.item_tower(item_idx, item_dense)  # (B, E)
+        tower_idx = item_idx
+        if self.training and self.item_id_dropout > 0:
+            drop = torch.rand(item_idx.shape, device=item_idx.device) < self.item_id_dropout
+            tower_idx = torch.where(drop, torch.full_like(item_idx, self.item_tower.unknown_item), item_idx)
+        items = self.item_tower(tower_idx, item_dense, item_text)  # (B, E)
         logits = users @ items.T / self.temperature  # (B, B); row b's positive is column b
         if self.logq_correction:
             logits = logits - self.item_log_probability[item_idx].unsqueeze(0)

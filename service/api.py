@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.errors import InvalidField, NotFound, Unavailable
+from service.errors import Conflict, InvalidField, NotFound, Unauthorized, Unavailable
 from service.events import DISLIKE_PREFIX, EventStoreUnavailable
 from service.features import most_similar_in_history
+from service.live_items import ItemConflict, ItemRecord
 from service.schemas import (
     Because,
     ErrorResponse,
     EventBatch,
     EventsAccepted,
+    ItemUpsert,
+    ItemUpserted,
     ReadinessResponse,
     RecommendationRequest,
     RecommendationResponse,
@@ -97,6 +101,47 @@ async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
     for event in body.events:
         state.metrics.events.labels(event.event_type).inc()
     return EventsAccepted(accepted=len(body.events), users=len(ordered))
+
+
+def require_admin(state: AppState, authorization: str | None) -> None:
+    token = state.settings.admin_token
+    if token is None:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise Unauthorized("header.authorization: a valid 'Bearer <admin token>' is required")
+
+
+@router.put(
+    "/v1/items/{item_id}",
+    response_model=ItemUpserted,
+    responses=_ERRORS
+    | {
+        401: {"model": ErrorResponse, "description": "Missing or wrong admin token."},
+        409: {"model": ErrorResponse, "description": "The id is taken by other content."},
+    },
+)
+async def put_item(
+    item_id: Annotated[str, Path(min_length=1, max_length=128)],
+    body: ItemUpsert,
+    state: StateDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> ItemUpserted:
+    """Add an item while serving (admin): embedded from its text and features by the bundle's ONNX text encoder
+    and item tower, added to the index at once (recommendable and findable as similar from the next request),
+    and persisted so a restart re-applies it. Idempotent for identical content."""
+    require_admin(state, authorization)
+    record = ItemRecord(item_id, body.title, list(body.genres), body.year, body.description)
+    try:
+        created = await state.recommender.run_blocking(lambda: state.live_items.upsert(record))
+    except ItemConflict as e:
+        state.metrics.item_upserts.labels("conflict").inc()
+        raise Conflict(f"path.item_id: {e}") from e
+    except OSError as e:
+        raise Unavailable(f"the live-items file could not be written: {e}") from e
+    state.metrics.item_upserts.labels("created" if created else "unchanged").inc()
+    state.metrics.index_items.set(state.pipeline.retriever.n_items)
+    return ItemUpserted(item_id=item_id, created=created, n_items=state.pipeline.retriever.n_items)
 
 
 @router.get("/v1/items/{item_id}/similar", response_model=SimilarItemsResponse, responses=_ERRORS | _NOT_FOUND)

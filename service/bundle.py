@@ -38,6 +38,8 @@ HISTORY_ITEMS = "history_items.npy"
 ITEM_IDS = "item_ids.json"
 USER_IDS = "user_ids.json"
 ITEM_TITLES = "item_titles.json"
+TEXT_ENCODER = "text_encoder.onnx"  # with TOKENIZER, present when dims.text_dim > 0
+TOKENIZER = "tokenizer.json"
 REQUIRED_FILES = (
     USER_TOWER,
     ITEM_TOWER,
@@ -80,6 +82,7 @@ class Dimensions(_Strict):
     item_dense_dim: int = Field(ge=0)
     ranker_dense_dim: int = Field(ge=1)
     item_neighbours: int = Field(ge=0)  # co-occurrence neighbours kept per item
+    text_dim: int = Field(ge=0)  # width of the item tower's text input; 0 = no text features
 
 
 class FeatureSpec(_Strict):
@@ -91,6 +94,7 @@ class FeatureSpec(_Strict):
     ranker_dense: list[str]
     user_tower_inputs: dict[str, str]
     item_tower_inputs: dict[str, str]
+    item_text: str
     ranker_inputs: dict[str, str]
     unknown_user: str
 
@@ -185,7 +189,8 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def verify_files(path: Path, manifest: Manifest) -> None:
-    missing = [name for name in REQUIRED_FILES if name not in manifest.files]
+    required = REQUIRED_FILES + ((TEXT_ENCODER, TOKENIZER) if manifest.dims.text_dim else ())
+    missing = [name for name in required if name not in manifest.files]
     if missing:
         raise BundleError(f"{path / MANIFEST}: files lists no entry for {', '.join(missing)}")
     for name, entry in manifest.files.items():

@@ -2,7 +2,9 @@
 
     ServiceError              base of the errors the API turns into responses
     ├── InvalidField          422: a request field is out of bounds (checks that depend on settings)
+    ├── Unauthorized          401: an admin endpoint without the admin token
     ├── NotFound              404: e.g. an item id the bundle does not know
+    ├── Conflict              409: e.g. an item id already taken by other content
     ├── Unavailable           503: a backend the request needs (the event store) failed; retry
     └── NotReady              503: the service is starting or stopping
 
@@ -40,6 +42,16 @@ class InvalidField(ServiceError):
     def __init__(self, location: tuple[str, ...], message: str) -> None:
         field = ".".join(location)
         super().__init__(f"{field}: {message}", [{"loc": list(location), "msg": message, "type": "value_error"}])
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    error = "unauthorized"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    error = "conflict"
 
 
 class NotFound(ServiceError):

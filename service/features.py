@@ -29,6 +29,30 @@ RANKER_CONTEXT_FEATURES = (
 )
 
 
+def year_feature(year: int | None) -> float:
+    """An item's release year as its last dense feature: scaled to [0, 1] over 1900..2030; 0.5 if unknown."""
+    return 0.5 if year is None else float(np.clip((year - 1900) / 130.0, 0.0, 1.0))
+
+
+def item_dense_row(names: Sequence[str], genres: Sequence[str], year: int | None) -> np.ndarray:
+    """The dense features of one item from its genres and year, in the bundle's column order `names`
+    (`genre:<name>` multi-hot, then `release_year`); genres the bundle does not know are ignored. (D,) float32"""
+    row = np.zeros(len(names), dtype=np.float32)
+    wanted = {f"genre:{g}" for g in genres}
+    for j, name in enumerate(names):
+        if name in wanted:
+            row[j] = 1.0
+        elif name == "release_year":
+            row[j] = year_feature(year)
+    return row
+
+
+def item_text(title: str, genres: Sequence[str], description: str = "") -> str:
+    """The text the pretrained sentence encoder embeds for an item: '<title>. Genres: <g1>, <g2>. <description>'."""
+    text = f"{title}. Genres: {', '.join(genres)}." if genres else f"{title}."
+    return f"{text} {description}".strip()
+
+
 def history_window(history: np.ndarray, length: int) -> np.ndarray:
     """The latest `length` items of one history, oldest first, right-padded with -1. (length,) int64"""
     window = np.full(length, PAD, dtype=np.int64)

@@ -61,6 +61,10 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.item_upserts = Counter(
+            "reco_item_upserts", "PUT /v1/items outcomes: created, unchanged, conflict.", ["result"], registry=r
+        )
+        self.index_items = Gauge("reco_index_items", "Items in the retrieval index (trained + added live).", registry=r)
         self.bundle = Info("reco_bundle", "The model bundle being served.", registry=r)
         self.ready = Gauge("reco_ready", "1 when the service is ready to serve.", registry=r)
         for stage in STAGES:

@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
@@ -125,6 +125,30 @@ class Pipeline:
             timings=timings,
             window=window,
         )
+
+    def add_items(self, ids: list[str], titles: list[str], dense: np.ndarray, embeddings: np.ndarray) -> None:
+        """Append items added live (not in the bundle): they join the catalogue (no popularity, no co-occurrence
+        neighbours yet) and the index, recommendable and findable as similar from the next request on. The
+        bundle object is replaced, never mutated, so a request in flight keeps a consistent view. Callers
+        serialise calls (LiveItems holds a lock)."""
+        b = self.bundle
+        n, k = len(ids), b.item_neighbours.shape[1]
+        zeros = np.zeros(n, dtype=np.float32)
+        bundle = replace(
+            b,
+            item_ids=b.item_ids + ids,
+            item_titles=b.item_titles + titles,
+            item_index=b.item_index | {item_id: len(b.item_ids) + j for j, item_id in enumerate(ids)},
+            item_embeddings=np.concatenate([b.item_embeddings, embeddings.astype(np.float32)]),
+            item_dense=np.concatenate([b.item_dense, dense.astype(np.float32)]),
+            item_log_popularity=np.concatenate([b.item_log_popularity, zeros]),
+            item_recent_popularity=np.concatenate([b.item_recent_popularity, zeros]),
+            item_neighbours=np.concatenate([b.item_neighbours, np.full((n, k), -1, dtype=np.int32)]),
+            item_neighbour_weights=np.concatenate([b.item_neighbour_weights, np.zeros((n, k), dtype=np.float32)]),
+        )
+        # The catalogue first, then the index: any id the index returns is then in the bundle a request reads.
+        self.bundle = self.encoder.bundle = self.ranker.bundle = bundle
+        self.retriever.add(embeddings)
 
     def similar(self, item: int, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k items whose embeddings are closest to `item`'s (itself and `exclude` left out), best first.

@@ -13,6 +13,8 @@ from service.user_encoder import check_inputs
 class Ranker:
     """numpy in (one user's candidates and retrieval scores), numpy out ((n,) float32 probabilities)."""
 
+    bundle: Bundle  # replaced (never mutated) when items are added live
+
     def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
         dims = bundle.manifest.dims
         expected = {
@@ -22,17 +24,18 @@ class Ranker:
             "dense": dims.ranker_dense_dim,
         }
         check_inputs(session, expected, bundle, "ranker.onnx")
-        self._bundle = bundle
+        self.bundle = bundle
         self._session = session
         self._output = session.get_outputs()[0].name
         self._oov = dims.n_users
+        self._trained_items = dims.n_items  # indices from here on are items added live: the unknown-item row
         self._n_cat = len(dims.user_categorical_cardinalities)
 
     def inputs(
         self, user: int, window: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray
     ) -> dict[str, np.ndarray]:
         """user: index or -1; window: the user tower's history window (L,); candidates, retrieval_scores (n,)."""
-        b = self._bundle
+        b = self.bundle
         n = len(candidates)
         history_length = len(b.history(user))
         profile = content_profiles(b.item_dense, window[None, :])[0]  # (D,)
@@ -49,7 +52,7 @@ class Ranker:
         )
         return {
             "user_idx": np.full(n, user if user >= 0 else self._oov, dtype=np.int64),  # (n,)
-            "item_idx": candidates.astype(np.int64),  # (n,)
+            "item_idx": np.minimum(candidates, self._trained_items).astype(np.int64),  # (n,)
             "user_categorical": np.broadcast_to(categorical, (n, self._n_cat)).astype(np.int64),  # (n, U)
             "dense": dense,  # (n, F)
         }

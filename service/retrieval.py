@@ -64,12 +64,25 @@ class Retriever:
         self._lock = threading.Lock()
         return gpu_index
 
-    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        n = min(n, self.n_items)
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
+    def add(self, embeddings: np.ndarray) -> None:
+        """Append vectors (their ids continue the item indices). A CPU index is copied, extended and swapped in,
+        so concurrent searches (which take no lock) never see it change; a GPU index is extended under its lock."""
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         if self._lock is None:
-            scores, items = self._index.search(queries, n)
+            index = faiss.clone_index(self._index)
+            index.add(embeddings)
+            self._index, self.n_items = index, int(index.ntotal)
         else:
             with self._lock:
-                scores, items = self._index.search(queries, n)
+                self._index.add(embeddings)
+                self.n_items = int(self._index.ntotal)
+
+    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self._lock is None:
+            index = self._index  # one consistent index for this search, even if `add` swaps in another
+            scores, items = index.search(queries, min(n, int(index.ntotal)))
+        else:
+            with self._lock:
+                scores, items = self._index.search(queries, min(n, self.n_items))
         return scores, items.astype(np.int64, copy=False)  # (B, n), (B, n)

@@ -77,6 +77,30 @@ class EventsAccepted(BaseModel):
     users: int
 
 
+class ItemUpsert(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"title": "Arrival (2016)", "genres": ["Drama", "Sci-Fi"], "year": 2016, "description": ""}]
+        },
+    )
+
+    title: str = Field(min_length=1, max_length=512)
+    genres: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Genre names as in the bundle; unknown ones only go into the text.",
+    )
+    year: int | None = Field(None, ge=1800, le=2100, description="Release year.")
+    description: str = Field("", max_length=4096, description="Free text, embedded with the title and genres.")
+
+
+class ItemUpserted(BaseModel):
+    item_id: str
+    created: bool = Field(description="False when this exact item had already been added (nothing changed).")
+    n_items: int = Field(description="Items in the index now.")
+
+
 class SimilarItem(BaseModel):
     item_id: str
     title: str

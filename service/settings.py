@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     events_redis_timeout_s: float = Field(0.2, gt=0, description="Per-command timeout of the Redis event store.")
     max_events_per_request: int = Field(1000, ge=1, description="Largest batch POST /v1/events takes.")
 
+    # Items added live (PUT /v1/items/{item_id}).
+    live_items_path: Path | None = Field(
+        None,
+        description="JSON-lines file of items added live, replayed at start-up; unset: live_items.jsonl "
+        "next to the bundle path.",
+    )
+    admin_token: str | None = Field(
+        None, description="Bearer token the admin endpoints (PUT /v1/items) require; unset: they are open (dev)."
+    )
+
     # Compute.
     worker_threads: int = Field(4, ge=1, description="Threads that run ONNX Runtime and FAISS off the event loop.")
     ort_intra_op_threads: int = Field(

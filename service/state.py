@@ -16,6 +16,8 @@ from service.bundle import Bundle, load_bundle
 from service.cache import CircuitBreaker, EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
 from service.errors import NotReady
 from service.events import EventStore, LocalEventStore, RedisEventStore
+from service.item_encoder import ItemEncoder
+from service.live_items import LiveItems
 from service.metrics import Metrics
 from service.pipeline import Pipeline, Recommender
 from service.settings import Settings
@@ -32,6 +34,7 @@ class AppState:
     recommender: Recommender
     executor: ThreadPoolExecutor
     events: EventStore
+    live_items: LiveItems
     ready: bool = False
 
     @property
@@ -59,10 +62,26 @@ class AppState:
         except BaseException:
             executor.shutdown(wait=False)
             raise
+        delta = settings.live_items_path or settings.bundle_path.parent / "live_items.jsonl"
+
+        def open_live_items() -> LiveItems:
+            encoder = ItemEncoder(bundle, pipeline.onnx_providers, settings.ort_intra_op_threads)
+            live = LiveItems(pipeline, encoder, delta)
+            replayed = live.replay()
+            if replayed:
+                log.info("re-applied %d live items from %s", replayed, delta)
+            return live
+
+        try:
+            live_items = await loop.run_in_executor(executor, open_live_items)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        metrics.index_items.set(pipeline.retriever.n_items)
         cache = open_cache(settings, bundle.manifest.dims.embedding_dim)
         events = open_event_store(settings)
         recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates, events)
-        state = cls(settings, metrics, pipeline, cache, recommender, executor, events)
+        state = cls(settings, metrics, pipeline, cache, recommender, executor, events, live_items)
         try:
             await state.warm_up()
         except BaseException:

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.bundle import Bundle, BundleError
-from service.features import history_windows
+from service.features import PAD, history_windows
 from service.runtime import session_signature
 
 UNKNOWN_USER = -1
@@ -16,6 +16,8 @@ UNKNOWN_USER = -1
 
 class UserEncoder:
     """numpy in (user indices, -1 = unknown), numpy out ((B, E) float32 L2-normalised embeddings)."""
+
+    bundle: Bundle  # replaced (never mutated) when items are added live
 
     def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
         dims = bundle.manifest.dims
@@ -31,24 +33,27 @@ class UserEncoder:
                 f"{bundle.path / 'user_tower.onnx'}: output dimension {output.shape[-1]} "
                 f"!= manifest embedding_dim {dims.embedding_dim}"
             )
-        self._bundle = bundle
+        self.bundle = bundle
         self._session = session
         self._output = output.name
         self.history_length = dims.history_length
         self._oov = dims.n_users
+        self._trained_items = dims.n_items
         self._n_cat = len(dims.user_categorical_cardinalities)
 
     def inputs(self, users: np.ndarray, histories: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """`histories`: each user's item indices, oldest first; default: the bundle's training history."""
-        b = self._bundle
+        b = self.bundle
         known = users >= 0
         if histories is None:
             histories = [b.history(int(u)) for u in users]
         categorical = np.zeros((len(users), self._n_cat), dtype=np.int64)
         categorical[known] = b.user_categorical[users[known]]
+        windows = history_windows(histories, self.history_length)
+        windows[windows >= self._trained_items] = PAD  # items added live have no history embedding: skipped
         return {
             "user_idx": np.where(known, users, self._oov).astype(np.int64),  # (B,)
-            "history": history_windows(histories, self.history_length),  # (B, L)
+            "history": windows,  # (B, L)
             "user_categorical": categorical,  # (B, U)
         }
 

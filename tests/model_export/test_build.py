@@ -26,7 +26,7 @@ def test_manifest_records_everything(tiny_bundle: Path) -> None:
     manifest = json.loads((tiny_bundle / MANIFEST).read_text())
     assert manifest["schema_version"] == 2
     assert manifest["bundle_version"] == tiny_bundle.name
-    assert set(manifest["onnx_parity_max_abs_diff"]) == {"user_tower", "item_tower", "ranker"}
+    assert set(manifest["onnx_parity_max_abs_diff"]) == {"user_tower", "item_tower", "ranker", "text_encoder"}
     assert all(0 <= d <= 1e-4 for d in manifest["onnx_parity_max_abs_diff"].values())
     assert manifest["index"]["type"] == "IndexFlatIP"
     assert manifest["index"]["recall_vs_exact"] == 1.0

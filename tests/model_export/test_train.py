@@ -96,7 +96,7 @@ def test_ranker_examples_and_training(loss: str, history_sampling: str) -> None:
     tt_train, rank_events = temporal_split(train, config.ranker.window_fraction)
     user_tower, item_tower, history = train_two_tower(dataset, tt_train, config, False, validation=rank_events)
     assert len(history["validation_recall@50"]) >= 1
-    item_emb = embed_items(item_tower, dataset.item_dense)
+    item_emb = embed_items(item_tower, dataset)
     neighbours = item_neighbours(tt_train, dataset.n_users, dataset.n_items, config.ranker.neighbours)
     popularity = item_popularity(tt_train, dataset.n_items)
     examples = ranker_examples(dataset, train, rank_events, user_tower, item_emb, popularity, neighbours, config)

@@ -1,0 +1,72 @@
+"""Items added after training: their text through the bundle's ONNX text encoder (tokenizer.json with the
+`tokenizers` package: no torch), then the ONNX item tower through its unknown-item row, so the embedding
+comes from content alone, in the same space as the trained items'."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from service.bundle import ITEM_TOWER, TEXT_ENCODER, TOKENIZER, Bundle, BundleError
+from service.runtime import open_session
+from service.user_encoder import check_inputs
+
+MAX_TOKENS = 128  # item texts are short; longer ones are truncated (the model was trained with up to 256)
+
+
+def load_tokenizer(path: Path) -> Any:
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers package raises its own exception types
+        raise BundleError(f"{path}: not a tokenizer file ({e})") from e
+    tokenizer.enable_truncation(MAX_TOKENS)
+    tokenizer.enable_padding()
+    return tokenizer
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    encodings = tokenizer.encode_batch(list(texts))
+    return {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),  # (B, T)
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),  # (B, T)
+    }
+
+
+class ItemEncoder:
+    """numpy in ((B, D) dense features, B texts), numpy out ((B, E) float32 L2-normalised embeddings)."""
+
+    def __init__(self, bundle: Bundle, providers: list[str], intra_op_threads: int) -> None:
+        dims = bundle.manifest.dims
+        self.text_dim = dims.text_dim
+        self._unknown = dims.n_items
+        self._item_session = open_session(bundle.file(ITEM_TOWER), providers, intra_op_threads)
+        expected = {"item_idx": 1, "item_dense": dims.item_dense_dim}
+        self._text_session: ort.InferenceSession | None = None
+        self._tokenizer: Any = None
+        if self.text_dim:
+            expected["item_text"] = self.text_dim
+            self._text_session = open_session(bundle.file(TEXT_ENCODER), providers, intra_op_threads)
+            self._tokenizer = load_tokenizer(bundle.file(TOKENIZER))
+        check_inputs(self._item_session, expected, bundle, ITEM_TOWER)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(B, text_dim) float32 sentence embeddings."""
+        if self._text_session is None:
+            return np.zeros((len(texts), 0), dtype=np.float32)
+        out = self._text_session.run(None, tokenize(self._tokenizer, texts))[0]
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def encode(self, dense: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        inputs = {
+            "item_idx": np.full(len(dense), self._unknown, dtype=np.int64),
+            "item_dense": np.ascontiguousarray(dense, dtype=np.float32),
+        }
+        if self.text_dim:
+            inputs["item_text"] = self.embed_texts(texts)
+        out = self._item_session.run(None, inputs)[0]
+        return np.ascontiguousarray(out, dtype=np.float32)  # (B, E)

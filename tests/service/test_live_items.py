@@ -1,0 +1,107 @@
+"""Items added while serving: embedded by the bundle's ONNX text encoder and item tower, live at once, persisted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.bundle import load_bundle
+from service.features import item_dense_row, item_text
+from service.item_encoder import ItemEncoder
+from service.main import create_app
+from service.settings import Settings
+
+NEW = {"title": "Quantum Gardens (2031)", "genres": ["g01", "g02"], "year": 2029, "description": "A calm film."}
+
+
+@pytest.fixture
+def live_settings(settings: Settings, tmp_path: Path) -> Settings:
+    return settings.model_copy(update={"live_items_path": tmp_path / "live.jsonl"})
+
+
+def test_text_encoder_in_the_service_matches_sentence_transformers(tiny_bundle: Path) -> None:
+    from model_export.text import embed_texts, load_encoder
+
+    bundle = load_bundle(tiny_bundle)
+    assert bundle.manifest.dims.text_dim == 384
+    assert bundle.manifest.onnx_parity_max_abs_diff["text_encoder"] <= 1e-4
+    encoder = ItemEncoder(bundle, ["CPUExecutionProvider"], 1)
+    texts = ["Toy Story (1995). Genres: Animation, Children's, Comedy.", "x", "A much longer text " * 40]
+    np.testing.assert_allclose(encoder.embed_texts(texts), embed_texts(load_encoder(), texts), atol=1e-5)
+
+
+def test_put_item_is_live_at_once_and_survives_a_restart(live_settings: Settings, tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    n = bundle.manifest.dims.n_items
+    with TestClient(create_app(live_settings)) as client:
+        response = client.put("/v1/items/new-1", json=NEW)
+        assert response.status_code == 200, response.text
+        assert response.json() == {"item_id": "new-1", "created": True, "n_items": n + 1}
+        state = client.app.state.reco  # type: ignore[attr-defined]
+        pipeline = state.pipeline
+        new = pipeline.bundle.item_index["new-1"]
+        assert new == n
+        # Its embedding is the item tower's, from content alone, and it is in the index.
+        names = bundle.manifest.feature_spec.item_dense
+        dense = item_dense_row(names, NEW["genres"], NEW["year"])[None, :]
+        expected = state.live_items._encoder.encode(dense, [item_text(NEW["title"], NEW["genres"], NEW["description"])])
+        np.testing.assert_allclose(pipeline.bundle.item_embeddings[new], expected[0], atol=1e-6)
+        _, top = pipeline.retriever.search(expected, 1)
+        assert top[0, 0] == new
+        # Findable as similar, both ways.
+        similar = client.get("/v1/items/new-1/similar", params={"k": 5}).json()["items"]
+        assert len(similar) == 5
+        nearest = similar[0]["item_id"]
+        back = client.get(f"/v1/items/{nearest}/similar", params={"k": 50}).json()["items"]
+        assert "new-1" in [it["item_id"] for it in back]
+        # Recommendable: the user closest to it gets it among the ranked candidates.
+        users = np.arange(bundle.manifest.dims.n_users)
+        user_emb = pipeline.encode(users)
+        user = int(np.argmax(user_emb @ pipeline.bundle.item_embeddings[new]))
+        recs = pipeline.recommend(user, user_emb[user], 100, 100)
+        assert new in recs.items.tolist()
+        # An event on it works (the user tower skips live items) and it is then seen.
+        uid = bundle.user_ids[user]
+        assert client.post("/v1/events", json={"events": [{"user_id": uid, "item_id": "new-1"}]}).status_code == 200
+        ids = [
+            it["item_id"] for it in client.post("/v1/recommendations", json={"user_id": uid, "k": 50}).json()["items"]
+        ]
+        assert "new-1" not in ids
+        metrics = client.get("/metrics").text
+        assert f"reco_index_items {float(n + 1)}" in metrics
+        assert 'reco_item_upserts_total{result="created"} 1.0' in metrics
+    # Persisted: a restart re-applies it.
+    lines = live_settings.live_items_path.read_text().splitlines()  # type: ignore[union-attr]
+    assert json.loads(lines[0])["item_id"] == "new-1"
+    with TestClient(create_app(live_settings)) as client:
+        assert client.get("/v1/items/new-1/similar", params={"k": 3}).status_code == 200
+        assert client.app.state.reco.pipeline.retriever.n_items == n + 1  # type: ignore[attr-defined]
+
+
+def test_put_item_conflicts_and_idempotence(live_settings: Settings, tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    with TestClient(create_app(live_settings)) as client:
+        trained = client.put(f"/v1/items/{bundle.item_ids[0]}", json=NEW)
+        assert trained.status_code == 409
+        assert "item_id" in trained.json()["message"]
+        assert client.put("/v1/items/new-2", json=NEW).json()["created"] is True
+        again = client.put("/v1/items/new-2", json=NEW)
+        assert again.status_code == 200
+        assert again.json()["created"] is False
+        assert client.put("/v1/items/new-2", json={**NEW, "title": "Other"}).status_code == 409
+        for body, field in [({"genres": ["g01"]}, "title"), ({**NEW, "year": 3000}, "year"), ({**NEW, "x": 1}, "x")]:
+            response = client.put("/v1/items/new-3", json=body)
+            assert response.status_code == 422
+            assert field in response.json()["message"]
+
+
+def test_admin_token_guards_item_upserts(live_settings: Settings) -> None:
+    with TestClient(create_app(live_settings.model_copy(update={"admin_token": "s3cret"}))) as client:
+        assert client.put("/v1/items/new-4", json=NEW).status_code == 401
+        assert client.put("/v1/items/new-4", json=NEW, headers={"authorization": "Bearer nope"}).status_code == 401
+        ok = client.put("/v1/items/new-4", json=NEW, headers={"authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
