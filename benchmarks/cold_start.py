@@ -1,6 +1,6 @@
 """Cold start on MovieLens: items never seen in training, and brand-new users with a few events.
 
-    python -m benchmarks.cold_start --data-dir ../shared/data/ml-100k [--seed 0] [--item-share 0.1] [--user-share 0.1]
+    python -m benchmarks.cold_start --data-dir ../shared/data/ml-100k [--seeds 0 1 2] [--item-share 0.1]
 
 Protocol (positives: rating >= 4; per-user temporal split as in benchmarks.quality):
 - cold items: a random `item-share` of the items is removed from training entirely. After training, each is
@@ -28,7 +28,7 @@ import numpy as np
 from model_export.baselines import interaction_matrix
 from model_export.build import build_bundle
 from model_export.config import preset
-from model_export.data import chronological, implicit, load_movielens, temporal_split
+from model_export.data import Dataset, chronological, implicit, load_movielens, temporal_split
 from model_export.evaluate import relevant_sets
 from service.bundle import load_bundle
 from service.features import item_text
@@ -52,18 +52,9 @@ def ranked_unseen(scores: np.ndarray, seen: list[np.ndarray], k: int) -> list[np
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--item-share", type=float, default=0.1)
-    parser.add_argument("--user-share", type=float, default=0.1)
-    parser.add_argument("--events", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
-    raw = load_movielens(args.data_dir)
-    config = preset("default", seed=args.seed)
+def run_seed(raw: Dataset, seed: int, args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    config = preset("default", seed=seed)
     dataset = implicit(raw, config.min_rating)
     inter = dataset.interactions
     cold_items = rng.choice(dataset.n_items, int(args.item_share * dataset.n_items), replace=False)
@@ -130,12 +121,28 @@ def main() -> None:
             "random": float(np.mean(rand_new)),
         }
 
-    report = {"dataset": raw.name, "seed": args.seed, "k": K, "cold_items": cold, "new_users": new}
+    return cold, new
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--item-share", type=float, default=0.1)
+    parser.add_argument("--user-share", type=float, default=0.1)
+    parser.add_argument("--events", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    raw = load_movielens(args.data_dir)
+    runs = [run_seed(raw, seed, args) for seed in args.seeds]
+    cold = {key: float(np.mean([r[0][key] for r in runs])) for key in runs[0][0]}
+    new = {key: float(np.mean([r[1][key] for r in runs])) for key in runs[0][1]}
+    report = {"dataset": raw.name, "seeds": args.seeds, "k": K, "cold_items": cold, "new_users": new, "per_seed": runs}
     lines = [
-        f"### Cold start ({raw.name}, seed {args.seed}, Recall@{K}, full catalogue, seen items removed)",
+        f"### Cold start ({raw.name}, mean over seeds {args.seeds}, Recall@{K}, full catalogue, seen items removed)",
         "",
-        f"Cold items ({cold['items']} items held out of training; {cold['interactions']} test interactions of "
-        f"{cold['users']} users):",
+        f"Cold items ({cold['items']:.0f} items held out of training per seed; {cold['interactions']:.0f} test "
+        f"interactions of {cold['users']:.0f} users on average):",
         "",
         "| model | recall@50 | x random |",
         "| --- | --- | --- |",
@@ -144,7 +151,7 @@ def main() -> None:
         lines.append(f"| {name} | {cold[name]:.4f} | {cold[name] / cold['random']:.1f} |")
     lines += [
         "",
-        f"New users ({new['users']} users held out of training, {new['events_each']} events each):",
+        f"New users ({new['users']:.0f} users held out of training per seed, {new['events_each']:.0f} events each):",
         "",
         "| model | recall@50 | x random |",
         "| --- | --- | --- |",
