@@ -25,31 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.baselines import interaction_matrix
+from model_export.baselines import interaction_matrix, top_unseen
 from model_export.build import build_bundle
 from model_export.config import preset
 from model_export.data import Dataset, chronological, implicit, load_movielens, temporal_split
 from model_export.evaluate import relevant_sets
+from model_export.text import item_texts
 from service.bundle import load_bundle
-from service.features import item_text
 from service.item_encoder import ItemEncoder
 from service.pipeline import Pipeline
 
 K = 50
 
 
-def recall_at(ranked: list[np.ndarray], relevant: list[np.ndarray], k: int = K) -> float:
+def recall_at(ranked: np.ndarray | list[np.ndarray], relevant: list[np.ndarray], k: int = K) -> float:
     return float(np.mean([np.isin(r[:k], rel).sum() / len(rel) for r, rel in zip(ranked, relevant, strict=True)]))
-
-
-def ranked_unseen(scores: np.ndarray, seen: list[np.ndarray], k: int) -> list[np.ndarray]:
-    out = []
-    for row, s in zip(scores, seen, strict=True):
-        s_row = row.astype(np.float64, copy=True)
-        s_row[s] = -np.inf
-        top = np.argpartition(-s_row, k)[:k]
-        out.append(top[np.argsort(-s_row[top], kind="stable")])
-    return out
 
 
 def run_seed(raw: Dataset, seed: int, args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float]]:
@@ -70,11 +60,8 @@ def run_seed(raw: Dataset, seed: int, args: argparse.Namespace) -> tuple[dict[st
         encoder = ItemEncoder(bundle, ["CPUExecutionProvider"], 0)
 
         # Cold items: content-only embeddings, as a live PUT would compute them.
-        genre_names = [n.removeprefix("genre:") for n in dataset.item_dense_names if n.startswith("genre:")]
-        texts = [
-            item_text(dataset.item_titles[i], [g for j, g in enumerate(genre_names) if dataset.item_dense[i, j] > 0])
-            for i in cold_items
-        ]
+        all_texts = item_texts(dataset)
+        texts = [all_texts[i] for i in cold_items]
         embeddings = bundle.item_embeddings.copy()
         embeddings[cold_items] = encoder.encode(dataset.item_dense[cold_items], texts)
         cold_test = test.take(np.flatnonzero(np.isin(test.item, cold_items) & ~np.isin(test.user, new_users)))
@@ -83,9 +70,9 @@ def run_seed(raw: Dataset, seed: int, args: argparse.Namespace) -> tuple[dict[st
         seen_m = interaction_matrix(train_warm, dataset.n_users, dataset.n_items)
         seen = [seen_m[u].indices for u in users]
         query = pipeline.encode(users)
-        model_lists = ranked_unseen(query @ embeddings.T, seen, K)
+        model_lists = top_unseen(query @ embeddings.T, seen_m, users, K)
         popularity = np.bincount(train_warm.item, minlength=dataset.n_items).astype(np.float64)
-        pop_lists = ranked_unseen(np.broadcast_to(popularity, (len(users), dataset.n_items)), seen, K)
+        pop_lists = top_unseen(np.broadcast_to(popularity, (len(users), dataset.n_items)), seen_m, users, K)
         rel = [relevant[u] for u in users]
         random_recall = float(np.mean([K / (dataset.n_items - len(s)) for s in seen]))  # expected, exact
         cold = {

@@ -125,9 +125,10 @@ def item_neighbours(interactions: Interactions, n_users: int, n_items: int, k: i
     rows = np.repeat(np.arange(n_items), np.diff(sim.indptr))
     order = np.lexsort((-sim.data, rows))  # by row, most similar first
     rank = np.arange(len(order)) - sim.indptr[rows[order]]
-    keep = order[rank < k]
-    items[rows[keep], rank[rank < k]] = sim.indices[keep]
-    weights[rows[keep], rank[rank < k]] = sim.data[keep]
+    top = rank < k
+    keep = order[top]
+    items[rows[keep], rank[top]] = sim.indices[keep]
+    weights[rows[keep], rank[top]] = sim.data[keep]
     return ItemNeighbours(items, weights)
 
 
