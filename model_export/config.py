@@ -72,12 +72,16 @@ class RankerConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    exact_max_items: int = 100_000  # above this an HNSW index replaces the exact flat index
+    # "auto": exact IndexFlatIP up to exact_max_items, IVF above (model_export.build_index); or force one.
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    exact_max_items: int = 20_000
+    ivf_nlist: int = 0  # 0: about 4 sqrt(n_items), a power of two
+    recall_at: int = 500  # depth at which recall against exact search is measured: the service's candidates
+    recall_target: float = 0.96  # IVF nprobe: the smallest power of two reaching this recall on user queries
+    recall_queries: int = 1000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 256
-    recall_at: int = 100  # recall of the approximate index against exact search, measured at this depth
-    recall_queries: int = 1000
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import logging
 import random
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import torch
 from torch import nn
@@ -333,12 +334,14 @@ def ranker_examples(
     candidates[:, 0] = positives
     pool = min(cfg.hard_pool, dataset.n_items)
     retrieved = np.ones(len(users), dtype=bool)  # was the positive among the `pool` retrieved candidates?
+    # The two-tower top `pool` by exact search (FAISS: no (events x items) score matrix, whatever the catalogue).
+    exact = faiss.IndexFlatIP(item_embeddings.shape[1])
+    exact.add(np.ascontiguousarray(item_embeddings, dtype=np.float32))
     for start in range(0, len(users), 4096):
         s = slice(start, start + 4096)
-        scores = user_emb[s] @ item_embeddings.T  # (b, I)
-        top = np.argpartition(-scores, pool - 1, axis=1)[:, :pool]  # (b, pool)
-        threshold = np.take_along_axis(scores, top, axis=1).min(axis=1)  # (b,)
-        retrieved[s] = np.take_along_axis(scores, positives[s, None], axis=1)[:, 0] >= threshold
+        top_scores, top = exact.search(np.ascontiguousarray(user_emb[s], dtype=np.float32), pool)  # (b, pool)
+        positive_scores = np.einsum("bd,bd->b", user_emb[s], item_embeddings[positives[s]])
+        retrieved[s] = positive_scores >= top_scores[:, -1] - 1e-6  # float rounding at the boundary
         pick = rng.integers(0, pool, size=(len(top), cfg.hard_negatives))
         candidates[s, 1 : 1 + cfg.hard_negatives] = np.take_along_axis(top, pick, axis=1)
     candidates[:, 1 + cfg.hard_negatives :] = rng.integers(0, dataset.n_items, size=(len(users), cfg.uniform_negatives))

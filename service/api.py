@@ -41,7 +41,7 @@ _NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": ErrorResponse, 
 
 
 @router.post("/v1/recommendations", response_model=RecommendationResponse, responses=_ERRORS)
-async def recommend(body: RecommendationRequest, request: Request, state: StateDep) -> RecommendationResponse:
+async def recommend(body: RecommendationRequest, request: Request, state: StateDep) -> Response:
     """Top-k items for a user: cached or computed user embedding -> FAISS candidates -> drop already-seen
     and excluded items -> ONNX ranker -> best k."""
     settings = state.settings
@@ -60,7 +60,7 @@ async def recommend(body: RecommendationRequest, request: Request, state: StateD
             Because(item_id=bundle.item_ids[s], title=bundle.item_titles[s], similarity=float(sim)) if s >= 0 else None
             for s, sim in zip(sources.tolist(), sims, strict=True)
         ]
-    return RecommendationResponse(
+    response = RecommendationResponse(
         request_id=request_id,
         bundle_version=bundle.version,
         user_id=body.user_id,
@@ -76,6 +76,9 @@ async def recommend(body: RecommendationRequest, request: Request, state: StateD
             for i, r, s, b in zip(recs.items.tolist(), recs.retrieval_scores, recs.ranking_scores, because, strict=True)
         ],
     )
+    # Built and validated above: serialised once, by pydantic-core, instead of FastAPI re-validating it and
+    # encoding it again (the response_model still documents it).
+    return Response(response.model_dump_json(), media_type="application/json")
 
 
 @router.post("/v1/events", response_model=EventsAccepted, responses=_ERRORS)

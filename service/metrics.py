@@ -52,6 +52,12 @@ class Metrics:
             buckets=COUNT_BUCKETS,
             registry=r,
         )
+        self.batch_size = Histogram(
+            "reco_batch_size",
+            "Requests computed together per micro-batch (service.batching).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         self.fallbacks = Counter("reco_fallbacks", "Requests served by a fallback, by reason.", ["reason"], registry=r)
         self.errors = Counter("reco_errors", "Errors by type.", ["type"], registry=r)
         self.events = Counter("reco_events", "User events accepted, by event type.", ["type"], registry=r)

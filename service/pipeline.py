@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
 
+from service.batching import MicroBatcher
 from service.bundle import Bundle
 from service.cache import CacheResult, EmbeddingCache
 from service.events import DISLIKE_PREFIX, EventStore, EventStoreUnavailable
@@ -40,6 +41,21 @@ class Recommendations:
     n_after_filter: int
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     window: np.ndarray | None = None  # (L,) the history window the ranker saw (for explanations)
+    embedding: np.ndarray | None = None  # (E,) the user embedding it was retrieved with
+    encoded: bool = False  # whether that embedding was computed here (not given)
+    batch_size: int = 1  # users in the batch this answer was computed in
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One user's request to `Pipeline.recommend_batch`."""
+
+    user: int  # user index, -1 = unknown
+    embedding: np.ndarray | None  # (E,); None: encode the user from `history` in the batch
+    k: int
+    num_candidates: int
+    exclude: np.ndarray | None = None  # item indices never to return
+    history: np.ndarray | None = None  # item indices, oldest first; None: the bundle's history
 
 
 class Pipeline:
@@ -92,39 +108,72 @@ class Pipeline:
     def recommend(
         self,
         user: int,
-        embedding: np.ndarray,
+        embedding: np.ndarray | None,
         k: int,
         num_candidates: int,
         exclude: np.ndarray | None = None,
         history: np.ndarray | None = None,
     ) -> Recommendations:
-        """Retrieve, filter (already seen + `exclude`), rank and keep the top k for one user. `history`
-        (item indices, oldest first) defaults to the bundle's; pass `self.history(user, fresh)` for fresh events."""
-        timings: dict[str, float] = {}
+        """Retrieve, filter (already seen + `exclude`), rank and keep the top k for one user. `embedding` None:
+        encode the user from `history`. `history` (item indices, oldest first) defaults to the bundle's; pass
+        `self.history(user, fresh)` for fresh events."""
+        return self.recommend_batch([Query(user, embedding, k, num_candidates, exclude, history)])[0]
+
+    def recommend_batch(self, queries: Sequence[Query]) -> list[Recommendations]:
+        """`recommend` for several users at once: one user-encoder call for those without an embedding, one
+        FAISS search, one ranker call. Each answer is the one `recommend` gives that user alone."""
         t0 = time.perf_counter()
-        history = self.bundle.history(user) if history is None else history
-        # Ask for enough candidates that filtering the seen items still leaves k to rank.
-        n = num_candidates + len(history) + (0 if exclude is None else len(exclude))
-        scores, items = self.retriever.search(embedding[None, :], n)
+        histories = [self.bundle.history(q.user) if q.history is None else q.history for q in queries]
+        missing = [j for j, q in enumerate(queries) if q.embedding is None]
+        embeddings: list[np.ndarray] = [q.embedding for q in queries]  # type: ignore[misc]
+        if missing:
+            users = np.array([queries[j].user for j in missing], dtype=np.int64)
+            encoded = self.encoder.encode(users, [histories[j] for j in missing])
+            for row, j in enumerate(missing):
+                embeddings[j] = encoded[row]
         t1 = time.perf_counter()
-        blocked = history if exclude is None or not len(exclude) else np.concatenate([history, exclude])
-        items_kept, scores_kept = filter_candidates(items[0], scores[0], blocked)
-        items_kept, scores_kept = items_kept[:num_candidates], scores_kept[:num_candidates]
+        # Ask for enough candidates that filtering the seen items still leaves num_candidates to rank.
+        blocked = [
+            h if q.exclude is None or not len(q.exclude) else np.concatenate([h, q.exclude])
+            for q, h in zip(queries, histories, strict=True)
+        ]
+        wanted = [q.num_candidates + len(b) for q, b in zip(queries, blocked, strict=True)]
+        scores, items = self.retriever.search(np.stack(embeddings), max(wanted))
         t2 = time.perf_counter()
-        window = history_window(history, self.encoder.history_length)
-        ranking = self.ranker.score(user, window, items_kept, scores_kept)
-        best = top_k(ranking, k)
+        kept: list[tuple[np.ndarray, np.ndarray]] = []
+        for row, (q, b, n) in enumerate(zip(queries, blocked, wanted, strict=True)):
+            items_kept, scores_kept = filter_candidates(items[row, :n], scores[row, :n], b)
+            kept.append((items_kept[: q.num_candidates], scores_kept[: q.num_candidates]))
+        windows = [history_window(h, self.encoder.history_length) for h in histories]
         t3 = time.perf_counter()
-        timings.update(retrieval=t1 - t0, filtering=t2 - t1, ranking=t3 - t2)
-        return Recommendations(
-            items=items_kept[best],
-            retrieval_scores=scores_kept[best],
-            ranking_scores=ranking[best],
-            n_retrieved=int((items[0] >= 0).sum()),
-            n_after_filter=len(items_kept),
-            timings=timings,
-            window=window,
+        rankings = self.ranker.score_batch(
+            [(q.user, w, c, s) for q, w, (c, s) in zip(queries, windows, kept, strict=True)]
         )
+        out = []
+        for row, (q, (c, s), ranking, window, n) in enumerate(
+            zip(queries, kept, rankings, windows, wanted, strict=True)
+        ):
+            best = top_k(ranking, q.k)
+            out.append(
+                Recommendations(
+                    items=c[best],
+                    retrieval_scores=s[best],
+                    ranking_scores=ranking[best],
+                    n_retrieved=int((items[row, :n] >= 0).sum()),
+                    n_after_filter=len(c),
+                    timings={"retrieval": t2 - t1, "filtering": t3 - t2},
+                    window=window,
+                    embedding=embeddings[row],
+                    encoded=q.embedding is None,
+                    batch_size=len(queries),
+                )
+            )
+        t4 = time.perf_counter()
+        for r in out:
+            r.timings["ranking"] = t4 - t3
+            if missing:
+                r.timings["user_encoding"] = t1 - t0
+        return out
 
     def add_items(self, ids: list[str], titles: list[str], dense: np.ndarray, embeddings: np.ndarray) -> None:
         """Append items added live (not in the bundle): they join the catalogue (no popularity, no co-occurrence
@@ -170,6 +219,13 @@ class Pipeline:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchingOptions:
+    max_batch: int = 1  # 1: batching off
+    max_wait_s: float = 0.0
+    workers: int = 1  # batches computed at once
+
+
+@dataclass(frozen=True, slots=True)
 class RecommendationResult:
     user_index: int
     recommendations: Recommendations
@@ -201,6 +257,7 @@ class Recommender:
         executor: ThreadPoolExecutor,
         num_candidates: int,
         events: EventStore | None = None,
+        batching: BatchingOptions | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.cache = cache
@@ -209,6 +266,11 @@ class Recommender:
         self.executor = executor
         self.num_candidates = num_candidates
         self.key_prefix = f"reco:{pipeline.bundle.version}:user_emb:"
+        b = batching or BatchingOptions()
+        # The pipeline is read when each batch runs (it may be replaced), hence the lambda.
+        self.batcher: MicroBatcher[Query, Recommendations] = MicroBatcher(
+            lambda queries: self.pipeline.recommend_batch(queries), executor, b.max_batch, b.max_wait_s, b.workers
+        )
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run `fn` in the compute thread pool (never on the event loop)."""
@@ -229,26 +291,26 @@ class Recommender:
     def cache_key(self, user_id: str, fresh: FreshHistory) -> str:
         return self.key_prefix + user_id + (f":ev:{fresh.digest}" if not fresh.empty else "")
 
-    async def user_embedding(
-        self, user: int, user_id: str, fresh: FreshHistory, history: np.ndarray
-    ) -> tuple[np.ndarray, CacheResult | None]:
+    async def cached_embedding(
+        self, user: int, user_id: str, fresh: FreshHistory
+    ) -> tuple[np.ndarray | None, CacheResult | None, str | None]:
+        """(embedding or None on a miss, the cache's answer, the key to store a computed one under). Unknown
+        users without events share one embedding, computed at start-up and never cached."""
         if user == UNKNOWN_USER and fresh.empty:
-            return self.pipeline.unknown_user_embedding, None
+            return self.pipeline.unknown_user_embedding, None, None
         key = self.cache_key(user_id, fresh)
-        stage = self.metrics.stage_latency
         t0 = time.perf_counter()
         cached, result = await self.cache.get(key)
-        stage.labels("cache").observe(time.perf_counter() - t0)
+        self.metrics.stage_latency.labels("cache").observe(time.perf_counter() - t0)
         self.metrics.cache_requests.labels(result.value).inc()
-        if cached is not None:
-            return cached, result
-        embedding = await self.compute_embedding(user, history)
-        t2 = time.perf_counter()
+        return cached, result, key
+
+    async def store_embedding(self, key: str, embedding: np.ndarray) -> None:
+        t0 = time.perf_counter()
         write = await self.cache.set(key, embedding)
-        stage.labels("cache").observe(time.perf_counter() - t2)
+        self.metrics.stage_latency.labels("cache").observe(time.perf_counter() - t0)
         if write is not CacheResult.STORED:
             self.metrics.cache_requests.labels(write.value).inc()
-        return embedding, result
 
     async def compute_embedding(self, user: int, history: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
@@ -263,13 +325,15 @@ class Recommender:
         if user == UNKNOWN_USER and fresh.empty:
             self.metrics.fallbacks.labels("unknown_user").inc()
         history = pipeline.history(user, fresh.interactions)
-        embedding, cache_result = await self.user_embedding(user, user_id, fresh, history)
+        embedding, cache_result, key = await self.cached_embedding(user, user_id, fresh)
         exclude = np.r_[pipeline.item_indices(exclude_item_ids), fresh.disliked].astype(np.int64)
-        recs = await self.run_blocking(
-            lambda: pipeline.recommend(user, embedding, k, self.num_candidates, exclude, history)
-        )
+        # A cache miss is encoded in the batch, with the other requests' encodings.
+        recs = await self.batcher.submit(Query(user, embedding, k, self.num_candidates, exclude, history))
+        if recs.encoded and key is not None and recs.embedding is not None:
+            await self.store_embedding(key, recs.embedding)
         for stage, seconds in recs.timings.items():
             self.metrics.stage_latency.labels(stage).observe(seconds)
+        self.metrics.batch_size.observe(recs.batch_size)
         self.metrics.candidates.labels("retrieved").observe(recs.n_retrieved)
         self.metrics.candidates.labels("after_filtering").observe(recs.n_after_filter)
         return RecommendationResult(user, recs, cache_result, len(fresh.interactions) + len(fresh.disliked))
@@ -286,4 +350,4 @@ class Recommender:
                 continue
             user = self.pipeline.user_index(user_id)
             embedding = await self.compute_embedding(user, self.pipeline.history(user, fresh.interactions))
-            await self.cache.set(self.cache_key(user_id, fresh), embedding)
+            await self.store_embedding(self.cache_key(user_id, fresh), embedding)

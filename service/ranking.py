@@ -58,7 +58,15 @@ class Ranker:
         }
 
     def score(self, user: int, window: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray) -> np.ndarray:
-        if len(candidates) == 0:
-            return np.zeros(0, dtype=np.float32)
-        out = self._session.run([self._output], self.inputs(user, window, candidates, retrieval_scores))[0]
-        return np.asarray(out, dtype=np.float32).reshape(-1)  # (n,)
+        return self.score_batch([(user, window, candidates, retrieval_scores)])[0]
+
+    def score_batch(self, requests: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """`score` for several users' candidates in one ONNX Runtime call: the rows are concatenated (each row's
+        score depends on its own features only) and the output split back. Returns one (n_i,) array each."""
+        lengths = [len(r[2]) for r in requests]
+        if not sum(lengths):
+            return [np.zeros(0, dtype=np.float32) for _ in requests]
+        parts = [self.inputs(*r) for r in requests if len(r[2])]
+        inputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        out = np.asarray(self._session.run([self._output], inputs)[0], dtype=np.float32).reshape(-1)
+        return np.split(out, np.cumsum(lengths)[:-1])

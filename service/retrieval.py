@@ -35,9 +35,8 @@ class Retriever:
             )
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise BundleError(f"{path}: index metric is not inner product")
-        params = bundle.manifest.index.params
-        if "ef_search" in params:
-            faiss.ParameterSpace().set_index_parameter(index, "efSearch", int(params["ef_search"]))
+        self._params = bundle.manifest.index.params
+        set_search_parameters(faiss.ParameterSpace(), index, self._params)
         if omp_threads:
             faiss.omp_set_num_threads(omp_threads)
         self.device = "cpu"
@@ -60,6 +59,9 @@ class Retriever:
             )
             gpu_index = faiss.GpuIndexFlatIP(self._gpu_resources, bundle.manifest.dims.embedding_dim)
             gpu_index.add(bundle.item_embeddings)
+        else:
+            # An IVF index keeps its type on the GPU; its search parameter is set there again.
+            set_search_parameters(faiss.GpuParameterSpace(), gpu_index, self._params)
         self.device = "cuda"
         self._lock = threading.Lock()
         return gpu_index
@@ -84,5 +86,14 @@ class Retriever:
             scores, items = index.search(queries, min(n, int(index.ntotal)))
         else:
             with self._lock:
-                scores, items = self._index.search(queries, min(n, self.n_items))
+                # FAISS on the GPU returns at most 2048 neighbours per query.
+                scores, items = self._index.search(queries, min(n, self.n_items, 2048))
         return scores, items.astype(np.int64, copy=False)  # (B, n), (B, n)
+
+
+def set_search_parameters(space: Any, index: Any, params: dict[str, Any]) -> None:
+    """The bundle's recorded search-time parameters (HNSW efSearch, IVF nprobe) onto the opened index."""
+    if "ef_search" in params:
+        space.set_index_parameter(index, "efSearch", int(params["ef_search"]))
+    if "nprobe" in params:
+        space.set_index_parameter(index, "nprobe", int(params["nprobe"]))

@@ -19,7 +19,7 @@ from service.events import EventStore, LocalEventStore, RedisEventStore
 from service.item_encoder import ItemEncoder
 from service.live_items import LiveItems
 from service.metrics import Metrics
-from service.pipeline import Pipeline, Recommender
+from service.pipeline import BatchingOptions, Pipeline, Recommender
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,12 @@ class AppState:
         metrics.index_items.set(pipeline.retriever.n_items)
         cache = open_cache(settings, bundle.manifest.dims.embedding_dim)
         events = open_event_store(settings)
-        recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates, events)
+        batching = BatchingOptions(
+            settings.batch_max_size,
+            settings.batch_max_wait_ms / 1000,
+            min(settings.batch_workers, settings.worker_threads),
+        )
+        recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates, events, batching)
         state = cls(settings, metrics, pipeline, cache, recommender, executor, events, live_items)
         try:
             await state.warm_up()

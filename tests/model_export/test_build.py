@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -70,13 +71,34 @@ def test_index_exact_and_approximate() -> None:
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     exact, info = build_index(emb, IndexConfig(exact_max_items=5000))
     assert info["type"] == "IndexFlatIP"
-    hnsw, info = build_index(emb, IndexConfig(exact_max_items=1000, hnsw_m=16, hnsw_ef_search=64))
+    hnsw, info = build_index(emb, IndexConfig(kind="hnsw", hnsw_m=16, hnsw_ef_search=64))
     assert info["type"] == "IndexHNSWFlat"
     assert info["params"]["ef_search"] == 64
     queries = rng.normal(size=(50, 16)).astype(np.float32)
     assert recall_vs_exact(exact, emb, queries, 20) == 1.0
     approx = recall_vs_exact(hnsw, emb, queries, 20)
     assert 0.8 < approx <= 1.0
+
+
+def test_ivf_index_takes_the_smallest_nprobe_reaching_the_recall_target() -> None:
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(4000, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    queries = rng.normal(size=(100, 16)).astype(np.float32)
+    config = IndexConfig(exact_max_items=1000, recall_at=50, recall_target=0.9)
+    ivf, info = build_index(emb, config, queries)
+    assert info["type"] == "IndexIVFFlat"
+    assert info["params"]["nlist"] == 256  # about 4 sqrt(4000), a power of two
+    nprobe = info["params"]["nprobe"]
+    assert 1 < nprobe < 256
+    assert recall_vs_exact(ivf, emb, queries, 50) >= 0.9
+    ivf.nprobe = nprobe // 2
+    assert recall_vs_exact(ivf, emb, queries, 50) < 0.9
+    # The service opens it with the recorded nprobe.
+    from service.retrieval import set_search_parameters
+
+    set_search_parameters(faiss.ParameterSpace(), ivf, info["params"])
+    assert ivf.nprobe == nprobe
 
 
 def test_ranking_metrics_exact() -> None:

@@ -1,0 +1,326 @@
+"""Serving benchmark: the HTTP service under load, beside its own floors, at several catalogue sizes.
+
+    python -m benchmarks.serve [--sizes 10000 100000] [--concurrency 1 8 32 64] [--duration 10]
+
+For each catalogue size, a synthetic bundle (trained on generated data, text features off; built once into
+`--bundles`, reused afterwards) is served by uvicorn as `make run` serves one (one worker; access log off; Redis cache
+on), and driven by `wrk` (Debian package `wrk`) with `POST /v1/recommendations` (k=10 from 500 candidates,
+users drawn at random from `--users` known users, whose embeddings the warm-up puts in Redis). Measured in
+the same run, on the same machine:
+- the in-process pipeline (no HTTP), per stage, with the embedding cached and with the user encoder;
+- the framework floor: `GET /healthz` of the same server;
+- the service, micro-batching off (RECO_BATCH_MAX_SIZE=1) and on (the settings' default), at each concurrency;
+- the server's resident memory and the CPU time of the server and of wrk, which shares the machine's cores.
+A table is printed; JSON and Markdown go to `--out` (serve.json, serve.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.bundle import load_bundle
+from service.pipeline import Pipeline
+from service.settings import Settings
+
+WRK_SCRIPT = r"""
+local users = tonumber(os.getenv("BENCH_USERS") or "1000")
+local k = os.getenv("BENCH_K") or "10"
+local headers = {["Content-Type"] = "application/json"}
+math.randomseed(tonumber(os.getenv("BENCH_SEED") or "1"))
+request = function()
+  local body = '{"user_id":"' .. math.random(1, users) .. '","k":' .. k .. '}'
+  return wrk.format("POST", "/v1/recommendations", headers, body)
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,' ..
+    '"p50_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+GET_SCRIPT = WRK_SCRIPT.split("request = function")[0] + WRK_SCRIPT[WRK_SCRIPT.index("done = function") :]
+
+
+def serving_bundle(n_items: int, root: Path, n_users: int) -> Path:
+    """A bundle trained on synthetic data with `n_items` items (built once, then reused)."""
+    out = root / f"synthetic-{n_items}"
+    if (out / "current").exists():
+        return out / "current"
+    from model_export.build import build_bundle
+    from model_export.config import SyntheticConfig, preset
+    from model_export.data import generate_synthetic
+
+    config = preset("default")
+    config = replace(
+        config,
+        synthetic=SyntheticConfig(n_users=n_users, n_items=n_items),
+        # Serving cost does not depend on how long the models trained; text features are a training input
+        # only (the service embeds text for items added live), and would take ~3 ms per item here.
+        two_tower=replace(config.two_tower, text_features=False, epochs=3, refit=False),
+    )
+    print(f"building a synthetic bundle with {n_items} items into {out} ...", flush=True)
+    t0 = time.perf_counter()
+    result = build_bundle(
+        generate_synthetic(config.synthetic, seed=0), config, out, progress=False, evaluate_bundle=False
+    )
+    print(f"built {result.version} in {time.perf_counter() - t0:.0f}s", flush=True)
+    return out / "current"
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    return {f"p{q}": float(np.percentile(samples, q) * 1e3) for q in (50, 95, 99)}
+
+
+def in_process(bundle_path: Path, settings: Settings, users: np.ndarray, k: int) -> dict[str, Any]:
+    """The pipeline alone, one request at a time, with the service's settings (ms)."""
+    bundle = load_bundle(bundle_path)
+    pipeline = Pipeline.open(
+        bundle,
+        device=settings.device,
+        intra_op_threads=settings.ort_intra_op_threads,
+        omp_threads=settings.faiss_omp_threads,
+    )
+    n = settings.num_candidates
+    embeddings = pipeline.encode(users)
+    for u in users[:50]:
+        pipeline.recommend(int(u), embeddings[0], k, n)
+    samples: dict[str, list[float]] = {
+        s: [] for s in ("user_encoding", "retrieval", "filtering", "ranking", "cached_total", "total")
+    }
+    for row, u in enumerate(users):
+        t0 = time.perf_counter()
+        recs = pipeline.recommend(int(u), embeddings[row], k, n)
+        t1 = time.perf_counter()
+        pipeline.encode(np.array([u]))
+        t2 = time.perf_counter()
+        for stage in ("retrieval", "filtering", "ranking"):
+            samples[stage].append(recs.timings[stage])
+        samples["cached_total"].append(t1 - t0)
+        samples["user_encoding"].append(t2 - t1)
+        samples["total"].append(t2 - t0)
+    out = {stage: percentiles(v) for stage, v in samples.items()}
+    out["index"] = {"type": bundle.manifest.index.type, **bundle.manifest.index.params}
+    out["recall_vs_exact"] = bundle.manifest.index.recall_vs_exact
+    out["recall_at"] = bundle.manifest.index.recall_at
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`uvicorn --factory service.main:create_app` in a subprocess, as `make run` starts it."""
+
+    def __init__(self, bundle: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = os.environ | {"RECO_BUNDLE_PATH": str(bundle)} | env
+        command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", "--log-level", "warning"]
+        self.process = subprocess.Popen(command, env=full_env)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("the server did not become ready in 300 s")
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def wrk(url: str, path: str, script: str, concurrency: int, duration: int, env: dict[str, str]) -> dict[str, Any]:
+    """One wrk run; its JSON summary plus throughput and the CPU time wrk itself used."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "5s", "-s", f.name, url + path]
+    run = subprocess.run(command, env=os.environ | env, capture_output=True, text=True, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    os.unlink(f.name)
+    line = next(x for x in run.stdout.splitlines() if x.startswith("WRK_JSON "))
+    out: dict[str, Any] = json.loads(line.removeprefix("WRK_JSON "))
+    seconds = out["duration_us"] / 1e6
+    out["rps"] = out["requests"] / seconds
+    out["errors"] = sum(out.pop(key) for key in ("connect", "read", "write", "status", "timeout"))
+    out["wrk_cpu"] = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / seconds
+    for q in ("p50", "p95", "p99", "max", "mean"):
+        out[f"{q}_ms"] = out.pop(f"{q}_us") / 1e3
+    return out
+
+
+def serve(bundle: Path, env: dict[str, str], args: argparse.Namespace, floor: bool) -> dict[str, Any]:
+    server = Server(bundle, env)
+    wrk_env = {"BENCH_USERS": str(args.users)}
+    try:
+        result: dict[str, Any] = {"env": env, "sweep": {}}
+        wrk(server.url, "/v1/recommendations", WRK_SCRIPT, 16, args.warmup, wrk_env)  # fills the cache
+        if floor:
+            result["healthz"] = {
+                str(c): wrk(server.url, "/healthz", GET_SCRIPT, c, max(3, args.duration // 2), wrk_env)
+                for c in (1, max(args.concurrency))
+            }
+        for c in args.concurrency:
+            cpu0 = server.cpu_seconds()
+            run = wrk(server.url, "/v1/recommendations", WRK_SCRIPT, c, args.duration, wrk_env)
+            run["server_cpu"] = (server.cpu_seconds() - cpu0) / (run["duration_us"] / 1e6)
+            result["sweep"][str(c)] = run
+            print(
+                f"  c={c:<4} {run['rps']:>8.0f} req/s  p50 {run['p50_ms']:6.2f}  p95 {run['p95_ms']:6.2f}  "
+                f"p99 {run['p99_ms']:6.2f} ms  errors {run['errors']}  server cpu {run['server_cpu']:.2f}  "
+                f"wrk cpu {run['wrk_cpu']:.2f}",
+                flush=True,
+            )
+        result["rss_mib"] = server.rss_mib()
+        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        result["cache_hits"] = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith('reco_cache_requests_total{result="hit"}')
+        )
+    finally:
+        server.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=int, default=5, help="seconds of traffic before measuring")
+    parser.add_argument("--users", type=int, default=2000, help="requests pick users 1..N at random")
+    parser.add_argument("--n-users", type=int, default=6000, help="users in the synthetic data")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--bundles", type=Path, default=Path("benchmarks/.bundles"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--modes", nargs="+", default=["off", "on"], choices=["off", "on"])
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+
+    settings = Settings()
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu_model": next(
+            (x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in x),
+            "unknown",
+        ),
+        "python": platform.python_version(),
+    }
+    report: dict[str, Any] = {"machine": machine, "settings": settings.model_dump(mode="json"), "sizes": {}}
+    print(f"{machine['cpu_model']}, {machine['cpus']} CPUs; wrk shares them with the server (its CPU is reported)")
+    rng = np.random.default_rng(0)
+    for n_items in args.sizes:
+        bundle = serving_bundle(n_items, args.bundles, args.n_users)
+        users = rng.integers(0, args.users, size=1000)
+        pipeline = in_process(bundle, settings, users, 10)
+        print(
+            f"{n_items} items, index {pipeline['index']}, recall@{pipeline['recall_at']} vs exact "
+            f"{pipeline['recall_vs_exact']:.3f}; in-process p50: cached {pipeline['cached_total']['p50']:.3f} ms "
+            f"(retrieval {pipeline['retrieval']['p50']:.3f}, filtering {pipeline['filtering']['p50']:.3f}, "
+            f"ranking {pipeline['ranking']['p50']:.3f}), user encoding {pipeline['user_encoding']['p50']:.3f} ms",
+            flush=True,
+        )
+        entry: dict[str, Any] = {"pipeline": pipeline, "modes": {}}
+        for mode in args.modes:
+            env = {"RECO_REDIS_URL": args.redis_url}
+            if mode == "off":
+                env["RECO_BATCH_MAX_SIZE"] = "1"
+            print(f" batching {mode}:", flush=True)
+            entry["modes"][mode] = serve(bundle, env, args, floor=mode == args.modes[0])
+        report["sizes"][str(n_items)] = entry
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve.json").write_text(json.dumps(report, indent=2))
+    text = markdown(report, args)
+    (args.out / "serve.md").write_text(text)
+    print(text)
+
+
+def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
+    m = report["machine"]
+    lines = [
+        f"### Serving ({m['cpu_model']}, {m['cpus']} CPUs, wrk on the same cores; k=10 from "
+        f"{report['settings']['num_candidates']} candidates, Redis cache on, {args.duration} s per run)",
+        "",
+    ]
+    for n_items, entry in report["sizes"].items():
+        p = entry["pipeline"]
+        first = entry["modes"][args.modes[0]]
+        lines += [
+            f"**{int(n_items):,} items**: index {p['index']['type']} "
+            f"({', '.join(f'{k} {v}' for k, v in p['index'].items() if k != 'type') or 'exact'}), "
+            f"recall@{p['recall_at']} vs exact {p['recall_vs_exact']:.3f}. In-process p50 (ms): cached embedding "
+            f"{p['cached_total']['p50']:.3f} (retrieval {p['retrieval']['p50']:.3f}, filtering "
+            f"{p['filtering']['p50']:.3f}, ranking {p['ranking']['p50']:.3f}); user encoding "
+            f"{p['user_encoding']['p50']:.3f}. Framework floor (GET /healthz): "
+            + ", ".join(f"c={c} {r['rps']:,.0f} req/s p50 {r['p50_ms']:.2f} ms" for c, r in first["healthz"].items())
+            + ".",
+            "",
+            "| batching | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | e2e p50 / pipeline p50 "
+            "| server CPU | wrk CPU | RSS MiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for mode, result in entry["modes"].items():
+            for c, r in result["sweep"].items():
+                lines.append(
+                    f"| {mode} | {c} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} "
+                    f"| {r['errors']} | {r['p50_ms'] / p['cached_total']['p50']:.2f} | {r['server_cpu']:.2f} "
+                    f"| {r['wrk_cpu']:.2f} | {result['rss_mib']:.0f} |"
+                )
+        if {"on", "off"} <= set(entry["modes"]):
+            on, off = entry["modes"]["on"]["sweep"], entry["modes"]["off"]["sweep"]
+            ratios = ", ".join(f"c={c} {on[c]['rps'] / off[c]['rps']:.2f} x" for c in on if c in off)
+            lines += ["", f"Batching on / off throughput: {ratios}."]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
