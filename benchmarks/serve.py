@@ -37,6 +37,7 @@ import numpy as np
 
 from service.bundle import load_bundle
 from service.pipeline import Pipeline
+from service.runtime import limit_native_threads
 from service.settings import Settings
 
 WRK_SCRIPT = r"""
@@ -93,12 +94,8 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 def in_process(bundle_path: Path, settings: Settings, users: np.ndarray, k: int) -> dict[str, Any]:
     """The pipeline alone, one request at a time, with the service's settings (ms)."""
     bundle = load_bundle(bundle_path)
-    pipeline = Pipeline.open(
-        bundle,
-        device=settings.device,
-        intra_op_threads=settings.ort_intra_op_threads,
-        omp_threads=settings.faiss_omp_threads,
-    )
+    limit_native_threads(settings.faiss_omp_threads)  # as the service does at start-up
+    pipeline = Pipeline.open(bundle, device=settings.device, intra_op_threads=settings.ort_intra_op_threads)
     n = settings.num_candidates
     embeddings = pipeline.encode(users)
     for u in users[:50]:
@@ -240,6 +237,9 @@ def main() -> None:
     parser.add_argument("--bundles", type=Path, default=Path("benchmarks/.bundles"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--modes", nargs="+", default=["off", "on"], choices=["off", "on"])
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="RECO_X=V", help="extra server settings (repeatable)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
@@ -270,7 +270,7 @@ def main() -> None:
         )
         entry: dict[str, Any] = {"pipeline": pipeline, "modes": {}}
         for mode in args.modes:
-            env = {"RECO_REDIS_URL": args.redis_url}
+            env = {"RECO_REDIS_URL": args.redis_url} | dict(kv.split("=", 1) for kv in args.set)
             if mode == "off":
                 env["RECO_BATCH_MAX_SIZE"] = "1"
             print(f" batching {mode}:", flush=True)

@@ -76,11 +76,11 @@ class Pipeline:
         self.unknown_user_embedding = encoder.encode(np.array([UNKNOWN_USER]))[0]
 
     @classmethod
-    def open(cls, bundle: Bundle, *, device: str = "auto", intra_op_threads: int = 1, omp_threads: int = 0) -> Pipeline:
+    def open(cls, bundle: Bundle, *, device: str = "auto", intra_op_threads: int = 1) -> Pipeline:
         providers = onnx_providers(device)
         user_session = open_session(bundle.file("user_tower.onnx"), providers, intra_op_threads)
         ranker_session = open_session(bundle.file("ranker.onnx"), providers, intra_op_threads)
-        retriever = Retriever(bundle, faiss_gpus(device), omp_threads)
+        retriever = Retriever(bundle, faiss_gpus(device))
         return cls(
             bundle,
             UserEncoder(bundle, user_session),

@@ -21,7 +21,7 @@ class Retriever:
     CPU FAISS indexes are safe for concurrent searches and take no lock.
     """
 
-    def __init__(self, bundle: Bundle, n_gpus: int, omp_threads: int = 0) -> None:
+    def __init__(self, bundle: Bundle, n_gpus: int) -> None:
         path = bundle.file("items.faiss")
         try:
             index = faiss.read_index(str(path))
@@ -37,8 +37,6 @@ class Retriever:
             raise BundleError(f"{path}: index metric is not inner product")
         self._params = bundle.manifest.index.params
         set_search_parameters(faiss.ParameterSpace(), index, self._params)
-        if omp_threads:
-            faiss.omp_set_num_threads(omp_threads)
         self.device = "cpu"
         self._gpu_resources: Any = None
         self._lock: threading.Lock | None = None

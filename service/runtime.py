@@ -13,6 +13,7 @@ from typing import Any
 
 import faiss
 import onnxruntime as ort
+from threadpoolctl import threadpool_limits
 
 log = logging.getLogger(__name__)
 _dlls_preloaded = False
@@ -53,6 +54,17 @@ def open_session(path: Path, providers: list[str], intra_op_threads: int) -> ort
     if providers[0] not in active:
         log.warning("%s: asked for %s, running on %s", path.name, providers[0], active)
     return session
+
+
+def limit_native_threads(faiss_omp_threads: int) -> None:
+    """Process-wide thread pools of the native libraries. numpy's BLAS runs single-threaded: requests already run
+    in parallel, and OpenBLAS's worker threads spin between calls (measured: a 2-core server at concurrency 1
+    used both cores for one request at a time, the spinning thread taking most). FAISS's OpenMP the same,
+    unless `faiss_omp_threads` is 0 (FAISS's own choice); OpenMP's setting belongs to the calling thread, so
+    this runs in every thread that searches."""
+    threadpool_limits(limits=1, user_api="blas")
+    if faiss_omp_threads:
+        faiss.omp_set_num_threads(faiss_omp_threads)
 
 
 def faiss_gpus(device: str) -> int:

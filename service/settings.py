@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         "OpenMP's spinning threads on shared cores made a 10K-item search 20x slower.",
     )
     batch_max_size: int = Field(
-        32, ge=1, description="Most recommendation requests computed together (micro-batching); 1 = off."
+        16, ge=1, description="Most recommendation requests computed together (micro-batching); 1 = off."
     )
     batch_max_wait_ms: float = Field(
         0.0, ge=0, description="How long a batch waits for company; 0 = only what queued while the last ran."

@@ -20,6 +20,7 @@ from service.item_encoder import ItemEncoder
 from service.live_items import LiveItems
 from service.metrics import Metrics
 from service.pipeline import BatchingOptions, Pipeline, Recommender
+from service.runtime import limit_native_threads
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,14 @@ class AppState:
     async def open(cls, settings: Settings, metrics: Metrics) -> AppState:
         """Load and validate the bundle, open the models, index and cache, and warm up. Blocking work (hashing,
         reading, session creation) runs in the thread pool, so the event loop stays responsive."""
-        executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="reco-compute")
+        # OpenMP's thread count is per calling thread: set in each compute thread (FAISS runs there) too.
+        limit_native_threads(settings.faiss_omp_threads)
+        executor = ThreadPoolExecutor(
+            settings.worker_threads,
+            thread_name_prefix="reco-compute",
+            initializer=limit_native_threads,
+            initargs=(settings.faiss_omp_threads,),
+        )
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         try:
@@ -56,7 +64,6 @@ class AppState:
                     bundle,
                     device=settings.device,
                     intra_op_threads=settings.ort_intra_op_threads,
-                    omp_threads=settings.faiss_omp_threads,
                 ),
             )
         except BaseException:
@@ -159,7 +166,8 @@ def open_event_store(settings: Settings) -> EventStore:
     return LocalEventStore(settings.events_per_user, settings.events_local_users)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """Async so FastAPI calls it on the event loop (a sync dependency costs a thread-pool hop per request)."""
     state: AppState | None = getattr(request.app.state, "reco", None)
     if state is None or not state.ready:
         raise NotReady("the service is not ready (bundle loading or shutting down)")
