@@ -31,7 +31,7 @@ bundle-movielens: install
 	$(BIN)/python -m model_export --dataset movielens --data-dir $(DATA) --out $(BUNDLES)
 
 run: $(BUNDLES)/current
-	RECO_BUNDLE_PATH=$${RECO_BUNDLE_PATH:-$(BUNDLES)/current} \
+	RECO_BUNDLE_PATH=$${RECO_BUNDLE_PATH:-$(BUNDLES)/current} RECO_DEV_MODE=$${RECO_DEV_MODE:-true} \
 	$(BIN)/uvicorn --factory service.main:create_app --host $(HOST) --port $(PORT)
 
 test: install

@@ -199,7 +199,7 @@ def serve(bundle: Path, env: dict[str, str], args: argparse.Namespace, floor: bo
         if floor:
             result["healthz"] = {
                 str(c): wrk(server.url, "/healthz", GET_SCRIPT, c, max(3, args.duration // 2), wrk_env)
-                for c in (1, max(args.concurrency))
+                for c in args.concurrency
             }
         for c in args.concurrency:
             cpu0 = server.cpu_seconds()
@@ -244,7 +244,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
 
-    settings = Settings()
+    settings = Settings(dev_mode=True)
     machine = {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -270,7 +270,9 @@ def main() -> None:
         )
         entry: dict[str, Any] = {"pipeline": pipeline, "modes": {}}
         for mode in args.modes:
-            env = {"RECO_REDIS_URL": args.redis_url} | dict(kv.split("=", 1) for kv in args.set)
+            env = {"RECO_REDIS_URL": args.redis_url, "RECO_DEV_MODE": "true"} | dict(
+                kv.split("=", 1) for kv in args.set
+            )
             if mode == "off":
                 env["RECO_BATCH_MAX_SIZE"] = "1"
             print(f" batching {mode}:", flush=True)
@@ -304,14 +306,15 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
             + ".",
             "",
             "| batching | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | e2e p50 / pipeline p50 "
-            "| server CPU | wrk CPU | RSS MiB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| req/s / floor req/s | server CPU | wrk CPU | RSS MiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for mode, result in entry["modes"].items():
             for c, r in result["sweep"].items():
                 lines.append(
                     f"| {mode} | {c} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} "
-                    f"| {r['errors']} | {r['p50_ms'] / p['cached_total']['p50']:.2f} | {r['server_cpu']:.2f} "
+                    f"| {r['errors']} | {r['p50_ms'] / p['cached_total']['p50']:.2f} "
+                    f"| {r['rps'] / first['healthz'][c]['rps']:.3f} | {r['server_cpu']:.2f} "
                     f"| {r['wrk_cpu']:.2f} | {result['rss_mib']:.0f} |"
                 )
         if {"on", "off"} <= set(entry["modes"]):

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.errors import Conflict, InvalidField, NotFound, Unauthorized, Unavailable
+from service.cache import CacheUnavailable
+from service.errors import Conflict, Forbidden, InvalidField, NotFound, Unauthorized, Unavailable
 from service.events import DISLIKE_PREFIX, EventStoreUnavailable
 from service.features import most_similar_in_history
 from service.live_items import ItemConflict, ItemRecord
@@ -28,6 +29,7 @@ from service.schemas import (
     RecommendedItem,
     SimilarItem,
     SimilarItemsResponse,
+    UserDeleted,
 )
 from service.state import AppState, StateDep
 
@@ -107,22 +109,29 @@ async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
 
 
 def require_admin(state: AppState, authorization: str | None) -> None:
+    """401 without a bearer token, 403 with a wrong one (compared in constant time); open only in dev mode."""
     token = state.settings.admin_token
     if token is None:
-        return
+        return  # Settings refuse a missing token outside dev mode
     scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        raise Unauthorized("header.authorization: a valid 'Bearer <admin token>' is required")
+    if scheme.lower() != "bearer" or not given:
+        raise Unauthorized("header.authorization: 'Bearer <admin token>' is required")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise Forbidden("header.authorization: the admin token is not valid")
+
+
+_ADMIN_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorResponse, "description": "No admin token."},
+    403: {"model": ErrorResponse, "description": "Wrong admin token."},
+}
 
 
 @router.put(
     "/v1/items/{item_id}",
     response_model=ItemUpserted,
     responses=_ERRORS
-    | {
-        401: {"model": ErrorResponse, "description": "Missing or wrong admin token."},
-        409: {"model": ErrorResponse, "description": "The id is taken by other content."},
-    },
+    | _ADMIN_ERRORS
+    | {409: {"model": ErrorResponse, "description": "The id is taken by other content."}},
 )
 async def put_item(
     item_id: Annotated[str, Path(min_length=1, max_length=128)],
@@ -145,6 +154,24 @@ async def put_item(
     state.metrics.item_upserts.labels("created" if created else "unchanged").inc()
     state.metrics.index_items.set(state.pipeline.retriever.n_items)
     return ItemUpserted(item_id=item_id, created=created, n_items=state.pipeline.retriever.n_items)
+
+
+@router.delete("/v1/users/{user_id}", response_model=UserDeleted, responses=_ERRORS | _ADMIN_ERRORS)
+async def delete_user(
+    user_id: Annotated[str, Path(min_length=1, max_length=128)],
+    state: StateDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> UserDeleted:
+    """Forget a user (admin): their fresh events and every cached embedding of theirs (any bundle version) are
+    deleted. A 503 means the store could not be reached and nothing may be assumed deleted: retry. What a
+    bundle learnt from the user's past interactions stays until the next bundle is built without them."""
+    require_admin(state, authorization)
+    try:
+        events, embeddings = await state.recommender.delete_user(user_id)
+    except (EventStoreUnavailable, CacheUnavailable) as e:
+        raise Unavailable(str(e)) from e
+    state.metrics.user_deletions.inc()
+    return UserDeleted(events_deleted=events, embeddings_deleted=embeddings)
 
 
 @router.get("/v1/items/{item_id}/similar", response_model=SimilarItemsResponse, responses=_ERRORS | _NOT_FOUND)

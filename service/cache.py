@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import re
 import time
 from collections import OrderedDict
 from typing import Protocol
@@ -37,9 +38,35 @@ class EmbeddingCache(Protocol):
 
     async def set(self, key: str, value: np.ndarray) -> CacheResult: ...
 
+    async def delete_user(self, user_id: str) -> int:
+        """Remove every embedding cached for `user_id` (any bundle version, with or without events); the count.
+        Raises CacheUnavailable if the backend cannot be reached (a deletion must not pass silently)."""
+        ...
+
     async def status(self) -> str: ...
 
     async def close(self) -> None: ...
+
+
+class CacheUnavailable(Exception):
+    """The cache backend could not carry out an operation that must not be skipped (a user's deletion)."""
+
+
+def is_user_key(key: str, user_id: str) -> bool:
+    """Whether `key` (reco:<version>:user_emb:<user id>[:ev:<16 hex digits>]) belongs to `user_id`. Bundle
+    versions contain no ':', so the user id is what follows the first ':user_emb:', less an event digest."""
+    _, sep, rest = key.partition(":user_emb:")
+    if not sep or not rest.startswith(user_id):
+        return False
+    suffix = rest[len(user_id) :]
+    return not suffix or _EVENT_SUFFIX.fullmatch(suffix) is not None
+
+
+_EVENT_SUFFIX = re.compile(r":ev:[0-9a-f]{16}")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _decode(raw: bytes, dim: int) -> np.ndarray | None:
@@ -81,6 +108,12 @@ class LocalEmbeddingCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    async def delete_user(self, user_id: str) -> int:
+        keys = [k for k in self._entries if is_user_key(k, user_id)]
+        for k in keys:
+            del self._entries[k]
+        return len(keys)
 
     async def status(self) -> str:
         return "ok"
@@ -177,6 +210,18 @@ class RedisEmbeddingCache:
             return CacheResult.ERROR
         self.breaker.success()
         return CacheResult.STORED
+
+    async def delete_user(self, user_id: str) -> int:
+        """SCAN for the user's keys (every bundle version, every event digest) and delete them: O(keyspace),
+        an admin operation. The breaker is not consulted: Redis is asked, and a failure is an error."""
+        pattern = f"reco:*:user_emb:{_glob_escape(user_id)}*"
+        try:
+            async with asyncio.timeout(max(5.0, 20 * self._deadline_s)):
+                keys = [k async for k in self._client.scan_iter(match=pattern, count=1000)]
+                mine = [k for k in keys if is_user_key(k.decode() if isinstance(k, bytes) else str(k), user_id)]
+                return int(await self._client.delete(*mine)) if mine else 0
+        except (RedisError, OSError, TimeoutError) as e:
+            raise CacheUnavailable(f"the embedding cache (Redis) did not take the delete: {e!r}") from e
 
     async def status(self) -> str:
         if self.breaker.is_open and not self.breaker.allow():

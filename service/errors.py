@@ -49,6 +49,11 @@ class Unauthorized(ServiceError):
     error = "unauthorized"
 
 
+class Forbidden(ServiceError):
+    status_code = 403
+    error = "forbidden"
+
+
 class Conflict(ServiceError):
     status_code = 409
     error = "conflict"

@@ -70,6 +70,7 @@ class Metrics:
         self.item_upserts = Counter(
             "reco_item_upserts", "PUT /v1/items outcomes: created, unchanged, conflict.", ["result"], registry=r
         )
+        self.user_deletions = Counter("reco_user_deletions", "Users deleted (DELETE /v1/users).", registry=r)
         self.index_items = Gauge("reco_index_items", "Items in the retrieval index (trained + added live).", registry=r)
         self.bundle = Info("reco_bundle", "The model bundle being served.", registry=r)
         self.ready = Gauge("reco_ready", "1 when the service is ready to serve.", registry=r)

@@ -338,6 +338,12 @@ class Recommender:
         self.metrics.candidates.labels("after_filtering").observe(recs.n_after_filter)
         return RecommendationResult(user, recs, cache_result, len(fresh.interactions) + len(fresh.disliked))
 
+    async def delete_user(self, user_id: str) -> tuple[bool, int]:
+        """Delete the user's fresh events and cached embeddings: (had events, embeddings deleted). Events go
+        first: an embedding cached in between is keyed by the events' digest and is deleted right after."""
+        events = await self.events.delete(user_id) if self.events is not None else False
+        return events, await self.cache.delete_user(user_id)
+
     async def record_events(self, events: dict[str, list[str]]) -> None:
         """Append events (user id -> entries, oldest first) and refresh each user's cached embedding, so the
         next request finds the new one. Raises EventStoreUnavailable if the store did not take them."""

@@ -134,3 +134,8 @@ class ErrorResponse(BaseModel):
     error: str
     message: str
     detail: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class UserDeleted(BaseModel):
+    events_deleted: bool = Field(description="Whether the user had fresh events stored (now deleted).")
+    embeddings_deleted: int = Field(description="Cached user embeddings deleted (every bundle version).")

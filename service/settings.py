@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_ADMIN_TOKEN = 16
+DEFAULT_TOKENS = {"changeme", "change-me", "admin", "secret", "password", "token", "changemechangeme"}
 
 
 class Settings(BaseSettings):
@@ -46,7 +49,12 @@ class Settings(BaseSettings):
         "next to the bundle path.",
     )
     admin_token: str | None = Field(
-        None, description="Bearer token the admin endpoints (PUT /v1/items) require; unset: they are open (dev)."
+        None,
+        description="Bearer token the admin endpoints (PUT /v1/items, DELETE /v1/users) require: at least 16 "
+        "characters; required unless dev_mode.",
+    )
+    dev_mode: bool = Field(
+        False, description="Development: the admin endpoints may be open (no admin token). Never in production."
     )
 
     # Compute.
@@ -68,3 +76,18 @@ class Settings(BaseSettings):
     )
     batch_workers: int = Field(2, ge=1, description="Recommendation batches computed at once (<= worker_threads).")
     warmup_requests: int = Field(3, ge=0, description="Pipeline runs at start-up before readiness turns green.")
+
+    @model_validator(mode="after")
+    def _admin_token_outside_dev_mode(self) -> Settings:
+        token = self.admin_token
+        if token is not None and (len(token) < MIN_ADMIN_TOKEN or token.lower() in DEFAULT_TOKENS):
+            raise ValueError(
+                f"RECO_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters and not a default value "
+                "(generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        if token is None and not self.dev_mode:
+            raise ValueError(
+                "RECO_ADMIN_TOKEN is not set: the admin endpoints need a token outside development "
+                "(set RECO_ADMIN_TOKEN, or RECO_DEV_MODE=true to run with them open)"
+            )
+        return self

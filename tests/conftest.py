@@ -43,7 +43,9 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def settings(tiny_bundle: Path) -> Settings:
-    return Settings(bundle_path=tiny_bundle, redis_url=None, warmup_requests=1, max_k=50, num_candidates=100)
+    return Settings(
+        bundle_path=tiny_bundle, redis_url=None, warmup_requests=1, max_k=50, num_candidates=100, dev_mode=True
+    )
 
 
 @pytest.fixture

@@ -145,7 +145,7 @@ def test_cli_trains_on_ml100k_beats_most_popular_and_is_served(tmp_path: Path) -
     for metric in ("ndcg@10", "recall@10", "recall@100"):
         assert metrics["pipeline"][metric] > metrics["most_popular"][metric], metric
         assert metrics["retrieval"][metric] > metrics["most_popular"][metric], metric
-    with TestClient(create_app(Settings(bundle_path=tmp_path / "current", warmup_requests=1))) as c:
+    with TestClient(create_app(Settings(bundle_path=tmp_path / "current", warmup_requests=1, dev_mode=True))) as c:
         r = c.post("/v1/recommendations", json={"user_id": "1", "k": 10})
         assert r.status_code == 200
         titles = [it["title"] for it in r.json()["items"]]

@@ -93,7 +93,7 @@ def test_onnx_signature_checked_against_manifest(bundle_copy: Path) -> None:
             "feature_spec.user_categorical": [*names, "extra"],
         },
     )
-    user_cat = np.load(bundle_copy / "user_categorical.npy")
+    user_cat = np.load(bundle_copy / "user_categorical.npy", allow_pickle=False)
     np.save(
         bundle_copy / "user_categorical.npy",
         np.concatenate([user_cat, np.zeros((len(user_cat), 1), np.int64)], 1),

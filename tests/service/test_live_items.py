@@ -100,8 +100,9 @@ def test_put_item_conflicts_and_idempotence(live_settings: Settings, tiny_bundle
 
 
 def test_admin_token_guards_item_upserts(live_settings: Settings) -> None:
-    with TestClient(create_app(live_settings.model_copy(update={"admin_token": "s3cret"}))) as client:
+    token = "s3cret-s3cret-s3cret"
+    with TestClient(create_app(live_settings.model_copy(update={"admin_token": token}))) as client:
         assert client.put("/v1/items/new-4", json=NEW).status_code == 401
-        assert client.put("/v1/items/new-4", json=NEW, headers={"authorization": "Bearer nope"}).status_code == 401
-        ok = client.put("/v1/items/new-4", json=NEW, headers={"authorization": "Bearer s3cret"})
+        assert client.put("/v1/items/new-4", json=NEW, headers={"authorization": "Bearer nope"}).status_code == 403
+        ok = client.put("/v1/items/new-4", json=NEW, headers={"authorization": f"Bearer {token}"})
         assert ok.status_code == 200
