@@ -160,7 +160,14 @@ def validation_recall(
     user_emb = embed_users(user_tower, users, windows, dataset.user_categorical[users])
     item_emb = embed_items(item_tower, dataset)
     seen = interaction_matrix(history, dataset.n_users, dataset.n_items)
-    top = top_unseen(user_emb @ item_emb.T, seen, users, min(k, dataset.n_items))
+    depth = min(k, dataset.n_items)
+    chunk = max(1, 2**26 // dataset.n_items)  # users per (users x items) float64 score block: <= 512 MB
+    top = np.concatenate(
+        [
+            top_unseen(user_emb[s : s + chunk] @ item_emb.T, seen, users[s : s + chunk], depth)
+            for s in range(0, len(users), chunk)
+        ]
+    )
     relevant = relevant_sets(targets, dataset.n_users)
     return float(np.mean([np.isin(top[row], relevant[u]).sum() / len(relevant[u]) for row, u in enumerate(users)]))
 

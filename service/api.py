@@ -37,7 +37,12 @@ router = APIRouter()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ERRORS: dict[int | str, dict[str, object]] = {
     422: {"model": ErrorResponse, "description": "Invalid request; `message` names the field."},
-    503: {"model": ErrorResponse, "description": "Not ready (starting or stopping), or a backend failed; retry."},
+    503: {
+        "model": ErrorResponse,
+        "description": "Not ready (starting or stopping), overloaded, past its deadline, or a backend failed; "
+        "retry after `Retry-After` seconds.",
+        "headers": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
+    },
 }
 _NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": ErrorResponse, "description": "Unknown item id."}}
 
@@ -53,7 +58,8 @@ async def recommend(body: RecommendationRequest, request: Request, state: StateD
         raise InvalidField(("body", "exclude_item_ids"), f"at most {settings.max_exclusions} ids")
     header_id = request.headers.get("x-request-id", "")
     request_id = header_id if _REQUEST_ID.match(header_id) else uuid.uuid4().hex
-    result = await state.recommender.recommend(body.user_id, body.k, body.exclude_item_ids)
+    async with state.admit():
+        result = await state.recommender.recommend(body.user_id, body.k, body.exclude_item_ids)
     recs, bundle = result.recommendations, state.bundle
     because: list[Because | None] = [None] * len(recs.items)
     if body.explain and recs.window is not None:
@@ -99,7 +105,8 @@ async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
         per_user.setdefault(event.user_id, []).append((event.timestamp or 0.0, n, entry))
     ordered = {user: [entry for _, _, entry in sorted(rows)] for user, rows in per_user.items()}
     try:
-        await state.recommender.record_events(ordered)
+        async with state.admit(deadline=False):  # no deadline: a write half done must not be answered 503
+            await state.recommender.record_events(ordered)
     except EventStoreUnavailable as e:
         state.metrics.event_store_errors.labels("write").inc()
         raise Unavailable(str(e)) from e
@@ -189,7 +196,8 @@ async def similar_items(
     if item is None:
         raise NotFound(f"path.item_id: unknown item {item_id!r}")
     exclude = pipeline.item_indices(exclude_item_ids or [])
-    items, scores = await state.recommender.run_blocking(lambda: pipeline.similar(item, k, exclude))
+    async with state.admit():
+        items, scores = await state.recommender.run_blocking(lambda: pipeline.similar(item, k, exclude))
     return SimilarItemsResponse(
         bundle_version=bundle.version,
         item_id=item_id,

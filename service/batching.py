@@ -59,8 +59,13 @@ class MicroBatcher(Generic[Req, Res]):
             while self._pending:
                 if self.max_wait_s and len(self._pending) < self.max_batch:
                     await asyncio.sleep(self.max_wait_s)
-                n = min(self.max_batch, len(self._pending))
-                batch = [self._pending.popleft() for _ in range(n)]
+                batch: list[tuple[Req, asyncio.Future[Res]]] = []
+                while self._pending and len(batch) < self.max_batch:
+                    entry = self._pending.popleft()
+                    if not entry[1].done():  # a request whose deadline passed (cancelled) is not computed
+                        batch.append(entry)
+                if not batch:
+                    continue
                 requests = [r for r, _ in batch]
                 try:
                     results = await loop.run_in_executor(self.executor, self.fn, requests)

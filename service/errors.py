@@ -3,9 +3,11 @@
     ServiceError              base of the errors the API turns into responses
     ├── InvalidField          422: a request field is out of bounds (checks that depend on settings)
     ├── Unauthorized          401: an admin endpoint without the admin token
+    ├── Forbidden             403: an admin endpoint with a wrong admin token
     ├── NotFound              404: e.g. an item id the bundle does not know
     ├── Conflict              409: e.g. an item id already taken by other content
     ├── Unavailable           503: a backend the request needs (the event store) failed; retry
+    ├── Overloaded            503: too many requests in flight, or the request's deadline passed; retry
     └── NotReady              503: the service is starting or stopping
 
 FastAPI's request validation errors are re-shaped to the same body: `error`, a `message` that names the
@@ -67,6 +69,11 @@ class NotFound(ServiceError):
 class Unavailable(ServiceError):
     status_code = 503
     error = "unavailable"
+
+
+class Overloaded(ServiceError):
+    status_code = 503
+    error = "overloaded"
 
 
 class NotReady(ServiceError):

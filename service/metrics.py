@@ -58,6 +58,13 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
+        self.in_flight = Gauge("reco_in_flight", "Requests in progress (admission control).", registry=r)
+        self.rejected = Counter(
+            "reco_rejected",
+            "Requests turned away with a 503: overload (too many in flight) or deadline (too slow).",
+            ["reason"],
+            registry=r,
+        )
         self.fallbacks = Counter("reco_fallbacks", "Requests served by a fallback, by reason.", ["reason"], registry=r)
         self.errors = Counter("reco_errors", "Errors by type.", ["type"], registry=r)
         self.events = Counter("reco_events", "User events accepted, by event type.", ["type"], registry=r)
@@ -78,5 +85,7 @@ class Metrics:
             self.stage_latency.labels(stage)
         for result in ("hit", "miss", "error", "bypass"):
             self.cache_requests.labels(result)
+        for reason in ("overload", "deadline"):
+            self.rejected.labels(reason)
         for op in ("read", "write"):
             self.event_store_errors.labels(op)

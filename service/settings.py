@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         False, description="Development: the admin endpoints may be open (no admin token). Never in production."
     )
 
+    # Overload: a bounded amount of work, turned away at once beyond it rather than queued without bound.
+    max_in_flight: int = Field(
+        256, ge=1, description="Requests (recommendations, similar items, events) in progress at once; beyond, 503."
+    )
+    request_timeout_s: float = Field(
+        2.0, gt=0, description="Deadline of a recommendation / similar-items request; past it, 503 (not computed)."
+    )
+
     # Compute.
     worker_threads: int = Field(4, ge=1, description="Threads that run ONNX Runtime and FAISS off the event loop.")
     ort_intra_op_threads: int = Field(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
@@ -14,7 +16,7 @@ from fastapi import Depends, Request
 
 from service.bundle import Bundle, load_bundle
 from service.cache import CircuitBreaker, EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
-from service.errors import NotReady
+from service.errors import NotReady, Overloaded
 from service.events import EventStore, LocalEventStore, RedisEventStore
 from service.item_encoder import ItemEncoder
 from service.live_items import LiveItems
@@ -37,6 +39,32 @@ class AppState:
     events: EventStore
     live_items: LiveItems
     ready: bool = False
+    in_flight: int = 0
+
+    @contextlib.asynccontextmanager
+    async def admit(self, deadline: bool = True) -> AsyncIterator[None]:
+        """Admission control: past `max_in_flight` requests in progress a request is turned away at once (503,
+        Retry-After) instead of queueing without bound; with `deadline`, one that takes longer than
+        `request_timeout_s` is abandoned (a batch that has not started drops it) and answered 503."""
+        settings = self.settings
+        if self.in_flight >= settings.max_in_flight:
+            self.metrics.rejected.labels("overload").inc()
+            raise Overloaded(f"{self.in_flight} requests in flight (RECO_MAX_IN_FLIGHT={settings.max_in_flight})")
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            if not deadline:
+                yield
+                return
+            try:
+                async with asyncio.timeout(settings.request_timeout_s):
+                    yield
+            except TimeoutError as e:
+                self.metrics.rejected.labels("deadline").inc()
+                raise Overloaded(f"not answered within RECO_REQUEST_TIMEOUT_S={settings.request_timeout_s}") from e
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
 
     @property
     def bundle(self) -> Bundle:
