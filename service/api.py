@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import re
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -16,6 +14,7 @@ from service.errors import Conflict, Forbidden, InvalidField, NotFound, Unauthor
 from service.events import DISLIKE_PREFIX, EventStoreUnavailable
 from service.features import most_similar_in_history
 from service.live_items import ItemConflict, ItemRecord
+from service.logs import request_id_from
 from service.schemas import (
     Because,
     ErrorResponse,
@@ -34,7 +33,6 @@ from service.schemas import (
 from service.state import AppState, StateDep
 
 router = APIRouter()
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ERRORS: dict[int | str, dict[str, object]] = {
     422: {"model": ErrorResponse, "description": "Invalid request; `message` names the field."},
     503: {
@@ -56,8 +54,8 @@ async def recommend(body: RecommendationRequest, request: Request, state: StateD
         raise InvalidField(("body", "k"), f"must be at most {settings.max_k}, got {body.k}")
     if len(body.exclude_item_ids) > settings.max_exclusions:
         raise InvalidField(("body", "exclude_item_ids"), f"at most {settings.max_exclusions} ids")
-    header_id = request.headers.get("x-request-id", "")
-    request_id = header_id if _REQUEST_ID.match(header_id) else uuid.uuid4().hex
+    request_id = getattr(request.state, "request_id", None) or request_id_from(request.headers.get("x-request-id"))
+    request.state.user_hash = request.app.state.user_hash(body.user_id)  # the access record's `user`
     async with state.admit():
         result = await state.recommender.recommend(body.user_id, body.k, body.exclude_item_ids)
     recs, bundle = result.recommendations, state.bundle

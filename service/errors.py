@@ -110,6 +110,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        route = getattr(request.scope.get("route"), "path", "unmatched")  # the template: a raw path may carry ids
+        log.exception("unhandled error on %s %s", request.method, route)
         _count(request, type(exc).__name__)
         return JSONResponse(_body("internal_error", "internal error", []), status_code=500)

@@ -12,13 +12,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import router
 from service.errors import install_error_handlers
+from service.logs import ACCESS, UserHasher, configure_logging, request_id_from
 from service.metrics import Metrics
 from service.settings import Settings
 from service.state import AppState
 
 
 class HTTPMetricsMiddleware:
-    """Counts requests and observes latency by route *template* (never the raw path, which may carry ids)."""
+    """Per request: the count and latency by route *template* (never the raw path, which may carry ids), the
+    request id (the caller's X-Request-ID or a new one; echoed in the response header and in
+    `scope["state"]["request_id"]` for the route), and one JSON access record with them."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -30,11 +33,15 @@ class HTTPMetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
+        request_id = request_id_from(header)
+        scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
@@ -43,8 +50,21 @@ class HTTPMetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
+            seconds = time.perf_counter() - start
             self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.request_latency.labels(template, method, str(status)).observe(time.perf_counter() - start)
+            self.metrics.request_latency.labels(template, method, str(status)).observe(seconds)
+            if ACCESS.isEnabledFor(logging.INFO):
+                extra = {
+                    "request_id": request_id,
+                    "method": method,
+                    "route": template,
+                    "status": status,
+                    "duration_ms": round(seconds * 1e3, 3),
+                }
+                user = scope["state"].get("user_hash")
+                if user:
+                    extra["user"] = user
+                ACCESS.info("request", extra=extra)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -71,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it narrates its AVX-variant probing at INFO
+    app.state.user_hash = UserHasher(settings.log_user_key)
+    configure_logging(settings.log_format, settings.log_level)
+    logging.getLogger("reco.access").setLevel(logging.INFO if settings.access_log else logging.WARNING)
     return app

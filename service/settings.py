@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         False, description="Development: the admin endpoints may be open (no admin token). Never in production."
     )
 
+    # Logs: JSON lines; user ids only as keyed hashes.
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per line; text: plain.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    access_log: bool = Field(True, description="One JSON access record per request (route template, no raw path).")
+    log_user_key: str | None = Field(
+        None, description="Key of the user-id hash in logs (set it to correlate across restarts); unset: random."
+    )
+
     # Overload: a bounded amount of work, turned away at once beyond it rather than queued without bound.
     max_in_flight: int = Field(
         256, ge=1, description="Requests (recommendations, similar items, events) in progress at once; beyond, 503."
