@@ -226,15 +226,16 @@ async def readyz(request: Request) -> JSONResponse:
             cache_status=None,
         )
         return JSONResponse(body.model_dump(), status_code=503)
+    ready = state.ready and not state.draining
     body = ReadinessResponse(
-        ready=state.ready,
+        ready=ready,
         bundle_version=state.bundle.version,
         onnx_providers=state.pipeline.onnx_providers,
         faiss_device=state.pipeline.retriever.device,
         cache_backend=state.cache.backend,
         cache_status=await state.cache.status(),
     )
-    return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,6 +20,8 @@ from service.logs import ACCESS, UserHasher, configure_logging, request_id_from
 from service.metrics import Metrics
 from service.settings import Settings
 from service.state import AppState
+
+log = logging.getLogger(__name__)
 
 
 class HTTPMetricsMiddleware:
@@ -67,6 +73,26 @@ class HTTPMetricsMiddleware:
                 ACCESS.info("request", extra=extra)
 
 
+def drain_on_sigterm(state: AppState, delay_s: float) -> None:
+    """On SIGTERM: readiness off at once (503, so load balancers stop sending), keep serving for `delay_s`, then
+    hand the signal to the server's own handler (uvicorn: stop accepting, finish in-flight requests, run the
+    lifespan shutdown). Only where the server handles signals (the main thread of a `uvicorn` process)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    server_handler = signal.getsignal(signal.SIGTERM)
+    if not callable(server_handler):
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        state.draining = True  # /readyz answers 503; requests are still served
+        state.metrics.ready.set(0)
+        log.info("SIGTERM: not ready; draining for %.1f s, then finishing in-flight requests", delay_s)
+        loop.call_soon_threadsafe(loop.call_later, delay_s, server_handler, signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -75,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await AppState.open(settings, metrics)
         app.state.reco = state
+        drain_on_sigterm(state, settings.shutdown_delay_s)
         try:
             yield
         finally:

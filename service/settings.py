@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         2.0, gt=0, description="Deadline of a recommendation / similar-items request; past it, 503 (not computed)."
     )
 
+    shutdown_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM: seconds of serving with readiness 503 before in-flight requests finish "
+        "and the process exits (lets load balancers notice; Kubernetes' preStop sleep does the same).",
+    )
+
     # Compute.
     worker_threads: int = Field(4, ge=1, description="Threads that run ONNX Runtime and FAISS off the event loop.")
     ort_intra_op_threads: int = Field(

@@ -38,7 +38,8 @@ class AppState:
     executor: ThreadPoolExecutor
     events: EventStore
     live_items: LiveItems
-    ready: bool = False
+    ready: bool = False  # loaded and warmed up: requests are served
+    draining: bool = False  # SIGTERM received: still serving, but /readyz says 503 so traffic moves away
     in_flight: int = 0
 
     @contextlib.asynccontextmanager
