@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import pathlib
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.bundle import BundleError
 from service.cache import CacheUnavailable
 from service.errors import Conflict, Forbidden, InvalidField, NotFound, Unauthorized, Unavailable
 from service.events import DISLIKE_PREFIX, EventStoreUnavailable
@@ -26,6 +28,8 @@ from service.schemas import (
     RecommendationRequest,
     RecommendationResponse,
     RecommendedItem,
+    Reloaded,
+    ReloadRequest,
     SimilarItem,
     SimilarItemsResponse,
     UserDeleted,
@@ -56,9 +60,10 @@ async def recommend(body: RecommendationRequest, request: Request, state: StateD
         raise InvalidField(("body", "exclude_item_ids"), f"at most {settings.max_exclusions} ids")
     request_id = getattr(request.state, "request_id", None) or request_id_from(request.headers.get("x-request-id"))
     request.state.user_hash = request.app.state.user_hash(body.user_id)  # the access record's `user`
+    serving = state.serving  # one bundle for the whole request, whatever a reload does meanwhile
     async with state.admit():
-        result = await state.recommender.recommend(body.user_id, body.k, body.exclude_item_ids)
-    recs, bundle = result.recommendations, state.bundle
+        result = await serving.recommender.recommend(body.user_id, body.k, body.exclude_item_ids)
+    recs, bundle = result.recommendations, serving.bundle
     because: list[Because | None] = [None] * len(recs.items)
     if body.explain and recs.window is not None:
         sources, sims = most_similar_in_history(bundle.item_embeddings, recs.items, recs.window)
@@ -93,7 +98,8 @@ async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
     out, from the very next recommendation on: the user's embedding is recomputed and cached now."""
     if len(body.events) > state.settings.max_events_per_request:
         raise InvalidField(("body", "events"), f"at most {state.settings.max_events_per_request} events per request")
-    index = state.bundle.item_index
+    serving = state.serving
+    index = serving.bundle.item_index
     for n, event in enumerate(body.events):
         if event.item_id not in index:
             raise InvalidField(("body", "events", str(n), "item_id"), f"unknown item {event.item_id!r}")
@@ -104,7 +110,7 @@ async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
     ordered = {user: [entry for _, _, entry in sorted(rows)] for user, rows in per_user.items()}
     try:
         async with state.admit(deadline=False):  # no deadline: a write half done must not be answered 503
-            await state.recommender.record_events(ordered)
+            await serving.recommender.record_events(ordered)
     except EventStoreUnavailable as e:
         state.metrics.event_store_errors.labels("write").inc()
         raise Unavailable(str(e)) from e
@@ -125,6 +131,9 @@ def require_admin(state: AppState, authorization: str | None) -> None:
         raise Forbidden("header.authorization: the admin token is not valid")
 
 
+_RELOAD_ERRORS: dict[int | str, dict[str, object]] = {
+    409: {"model": ErrorResponse, "description": "A reload is already in progress, or nothing to roll back to."}
+}
 _ADMIN_ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorResponse, "description": "No admin token."},
     403: {"model": ErrorResponse, "description": "Wrong admin token."},
@@ -150,15 +159,17 @@ async def put_item(
     require_admin(state, authorization)
     record = ItemRecord(item_id, body.title, list(body.genres), body.year, body.description)
     try:
-        created = await state.recommender.run_blocking(lambda: state.live_items.upsert(record))
+        serving = state.serving
+        created = await serving.recommender.run_blocking(lambda: serving.live_items.upsert(record))
     except ItemConflict as e:
         state.metrics.item_upserts.labels("conflict").inc()
         raise Conflict(f"path.item_id: {e}") from e
     except OSError as e:
         raise Unavailable(f"the live-items file could not be written: {e}") from e
     state.metrics.item_upserts.labels("created" if created else "unchanged").inc()
-    state.metrics.index_items.set(state.pipeline.retriever.n_items)
-    return ItemUpserted(item_id=item_id, created=created, n_items=state.pipeline.retriever.n_items)
+    n_items = serving.pipeline.retriever.n_items
+    state.metrics.index_items.set(n_items)
+    return ItemUpserted(item_id=item_id, created=created, n_items=n_items)
 
 
 @router.delete("/v1/users/{user_id}", response_model=UserDeleted, responses=_ERRORS | _ADMIN_ERRORS)
@@ -189,13 +200,14 @@ async def similar_items(
     """The items closest to `item_id` in the two-tower embedding space (itself and exclusions left out)."""
     if k > state.settings.max_k:
         raise InvalidField(("query", "k"), f"must be at most {state.settings.max_k}, got {k}")
-    pipeline, bundle = state.pipeline, state.bundle
+    serving = state.serving
+    pipeline, bundle = serving.pipeline, serving.bundle
     item = bundle.item_index.get(item_id)
     if item is None:
         raise NotFound(f"path.item_id: unknown item {item_id!r}")
     exclude = pipeline.item_indices(exclude_item_ids or [])
     async with state.admit():
-        items, scores = await state.recommender.run_blocking(lambda: pipeline.similar(item, k, exclude))
+        items, scores = await serving.recommender.run_blocking(lambda: pipeline.similar(item, k, exclude))
     return SimilarItemsResponse(
         bundle_version=bundle.version,
         item_id=item_id,
@@ -204,6 +216,35 @@ async def similar_items(
             for i, s in zip(items.tolist(), scores, strict=True)
         ],
     )
+
+
+@router.post("/admin/reload", response_model=Reloaded, responses=_ERRORS | _ADMIN_ERRORS | _RELOAD_ERRORS)
+async def reload_bundle(
+    state: StateDep, body: ReloadRequest | None = None, authorization: Annotated[str | None, Header()] = None
+) -> Reloaded:
+    """Load a bundle beside the one serving (default: RECO_BUNDLE_PATH again, e.g. a re-pointed `current`
+    symlink), warm it up and swap it in atomically; in-flight requests finish on the old one. A bundle that does
+    not validate is refused (422, with the reason) and the old one keeps serving."""
+    require_admin(state, authorization)
+    return await _reload(state, body.bundle_path if body and body.bundle_path else None)
+
+
+@router.post("/admin/rollback", response_model=Reloaded, responses=_ERRORS | _ADMIN_ERRORS | _RELOAD_ERRORS)
+async def rollback_bundle(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> Reloaded:
+    """Go back to the bundle served before the last reload (a reload of that bundle)."""
+    require_admin(state, authorization)
+    if state.previous_bundle is None:
+        raise Conflict("nothing to roll back to: no reload has happened")
+    return await _reload(state, state.previous_bundle)
+
+
+async def _reload(state: AppState, path: str | pathlib.Path | None) -> Reloaded:
+    try:
+        old, new = await state.reload(None if path is None else pathlib.Path(path))
+    except BundleError as e:
+        state.metrics.reloads.labels("refused").inc()
+        raise InvalidField(("body", "bundle_path"), f"bundle refused, still serving {state.bundle.version}: {e}") from e
+    return Reloaded(previous_version=old, bundle_version=new)
 
 
 @router.get("/healthz")

@@ -58,6 +58,12 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
+        self.reloads = Counter(
+            "reco_bundle_reloads",
+            "Bundle reloads (POST /admin/reload, /admin/rollback) by result.",
+            ["result"],
+            registry=r,
+        )
         self.in_flight = Gauge("reco_in_flight", "Requests in progress (admission control).", registry=r)
         self.rejected = Counter(
             "reco_rejected",
@@ -85,6 +91,8 @@ class Metrics:
             self.stage_latency.labels(stage)
         for result in ("hit", "miss", "error", "bypass"):
             self.cache_requests.labels(result)
+        for result in ("ok", "refused"):
+            self.reloads.labels(result)
         for reason in ("overload", "deadline"):
             self.rejected.labels(reason)
         for op in ("read", "write"):

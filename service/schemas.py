@@ -139,3 +139,16 @@ class ErrorResponse(BaseModel):
 class UserDeleted(BaseModel):
     events_deleted: bool = Field(description="Whether the user had fresh events stored (now deleted).")
     embeddings_deleted: int = Field(description="Cached user embeddings deleted (every bundle version).")
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle_path: str | None = Field(
+        None, min_length=1, max_length=4096, description="Bundle directory to load; default: RECO_BUNDLE_PATH."
+    )
+
+
+class Reloaded(BaseModel):
+    previous_version: str
+    bundle_version: str

@@ -8,15 +8,16 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, Request
 
-from service.bundle import Bundle, load_bundle
+from service.bundle import Bundle, BundleError, load_bundle
 from service.cache import CircuitBreaker, EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
-from service.errors import NotReady, Overloaded
+from service.errors import Conflict, NotReady, Overloaded
 from service.events import EventStore, LocalEventStore, RedisEventStore
 from service.item_encoder import ItemEncoder
 from service.live_items import LiveItems
@@ -29,18 +30,48 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Serving:
+    """Everything that belongs to one bundle; swapped as a whole by a reload. A request takes one `Serving` at
+    its start and uses it throughout, so a reload never mixes two bundles in one response."""
+
+    pipeline: Pipeline
+    recommender: Recommender
+    live_items: LiveItems
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.pipeline.bundle
+
+
+@dataclass
 class AppState:
     settings: Settings
     metrics: Metrics
-    pipeline: Pipeline
+    serving: Serving
     cache: EmbeddingCache
-    recommender: Recommender
     executor: ThreadPoolExecutor
     events: EventStore
-    live_items: LiveItems
     ready: bool = False  # loaded and warmed up: requests are served
     draining: bool = False  # SIGTERM received: still serving, but /readyz says 503 so traffic moves away
     in_flight: int = 0
+    previous_bundle: Path | None = None  # what a rollback goes back to
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.serving.pipeline.bundle
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.serving.pipeline
+
+    @property
+    def recommender(self) -> Recommender:
+        return self.serving.recommender
+
+    @property
+    def live_items(self) -> LiveItems:
+        return self.serving.live_items
 
     @contextlib.asynccontextmanager
     async def admit(self, deadline: bool = True) -> AsyncIterator[None]:
@@ -67,10 +98,6 @@ class AppState:
             self.in_flight -= 1
             self.metrics.in_flight.set(self.in_flight)
 
-    @property
-    def bundle(self) -> Bundle:
-        return self.pipeline.bundle
-
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics) -> AppState:
         """Load and validate the bundle, open the models, index and cache, and warm up. Blocking work (hashing,
@@ -83,54 +110,31 @@ class AppState:
             initializer=limit_native_threads,
             initargs=(settings.faiss_omp_threads,),
         )
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
+        cache: EmbeddingCache | None = None
+        events: EventStore | None = None
         try:
-            bundle = await loop.run_in_executor(executor, load_bundle, settings.bundle_path)
-            pipeline = await loop.run_in_executor(
-                executor,
-                lambda: Pipeline.open(
-                    bundle,
-                    device=settings.device,
-                    intra_op_threads=settings.ort_intra_op_threads,
-                ),
-            )
+            bundle = await asyncio.get_running_loop().run_in_executor(executor, load_bundle, settings.bundle_path)
+            cache = open_cache(settings, bundle.manifest.dims.embedding_dim)
+            events = open_event_store(settings)
+            serving = await open_serving(bundle, settings, metrics, executor, cache, events)
         except BaseException:
+            if cache is not None:
+                await cache.close()
+            if events is not None:
+                await events.close()
             executor.shutdown(wait=False)
             raise
-        delta = settings.live_items_path or settings.bundle_path.parent / "live_items.jsonl"
-
-        def open_live_items() -> LiveItems:
-            encoder = ItemEncoder(bundle, pipeline.onnx_providers, settings.ort_intra_op_threads)
-            live = LiveItems(pipeline, encoder, delta)
-            replayed = live.replay()
-            if replayed:
-                log.info("re-applied %d live items from %s", replayed, delta)
-            return live
-
-        try:
-            live_items = await loop.run_in_executor(executor, open_live_items)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        metrics.index_items.set(pipeline.retriever.n_items)
-        cache = open_cache(settings, bundle.manifest.dims.embedding_dim)
-        events = open_event_store(settings)
-        batching = BatchingOptions(
-            settings.batch_max_size,
-            settings.batch_max_wait_ms / 1000,
-            min(settings.batch_workers, settings.worker_threads),
-        )
-        recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates, events, batching)
-        state = cls(settings, metrics, pipeline, cache, recommender, executor, events, live_items)
-        try:
-            await state.warm_up()
-        except BaseException:
-            await state.close()
-            raise
+        state = cls(settings, metrics, serving, cache, executor, events)
         state.ready = True
         metrics.ready.set(1)
-        metrics.bundle.info(
+        state.publish()
+        return state
+
+    def publish(self) -> None:
+        """The served bundle into the metrics and the log."""
+        bundle, pipeline = self.bundle, self.pipeline
+        self.metrics.index_items.set(pipeline.retriever.n_items)
+        self.metrics.bundle.info(
             {
                 "version": bundle.version,
                 "schema_version": str(bundle.manifest.schema_version),
@@ -140,26 +144,35 @@ class AppState:
             }
         )
         log.info(
-            "serving bundle %s (%d items, %d users) on %s / faiss %s; ready in %.2fs",
+            "serving bundle %s (%d items, %d users) on %s / faiss %s",
             bundle.version,
             bundle.manifest.dims.n_items,
             bundle.manifest.dims.n_users,
             pipeline.onnx_providers[0],
             pipeline.retriever.device,
-            time.perf_counter() - t0,
         )
-        return state
 
-    async def warm_up(self) -> None:
-        """Run the whole pipeline a few times (first ONNX runs allocate and optimise; GPU kernels load)."""
-        p, k, n = self.pipeline, min(10, self.settings.max_k), self.settings.num_candidates
-
-        def once() -> None:
-            for user in (0, -1):
-                p.recommend(user, p.encode(np.array([user]))[0], k, n)
-
-        for _ in range(self.settings.warmup_requests):
-            await self.recommender.run_blocking(once)
+    async def reload(self, path: Path | None = None) -> tuple[str, str]:
+        """Load the bundle at `path` (default: the configured bundle path, e.g. a `current` symlink re-pointed)
+        beside the one serving, warm it up, and swap it in at once; requests in flight finish on the old one.
+        Raises BundleError (the old bundle keeps serving) if it does not validate. Returns (old, new) versions."""
+        if self._reloading.locked():
+            raise Conflict("a reload is already in progress")
+        async with self._reloading:
+            t0 = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            bundle = await loop.run_in_executor(self.executor, load_bundle, path or self.settings.bundle_path)
+            dim, served_dim = bundle.manifest.dims.embedding_dim, self.bundle.manifest.dims.embedding_dim
+            if dim != served_dim:
+                raise BundleError(f"{bundle.path}: embedding_dim {dim} != {served_dim} served; restart to change it")
+            serving = await open_serving(bundle, self.settings, self.metrics, self.executor, self.cache, self.events)
+            old = self.serving
+            self.serving = serving  # one assignment: every request from here on sees the new bundle
+            self.previous_bundle = old.bundle.path
+            self.metrics.reloads.labels("ok").inc()
+            self.publish()
+            log.info("reloaded %s -> %s in %.2fs", old.bundle.version, bundle.version, time.perf_counter() - t0)
+            return old.bundle.version, bundle.version
 
     async def close(self) -> None:
         self.ready = False
@@ -167,6 +180,40 @@ class AppState:
         await self.cache.close()
         await self.events.close()
         self.executor.shutdown(wait=True)
+
+
+async def open_serving(
+    bundle: Bundle,
+    settings: Settings,
+    metrics: Metrics,
+    executor: ThreadPoolExecutor,
+    cache: EmbeddingCache,
+    events: EventStore,
+) -> Serving:
+    """Models, index and items added live for `bundle`, warmed up (first ONNX runs allocate and optimise)."""
+    delta = settings.live_items_path or settings.bundle_path.parent / "live_items.jsonl"
+    k, n = min(10, settings.max_k), settings.num_candidates
+
+    def build() -> tuple[Pipeline, LiveItems]:
+        pipeline = Pipeline.open(bundle, device=settings.device, intra_op_threads=settings.ort_intra_op_threads)
+        encoder = ItemEncoder(bundle, pipeline.onnx_providers, settings.ort_intra_op_threads)
+        live = LiveItems(pipeline, encoder, delta)
+        replayed = live.replay()
+        if replayed:
+            log.info("re-applied %d live items from %s", replayed, delta)
+        for _ in range(settings.warmup_requests):
+            for user in (0, -1):
+                pipeline.recommend(user, pipeline.encode(np.array([user]))[0], k, n)
+        return pipeline, live
+
+    pipeline, live_items = await asyncio.get_running_loop().run_in_executor(executor, build)
+    batching = BatchingOptions(
+        settings.batch_max_size,
+        settings.batch_max_wait_ms / 1000,
+        min(settings.batch_workers, settings.worker_threads),
+    )
+    recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates, events, batching)
+    return Serving(pipeline, recommender, live_items)
 
 
 def open_cache(settings: Settings, dim: int) -> EmbeddingCache:

@@ -42,9 +42,17 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def settings(tiny_bundle: Path) -> Settings:
+def settings(tiny_bundle: Path, tmp_path: Path) -> Settings:
+    # A generous deadline: a shared CI machine may be slow; the deadline itself is tested in test_overload.
     return Settings(
-        bundle_path=tiny_bundle, redis_url=None, warmup_requests=1, max_k=50, num_candidates=100, dev_mode=True
+        bundle_path=tiny_bundle,
+        redis_url=None,
+        warmup_requests=1,
+        max_k=50,
+        num_candidates=100,
+        dev_mode=True,
+        request_timeout_s=30.0,
+        live_items_path=tmp_path / "live_items.jsonl",  # never beside the session's shared bundle
     )
 
 

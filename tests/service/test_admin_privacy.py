@@ -31,8 +31,10 @@ def test_settings_refuse_a_missing_or_weak_admin_token_outside_dev_mode(tiny_bun
     assert Settings(bundle_path=tiny_bundle, dev_mode=True).admin_token is None
 
 
-def test_admin_endpoints_answer_401_without_and_403_with_a_wrong_token(settings: Settings) -> None:
-    app = create_app(settings.model_copy(update={"admin_token": TOKEN, "dev_mode": False}))
+def test_admin_endpoints_answer_401_without_and_403_with_a_wrong_token(settings: Settings, tmp_path: Path) -> None:
+    # The item PUT persists: to this test's own file, not beside the session's shared bundle.
+    update = {"admin_token": TOKEN, "dev_mode": False, "live_items_path": tmp_path / "live.jsonl"}
+    app = create_app(settings.model_copy(update=update))
     item = {"title": "A new film", "genres": ["g01"], "year": 2020}
     with TestClient(app) as client:
         for call in (
