@@ -1,0 +1,115 @@
+"""Redis faults under load: a dedicated redis-server paused, resumed, killed and restarted while requests flow.
+Every request succeeds, latency stays bounded (short timeouts + breaker), cache hits come back, metrics count it."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import Settings
+from tests.conftest import free_port
+
+REDIS_SERVER = shutil.which("redis-server")
+if REDIS_SERVER is None and os.environ.get("RECO_TEST_REQUIRE_REDIS") == "1":
+    raise RuntimeError("RECO_TEST_REQUIRE_REDIS=1 but redis-server is not installed")
+
+
+def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    assert REDIS_SERVER is not None
+    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen([*command, "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def counter(client: TestClient, result: str) -> float:
+    metrics = client.app.state.metrics  # type: ignore[attr-defined]
+    return float(metrics.cache_requests.labels(result)._value.get())
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_requests_survive_redis_pause_kill_and_restart(settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    redis_process = start_redis(port, tmp_path)
+    update = {
+        "redis_url": f"redis://127.0.0.1:{port}/0",
+        "redis_socket_timeout_s": 0.05,
+        "redis_connect_timeout_s": 0.05,
+        "events_redis_timeout_s": 0.05,
+        "breaker_failures": 3,
+        "breaker_reset_s": 0.5,
+    }
+    phases: list[tuple[str, float]] = []
+    results: list[tuple[float, int, float]] = []  # (sent at, status, seconds)
+    stop = threading.Event()
+    try:
+        with TestClient(create_app(settings.model_copy(update=update))) as client:
+
+            def traffic(worker: int) -> None:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    t0 = time.monotonic()
+                    r = client.post("/v1/recommendations", json={"user_id": str(1 + (worker * 7 + n) % 30), "k": 5})
+                    results.append((t0, r.status_code, time.monotonic() - t0))
+
+            def phase(name: str, seconds: float) -> dict[str, float]:
+                before = {k: counter(client, k) for k in ("hit", "error", "bypass")}
+                phases.append((name, time.monotonic()))
+                time.sleep(seconds)
+                return {k: counter(client, k) - v for k, v in before.items()}
+
+            with ThreadPoolExecutor(4) as pool:
+                futures = [pool.submit(traffic, w) for w in range(4)]
+                normal = phase("normal", 1.5)
+                redis_process.send_signal(signal.SIGSTOP)  # hung: connections open, no answers
+                paused = phase("paused", 1.5)
+                redis_process.send_signal(signal.SIGCONT)
+                resumed = phase("resumed", 1.5)
+                redis_process.kill()  # gone: connections refused
+                redis_process.wait()
+                killed = phase("killed", 1.5)
+                redis_process = start_redis(port, tmp_path)  # back, empty
+                restarted = phase("restarted", 2.0)
+                stop.set()
+                for f in futures:
+                    f.result()
+            phases.append(("end", time.monotonic()))
+    finally:
+        stop.set()
+        if redis_process.poll() is None:
+            redis_process.send_signal(signal.SIGCONT)
+            redis_process.kill()
+            redis_process.wait()
+
+    assert {status for _, status, _ in results} == {200}  # zero failed requests
+    assert len(results) > 100
+    for (name, start), (_, end) in itertools.pairwise(phases):
+        seconds = [s for at, _, s in results if start <= at < end]
+        assert seconds, name
+        assert np.percentile(seconds, 99) < 1.0, (name, np.percentile(seconds, 99))  # bounded during faults
+    assert normal["hit"] > 0
+    assert paused["error"] + paused["bypass"] > 0  # the fault is seen and counted
+    assert killed["error"] + killed["bypass"] > 0
+    assert resumed["hit"] > 0  # hits resume after recovery
+    assert restarted["hit"] > 0  # an empty Redis refills and serves hits again
