@@ -46,6 +46,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
         "headers": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
     },
 }
+_ERRORS[413] = {"description": "The body is larger than RECO_MAX_BODY_BYTES (plain text)."}
 _NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": ErrorResponse, "description": "Unknown item id."}}
 
 

@@ -169,9 +169,11 @@ class RedisEmbeddingCache:
         connect_timeout_s: float,
         pool_size: int,
         breaker: CircuitBreaker,
+        password: str | None = None,
     ) -> None:
         self._client = aioredis.Redis.from_url(
             url,
+            password=password,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=connect_timeout_s,
             retry=Retry(NoBackoff(), 0),  # redis-py retries 3x with backoff by default; a cache must not wait

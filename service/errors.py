@@ -7,6 +7,7 @@
     ├── NotFound              404: e.g. an item id the bundle does not know
     ├── Conflict              409: e.g. an item id already taken by other content
     ├── Unavailable           503: a backend the request needs (the event store) failed; retry
+    ├── (404, 405)            the framework's refusals (no such route, method), same body shape
     ├── Overloaded            503: too many requests in flight, or the request's deadline passed; retry
     └── NotReady              503: the service is starting or stopping
 
@@ -23,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,15 @@ def install_error_handlers(app: FastAPI) -> None:
         message = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in detail) or "invalid request"
         _count(request, "validation")
         return JSONResponse(_body("invalid_request", message, detail), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # The framework's own refusals (404 no such route, 405) in the same shape.
+        names = {404: "not_found", 405: "method_not_allowed"}
+        error = names.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        _count(request, error)
+        return JSONResponse(_body(error, message, []), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:

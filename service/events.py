@@ -84,9 +84,12 @@ class RedisEventStore:
 
     backend = "redis"
 
-    def __init__(self, url: str, cap: int, ttl_s: int, *, timeout_s: float, pool_size: int) -> None:
+    def __init__(
+        self, url: str, cap: int, ttl_s: int, *, timeout_s: float, pool_size: int, password: str | None = None
+    ) -> None:
         self._client = aioredis.Redis.from_url(
             url,
+            password=password,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),

@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Two-stage recommendations: two-tower retrieval (FAISS) and an ONNX ranker.",
         lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,  # beyond it FastAPI answers 413 (plain text), chunked bodies too
     )
     app.state.settings = settings
     app.state.metrics = metrics

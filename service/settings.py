@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_ADMIN_TOKEN = 16
@@ -23,10 +23,18 @@ class Settings(BaseSettings):
     # Request bounds.
     max_k: int = Field(100, ge=1, le=1000, description="Largest `k` a request may ask for.")
     num_candidates: int = Field(500, ge=1, description="Candidates retrieved from FAISS before filtering and ranking.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; beyond it, 413.")
     max_exclusions: int = Field(1000, ge=0, description="Largest `exclude_item_ids` list a request may send.")
 
     # Embedding cache. No URL: an in-process bounded LRU cache.
-    redis_url: str | None = Field(None, description="e.g. redis://127.0.0.1:6379/0; unset = in-process cache.")
+    redis_url: str | None = Field(
+        None,
+        description="e.g. redis://127.0.0.1:6379/0; rediss://host:6380/0 for TLS (query options such as "
+        "ssl_ca_certs=/path/ca.pem are passed on); redis://user:pass@host/0 for an ACL user; unset: in process.",
+    )
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password (AUTH / ACL) kept out of the URL (one in the URL takes precedence)."
+    )
     cache_ttl_s: int = Field(3600, ge=1, description="TTL of a cached user embedding.")
     local_cache_size: int = Field(100_000, ge=0, description="Entries of the in-process cache (0 disables it).")
     redis_socket_timeout_s: float = Field(0.05, gt=0, description="Per-command Redis timeout.")

@@ -226,6 +226,7 @@ def open_cache(settings: Settings, dim: int) -> EmbeddingCache:
             connect_timeout_s=settings.redis_connect_timeout_s,
             pool_size=settings.redis_pool_size,
             breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
         )
     return LocalEmbeddingCache(settings.local_cache_size, settings.cache_ttl_s, dim)
 
@@ -238,6 +239,7 @@ def open_event_store(settings: Settings) -> EventStore:
             settings.events_ttl_s,
             timeout_s=settings.events_redis_timeout_s,
             pool_size=settings.redis_pool_size,
+            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
         )
     return LocalEventStore(settings.events_per_user, settings.events_local_users)
 

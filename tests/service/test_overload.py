@@ -90,3 +90,14 @@ def test_the_batcher_does_not_compute_a_request_abandoned_while_queued() -> None
 
     asyncio.run(main())
     assert computed == [0, 2]
+
+
+def test_a_body_over_the_limit_is_a_413(settings: Settings) -> None:
+    with TestClient(create_app(settings.model_copy(update={"max_body_bytes": 2048}))) as client:
+        big = {"user_id": "1", "k": 5, "exclude_item_ids": [str(i) for i in range(1000)]}
+        r = client.post("/v1/recommendations", json=big)
+        assert r.status_code == 413  # FastAPI's limit, before the body is read; its body is plain text
+        assert client.post("/v1/recommendations", json={"user_id": "1", "k": 5}).status_code == 200
+        unknown = client.get("/no/such/route")
+        assert unknown.status_code == 404
+        assert unknown.json()["error"] == "not_found"

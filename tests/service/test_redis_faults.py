@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from service.main import create_app
 from service.settings import Settings
@@ -113,3 +114,31 @@ def test_requests_survive_redis_pause_kill_and_restart(settings: Settings, tmp_p
     assert killed["error"] + killed["bypass"] > 0
     assert resumed["hit"] > 0  # hits resume after recovery
     assert restarted["hit"] > 0  # an empty Redis refills and serves hits again
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_redis_password_from_its_own_setting(settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    assert REDIS_SERVER is not None
+    command = [REDIS_SERVER, "--port", str(port), "--save", "", "--requirepass", "s3cret-redis-password"]
+    process = subprocess.Popen([*command, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        url = f"redis://127.0.0.1:{port}/0"
+        for password, expect_hits in (("s3cret-redis-password", True), ("wrong-password", False)):
+            update = {"redis_url": url, "redis_password": SecretStr(password)}
+            with TestClient(create_app(settings.model_copy(update=update))) as client:
+                for _ in range(3):
+                    r = client.post("/v1/recommendations", json={"user_id": "1", "k": 5})
+                    assert r.status_code == 200  # a refused AUTH is a cache failure, never a failed request
+                assert (counter(client, "hit") > 0) is expect_hits
+                assert (client.get("/readyz").json()["cache_status"] == "ok") is expect_hits
+    finally:
+        process.kill()
+        process.wait()
