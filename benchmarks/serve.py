@@ -233,7 +233,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="seconds of traffic before measuring")
     parser.add_argument("--users", type=int, default=2000, help="requests pick users 1..N at random")
     parser.add_argument("--n-users", type=int, default=6000, help="users in the synthetic data")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--bundles", type=Path, default=Path("benchmarks/.bundles"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--modes", nargs="+", default=["off", "on"], choices=["off", "on"])

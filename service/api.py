@@ -47,6 +47,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     },
 }
 _ERRORS[413] = {"description": "The body is larger than RECO_MAX_BODY_BYTES (plain text)."}
+_ERRORS[400] = {"model": ErrorResponse, "description": "The body is not valid JSON."}
 _NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": ErrorResponse, "description": "Unknown item id."}}
 
 
@@ -93,7 +94,11 @@ async def recommend(body: RecommendationRequest, request: Request, state: StateD
     return Response(response.model_dump_json(), media_type="application/json")
 
 
-@router.post("/v1/events", response_model=EventsAccepted, responses=_ERRORS)
+@router.post(
+    "/v1/events",
+    response_model=EventsAccepted,
+    responses=_ERRORS | {404: {"model": ErrorResponse, "description": "An unknown item id."}},
+)
 async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
     """Record user events (one or a batch). Interactions join the user's history and dislikes are filtered
     out, from the very next recommendation on: the user's embedding is recomputed and cached now."""
@@ -103,7 +108,7 @@ async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
     index = serving.bundle.item_index
     for n, event in enumerate(body.events):
         if event.item_id not in index:
-            raise InvalidField(("body", "events", str(n), "item_id"), f"unknown item {event.item_id!r}")
+            raise NotFound(f"body.events.{n}.item_id: unknown item {event.item_id!r}")
     per_user: dict[str, list[tuple[float, int, str]]] = {}
     for n, event in enumerate(body.events):
         entry = (DISLIKE_PREFIX if event.event_type == "dislike" else "") + event.item_id
@@ -133,7 +138,11 @@ def require_admin(state: AppState, authorization: str | None) -> None:
 
 
 _RELOAD_ERRORS: dict[int | str, dict[str, object]] = {
-    409: {"model": ErrorResponse, "description": "A reload is already in progress, or nothing to roll back to."}
+    409: {
+        "model": ErrorResponse,
+        "description": "The bundle was refused (the reason is given; the old one keeps serving), a reload is "
+        "already in progress, or there is nothing to roll back to.",
+    }
 }
 _ADMIN_ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorResponse, "description": "No admin token."},
@@ -191,7 +200,16 @@ async def delete_user(
     return UserDeleted(events_deleted=events, embeddings_deleted=embeddings)
 
 
-@router.get("/v1/items/{item_id}/similar", response_model=SimilarItemsResponse, responses=_ERRORS | _NOT_FOUND)
+_BAD_REQUEST_LINE: dict[int | str, dict[str, object]] = {
+    400: {"description": "The HTTP server refused the request line (e.g. too long).", "content": {"text/plain": {}}}
+}
+
+
+@router.get(
+    "/v1/items/{item_id}/similar",
+    response_model=SimilarItemsResponse,
+    responses=_ERRORS | _NOT_FOUND | _BAD_REQUEST_LINE,
+)
 async def similar_items(
     state: StateDep,
     item_id: Annotated[str, Path(min_length=1, max_length=128)],
@@ -242,9 +260,9 @@ async def rollback_bundle(state: StateDep, authorization: Annotated[str | None, 
 async def _reload(state: AppState, path: str | pathlib.Path | None) -> Reloaded:
     try:
         old, new = await state.reload(None if path is None else pathlib.Path(path))
-    except BundleError as e:
+    except (BundleError, OSError, ValueError) as e:  # a path that cannot be opened, or holds a NUL byte
         state.metrics.reloads.labels("refused").inc()
-        raise InvalidField(("body", "bundle_path"), f"bundle refused, still serving {state.bundle.version}: {e}") from e
+        raise Conflict(f"body.bundle_path: bundle refused, still serving {state.bundle.version}: {e}") from e
     return Reloaded(previous_version=old, bundle_version=new)
 
 

@@ -10,8 +10,10 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import router
@@ -93,6 +95,22 @@ def drain_on_sigterm(state: AppState, delay_s: float) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def deployment_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """The OpenAPI schema with this deployment's bounds (max k, list sizes) in it, so a request the schema
+    allows is one the service accepts."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        models = schema["components"]["schemas"]
+        models["RecommendationRequest"]["properties"]["k"]["maximum"] = settings.max_k
+        models["RecommendationRequest"]["properties"]["exclude_item_ids"]["maxItems"] = settings.max_exclusions
+        models["EventBatch"]["properties"]["events"]["maxItems"] = settings.max_events_per_request
+        for parameter in schema["paths"]["/v1/items/{item_id}/similar"]["get"]["parameters"]:
+            if parameter["name"] == "k":
+                parameter["schema"]["maximum"] = settings.max_k
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -116,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.openapi = lambda: deployment_openapi(app, settings)  # type: ignore[method-assign]
     app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, WithJsonSchema
+
+
+def _not_bool(value: Any) -> Any:
+    # JSON booleans are not numbers (pydantic would read true as 1): what the schema says is what is accepted.
+    if isinstance(value, bool):
+        raise ValueError("a number is required, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]  # 10 and 10.0 (a JSON Schema integer) but not true
 
 
 def _id_to_str(value: Any) -> Any:
@@ -14,19 +24,25 @@ def _id_to_str(value: Any) -> Any:
     return value
 
 
-Id = Annotated[str, BeforeValidator(_id_to_str), Field(min_length=1, max_length=128)]
+# Documented as what it accepts: a string, or an integer (converted to its decimal string).
+Id = Annotated[
+    str,
+    BeforeValidator(_id_to_str),
+    Field(min_length=1, max_length=128),
+    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1, "maxLength": 128}, {"type": "integer"}]}),
+]
 
 
 class RecommendationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"user_id": "1", "k": 10}]})
 
     user_id: Id = Field(description="The user's id as in the training data; unknown ids get the cold-start fallback.")
-    k: int = Field(10, ge=1, description="How many items to return (at most the service's max_k).")
+    k: Int = Field(10, ge=1, description="How many items to return (at most the service's max_k).")
     exclude_item_ids: list[Id] = Field(
         default_factory=list,
         description="Items never to return, in addition to the user's already-seen items.",
     )
-    explain: bool = Field(False, description="Add to each item the history item most similar to it (`because`).")
+    explain: StrictBool = Field(False, description="Add to each item the history item most similar to it (`because`).")
 
 
 class Because(BaseModel):
@@ -58,7 +74,7 @@ class Event(BaseModel):
     event_type: EventType = Field(
         "click", description="dislike: never recommend the item; any other type joins the user's history."
     )
-    timestamp: float | None = Field(
+    timestamp: StrictFloat | None = Field(
         None, ge=0, description="Unix seconds; orders a batch's events per user (default: arrival order)."
     )
 
@@ -91,7 +107,9 @@ class ItemUpsert(BaseModel):
         max_length=64,
         description="Genre names as in the bundle; unknown ones only go into the text.",
     )
-    year: int | None = Field(None, ge=1800, le=2100, description="Release year.")
+    year: Annotated[int, Field(ge=1800, le=2100), BeforeValidator(_not_bool)] | None = Field(
+        None, description="Release year."
+    )
     description: str = Field("", max_length=4096, description="Free text, embedded with the title and genres.")
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +80,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def uvicorn_server(env: dict[str, str], *extra_args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`uvicorn --factory service.main:create_app` in a subprocess with `env` added; yields (url, process)
+    once /readyz answers 200, and stops it afterwards."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")} | env
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--port", str(port)]
+    server = subprocess.Popen([*command, "--no-access-log", *extra_args], env=full_env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"the server exited with {server.returncode}")
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=0.5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready in 60 s")
+            time.sleep(0.2)
+        yield url, server
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

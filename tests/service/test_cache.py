@@ -88,7 +88,7 @@ def test_redis_second_call_is_a_hit(redis_client: TestClient, tiny_bundle: Path)
     user_id = bundle.user_ids[4]
     raw = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
     key = f"reco:{bundle.version}:user_emb:{user_id}"
-    raw.delete(key)
+    raw.delete(key, f"reco:events:{user_id}")  # no fresh events left by anything else
 
     first = redis_client.post("/v1/recommendations", json={"user_id": user_id, "k": 5}).json()
     assert metric(redis_client, "reco_cache_requests_total", {"result": "miss"}) == 1

@@ -119,9 +119,12 @@ def test_new_user_is_personalised_by_events(client: TestClient, tiny_bundle: Pat
 def test_event_validation_names_the_field(client: TestClient, tiny_bundle: Path) -> None:
     bundle = load_bundle(tiny_bundle)
     ok = {"user_id": "u", "item_id": bundle.item_ids[0]}
+    unknown = client.post("/v1/events", json={"events": [ok, {"user_id": "u", "item_id": "no-such-item"}]})
+    assert unknown.status_code == 404
+    assert "events.1.item_id" in unknown.json()["message"]
     cases = [
-        ({"events": [ok, {"user_id": "u", "item_id": "no-such-item"}]}, "events.1.item_id"),
         ({"events": []}, "events"),
+        ({"events": [{**ok, "timestamp": False}]}, "events.0.timestamp"),
         ({"events": [{**ok, "event_type": "teleport"}]}, "events.0.event_type"),
         ({"events": [{**ok, "timestamp": -1}]}, "events.0.timestamp"),
         ({"events": [{**ok, "surprise": 1}]}, "events.0.surprise"),

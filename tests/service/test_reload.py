@@ -85,7 +85,7 @@ def test_reload_under_traffic_then_refuse_a_corrupt_bundle_then_roll_back(
         shutil.copytree(second_bundle, corrupt)
         (corrupt / "item_embeddings.npy").write_bytes(b"not the file the manifest hashed")
         refused = client.post("/admin/reload", json={"bundle_path": str(corrupt)}, headers=AUTH)
-        assert refused.status_code == 422
+        assert refused.status_code == 409
         assert "item_embeddings.npy" in refused.json()["message"]
         assert f"still serving {version_b}" in refused.json()["message"]
         r = client.post("/v1/recommendations", json={"user_id": "1", "k": 5})
