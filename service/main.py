@@ -9,8 +9,8 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import FrameType
-from typing import Any
+from types import FrameType, SimpleNamespace
+from typing import Any, ClassVar
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -24,6 +24,38 @@ from service.settings import Settings
 from service.state import AppState
 
 log = logging.getLogger(__name__)
+
+
+class AdmissionMiddleware:
+    """Turns work away before FastAPI parses anything when `max_in_flight` requests are already in progress:
+    a bare 503 with Retry-After costs a fraction of a routed one, so a flood of requests that are refused
+    does not starve the ones admitted. The routes' own `AppState.admit` still counts and bounds them."""
+
+    ADMITTED: ClassVar[dict[str, str]] = {"/v1/recommendations": "/v1/recommendations", "/v1/events": "/v1/events"}
+    BODY = b'{"error":"overloaded","message":"too many requests in flight; retry","detail":[]}'
+    HEADERS: ClassVar[list[tuple[bytes, bytes]]] = [
+        (b"content-type", b"application/json"),
+        (b"retry-after", b"1"),
+        (b"content-length", str(len(BODY)).encode()),
+    ]
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            template = self.ADMITTED.get(path)
+            if template is None and path.startswith("/v1/items/") and path.endswith("/similar"):
+                template = "/v1/items/{item_id}/similar"
+            state: AppState | None = getattr(getattr(scope.get("app"), "state", None), "reco", None)
+            if template is not None and state is not None and state.in_flight >= state.settings.max_in_flight:
+                state.metrics.rejected.labels("overload").inc()
+                scope["route"] = SimpleNamespace(path=template)  # for the request metrics' route label
+                await send({"type": "http.response.start", "status": 503, "headers": self.HEADERS})
+                await send({"type": "http.response.body", "body": self.BODY})
+                return
+        await self.app(scope, receive, send)
 
 
 class HTTPMetricsMiddleware:
@@ -137,7 +169,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = lambda: deployment_openapi(app, settings)  # type: ignore[method-assign]
     app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
+    app.add_middleware(AdmissionMiddleware)
+    app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)  # outermost: it also counts the refusals
     app.state.user_hash = UserHasher(settings.log_user_key)
     configure_logging(settings.log_format, settings.log_level)
     logging.getLogger("reco.access").setLevel(logging.INFO if settings.access_log else logging.WARNING)
