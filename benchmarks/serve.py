@@ -87,6 +87,18 @@ def serving_bundle(n_items: int, root: Path, n_users: int) -> Path:
     return out / "current"
 
 
+def load_test_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The options the load benchmarks share (users drawn, Redis, bundle cache, output), parsed; wrk checked."""
+    parser.add_argument("--users", type=int, default=2000, help="requests pick users 1..N at random")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")  # never db 0: tests read it
+    parser.add_argument("--bundles", type=Path, default=Path("benchmarks/.bundles"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+    return args
+
+
 def percentiles(samples: list[float]) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(samples, q) * 1e3) for q in (50, 95, 99)}
 
@@ -231,18 +243,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--warmup", type=int, default=5, help="seconds of traffic before measuring")
-    parser.add_argument("--users", type=int, default=2000, help="requests pick users 1..N at random")
     parser.add_argument("--n-users", type=int, default=6000, help="users in the synthetic data")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
-    parser.add_argument("--bundles", type=Path, default=Path("benchmarks/.bundles"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--modes", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument(
         "--set", action="append", default=[], metavar="RECO_X=V", help="extra server settings (repeatable)"
     )
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+    args = load_test_args(parser)
 
     settings = Settings(dev_mode=True)
     machine = {

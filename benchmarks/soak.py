@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import urllib.request
-from pathlib import Path
 from typing import Any
 
-from benchmarks.serve import WRK_SCRIPT, Server, serving_bundle, wrk
+from benchmarks.serve import WRK_SCRIPT, Server, load_test_args, serving_bundle, wrk
 
 
 def post_events(url: str, minute: int, n_users: int) -> None:
@@ -34,13 +32,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
-    parser.add_argument("--bundles", type=Path, default=Path("benchmarks/.bundles"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+    args = load_test_args(parser)
     bundle = serving_bundle(args.size, args.bundles, 6000)
     env = {"RECO_REDIS_URL": args.redis_url, "RECO_DEV_MODE": "true", "RECO_ACCESS_LOG": "false"}
     server = Server(bundle, env)
