@@ -45,6 +45,10 @@ local users = tonumber(os.getenv("BENCH_USERS") or "1000")
 local k = os.getenv("BENCH_K") or "10"
 local headers = {["Content-Type"] = "application/json"}
 math.randomseed(tonumber(os.getenv("BENCH_SEED") or "1"))
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+if pause > 0 then
+  delay = function() return pause end  -- paced: each connection waits this long between requests
+end
 request = function()
   local body = '{"user_id":"' .. math.random(1, users) .. '","k":' .. k .. '}'
   return wrk.format("POST", "/v1/recommendations", headers, body)
