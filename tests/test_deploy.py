@@ -71,3 +71,12 @@ def test_promtool_accepts_rules_tests_config_and_dashboard_expressions(tmp_path:
     run = subprocess.run([PROMTOOL, "check", "rules", str(rules)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"SUCCESS: {len(dashboard_expressions())} rules found" in run.stdout
+
+
+@needs_promtool
+def test_promtool_accepts_a_real_scrape(client: TestClient) -> None:
+    assert PROMTOOL is not None
+    client.post("/v1/recommendations", json={"user_id": "1", "k": 5})
+    scrape = client.get("/metrics").text
+    run = subprocess.run([PROMTOOL, "check", "metrics"], input=scrape, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr  # no error and no lint finding (names, units, help)
