@@ -16,7 +16,6 @@ from service.errors import Conflict, Forbidden, InvalidField, NotFound, Unauthor
 from service.events import DISLIKE_PREFIX, EventStoreUnavailable
 from service.features import most_similar_in_history
 from service.live_items import ItemConflict, ItemRecord
-from service.logs import request_id_from
 from service.schemas import (
     Because,
     ErrorResponse,
@@ -60,7 +59,7 @@ async def recommend(body: RecommendationRequest, request: Request, state: StateD
         raise InvalidField(("body", "k"), f"must be at most {settings.max_k}, got {body.k}")
     if len(body.exclude_item_ids) > settings.max_exclusions:
         raise InvalidField(("body", "exclude_item_ids"), f"at most {settings.max_exclusions} ids")
-    request_id = getattr(request.state, "request_id", None) or request_id_from(request.headers.get("x-request-id"))
+    request_id: str = request.state.request_id  # set by HTTPMetricsMiddleware from X-Request-ID or new
     request.state.user_hash = request.app.state.user_hash(body.user_id)  # the access record's `user`
     serving = state.serving  # one bundle for the whole request, whatever a reload does meanwhile
     async with state.admit():

@@ -4,17 +4,14 @@ being served while traffic moves away, none is dropped, and the process exits wi
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import uvicorn_server
 
 
 def get(url: str, timeout: float = 2.0) -> int:
@@ -33,29 +30,14 @@ def recommend(url: str, user: int) -> int:
 
 
 def test_sigterm_drains_without_dropping_requests(tiny_bundle: Path, tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = os.environ | {
+    env = {
         "RECO_BUNDLE_PATH": str(tiny_bundle),
         "RECO_DEV_MODE": "true",
         "RECO_SHUTDOWN_DELAY_S": "1.5",
         "RECO_LIVE_ITEMS_PATH": str(tmp_path / "live.jsonl"),
         "RECO_WARMUP_REQUESTS": "1",
     }
-    env.pop("RECO_REDIS_URL", None)
-    command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--port", str(port)]
-    server = subprocess.Popen([*command, "--no-access-log", "--timeout-graceful-shutdown", "10"], env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if get(url + "/readyz", 0.5) == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError("the server did not become ready")
-
+    with uvicorn_server(env, "--timeout-graceful-shutdown", "10") as (url, server):
         stop_traffic = threading.Event()
         outcomes: list[tuple[float, object]] = []
         lock = threading.Lock()
@@ -87,10 +69,6 @@ def test_sigterm_drains_without_dropping_requests(tiny_bundle: Path, tmp_path: P
             t.join(10)
         exit_code = server.wait(15)
         exited_after = time.monotonic() - sigterm_at
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
 
     assert status == 503
     assert not_ready_after < 0.5
