@@ -34,6 +34,11 @@ class TwoTowerConfig:
     logq_correction: bool = True
     user_id_dropout: float = 0.1  # teaches the OOV user row, used for unknown users
     item_id_dropout: float = 0.1  # teaches the unknown-item row, used for items added after training
+    # Pulls each item's content-only embedding (the unknown-item row, how an item added live is embedded)
+    # toward its trained one. ml-100k, seeds 0-2, weight 0 / 0.3 / 1.0: cold-item Recall@50 4.3 / 5.6 / 6.4 x
+    # random (cold items' share of the top 50: 13 / 16 / 20 %, they are 10 % of the catalogue); warm pipeline
+    # NDCG@10 0.1660 / 0.1670 / 0.1625, two-tower Recall@100 0.566 / 0.557 / 0.556.
+    content_distillation: float = 0.3
     text_features: bool = True  # item text through all-MiniLM-L6-v2 as an item-tower input (model_export.text)
     batch_size: int = 1024
     epochs: int = 20

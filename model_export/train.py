@@ -206,6 +206,7 @@ def train_two_tower(
         cfg.logq_correction,
         cfg.user_id_dropout,
         cfg.item_id_dropout,
+        cfg.content_distillation,
     )
     optimizer = torch.optim.AdamW(task.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     users = torch.from_numpy(ordered.user)

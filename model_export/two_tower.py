@@ -6,7 +6,8 @@ embedding. The score is their inner product (cosine), which is what the FAISS in
 
 `RetrievalTask` (model + loss) is separate from the towers so export needs no loss code: in-batch sampled
 softmax with temperature, logQ correction of the in-batch sampling bias (Yi et al., RecSys 2019), and
-masking of in-batch duplicates of the positive item.
+masking of in-batch duplicates of the positive item; optionally content distillation: each positive's
+content-only embedding (unknown-item row) pulled toward its full one, for items added after training.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class RetrievalTask(nn.Module):
         logq_correction: bool,
         user_id_dropout: float,
         item_id_dropout: float = 0.0,
+        content_distillation: float = 0.0,
     ) -> None:
         super().__init__()
         self.user_tower = user_tower
@@ -102,6 +104,7 @@ class RetrievalTask(nn.Module):
         self.logq_correction = logq_correction
         self.user_id_dropout = user_id_dropout
         self.item_id_dropout = item_id_dropout
+        self.content_distillation = content_distillation
 
     def forward(
         self,
@@ -129,4 +132,12 @@ class RetrievalTask(nn.Module):
         )
         logits = logits.masked_fill(duplicate, float("-inf"))
         target = torch.arange(len(item_idx), device=item_idx.device)
-        return F.cross_entropy(logits, target)
+        loss = F.cross_entropy(logits, target)
+        if self.training and self.content_distillation > 0:
+            # The content-only embedding (unknown-item row) of each positive is pulled toward that item's full
+            # embedding (held fixed), so an item added live lands where a trained item with its content would be.
+            full = items if self.item_id_dropout == 0 else self.item_tower(item_idx, item_dense, item_text)
+            unknown = torch.full_like(item_idx, self.item_tower.unknown_item)
+            content = self.item_tower(unknown, item_dense, item_text)
+            loss = loss + self.content_distillation * (1 - (content * full.detach()).sum(-1)).mean()
+        return loss
