@@ -133,11 +133,15 @@ def test_content_distillation_brings_content_only_embeddings_to_the_trained_ones
     dataset = implicit(generate_synthetic(config.synthetic, seed=0), config.min_rating)
     train, _ = temporal_split(dataset.interactions, config.holdout_fraction)
     agreement = {}
+    import torch
+
     for weight in (0.0, 1.0):
+        torch.manual_seed(0)  # the towers' initialisation and the id dropout draw from the global generator
         cfg = replace(config, two_tower=replace(config.two_tower, content_distillation=weight, epochs=4))
         _, item_tower, _ = train_two_tower(dataset, train, cfg, False)
         full = embed_items(item_tower, dataset)
         content = embed_items(item_tower, dataset, content_only=True)
         agreement[weight] = float((full * content).sum(axis=1).mean())  # mean cosine (unit vectors)
-    # Cosine distance between the two embeddings of an item, with and without the term (measured: 0.106 -> 0.060).
-    assert 1 - agreement[1.0] < 0.75 * (1 - agreement[0.0]), agreement
+    # Mean cosine distance between an item's two embeddings, with the term / without: measured 0.71 (torch
+    # seeds 1 and 2: 0.62, 0.64; 8 epochs: 0.67-0.71).
+    assert 1 - agreement[1.0] < 0.8 * (1 - agreement[0.0]), agreement
