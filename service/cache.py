@@ -22,6 +22,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from service.redis_batch import CommandBatcher
+
 
 class CacheResult(enum.Enum):
     HIT = "hit"
@@ -170,6 +172,7 @@ class RedisEmbeddingCache:
         pool_size: int,
         breaker: CircuitBreaker,
         password: str | None = None,
+        batch_commands: bool = True,
     ) -> None:
         self._client = aioredis.Redis.from_url(
             url,
@@ -185,13 +188,18 @@ class RedisEmbeddingCache:
         self._ttl = ttl_s
         self._dim = dim
         self.breaker = breaker
+        # Concurrent requests' GETs in one pipeline (one round trip); unbatched: one round trip each.
+        self._batch = CommandBatcher(self._client) if batch_commands else None
 
     async def get(self, key: str) -> tuple[np.ndarray | None, CacheResult]:
         if not self.breaker.allow():
             return None, CacheResult.BYPASS
         try:
             async with asyncio.timeout(self._deadline_s):
-                raw = await self._client.get(key)
+                if self._batch is not None:
+                    raw = await self._batch.execute("get", key)
+                else:
+                    raw = await self._client.get(key)
         except (RedisError, OSError, TimeoutError):
             self.breaker.failure()
             return None, CacheResult.ERROR
@@ -238,4 +246,6 @@ class RedisEmbeddingCache:
         return "ok"
 
     async def close(self) -> None:
+        if self._batch is not None:
+            await self._batch.close()
         await self._client.aclose()

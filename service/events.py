@@ -22,6 +22,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from service.redis_batch import CommandBatcher
+
 DISLIKE_PREFIX = "!"
 
 
@@ -85,7 +87,15 @@ class RedisEventStore:
     backend = "redis"
 
     def __init__(
-        self, url: str, cap: int, ttl_s: int, *, timeout_s: float, pool_size: int, password: str | None = None
+        self,
+        url: str,
+        cap: int,
+        ttl_s: int,
+        *,
+        timeout_s: float,
+        pool_size: int,
+        password: str | None = None,
+        batch_commands: bool = True,
     ) -> None:
         self._client = aioredis.Redis.from_url(
             url,
@@ -98,6 +108,8 @@ class RedisEventStore:
         self._cap = cap
         self._ttl = ttl_s
         self._deadline_s = 2 * timeout_s
+        # Concurrent requests' LRANGEs in one pipeline (one round trip); unbatched: one round trip each.
+        self._batch = CommandBatcher(self._client) if batch_commands else None
 
     @staticmethod
     def key(user_id: str) -> str:
@@ -119,7 +131,11 @@ class RedisEventStore:
     async def recent(self, user_id: str) -> list[str] | None:
         try:
             async with asyncio.timeout(self._deadline_s):
-                raw = await self._client.lrange(self.key(user_id), 0, -1)
+                key = self.key(user_id)
+                if self._batch is not None:
+                    raw = await self._batch.execute("lrange", key, 0, -1)
+                else:
+                    raw = await self._client.lrange(key, 0, -1)
         except (RedisError, OSError, TimeoutError):
             return None
         return [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
@@ -132,4 +148,6 @@ class RedisEventStore:
             raise EventStoreUnavailable(f"the event store (Redis) did not take the delete: {e!r}") from e
 
     async def close(self) -> None:
+        if self._batch is not None:
+            await self._batch.close()
         await self._client.aclose()

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     redis_socket_timeout_s: float = Field(0.05, gt=0, description="Per-command Redis timeout.")
     redis_connect_timeout_s: float = Field(0.05, gt=0, description="Redis connect timeout.")
     redis_pool_size: int = Field(32, ge=1)
+    redis_batch_commands: bool = Field(
+        True,
+        description="Send the cache and event reads of concurrent requests as one Redis pipeline (one round "
+        "trip) instead of one round trip each.",
+    )
     breaker_failures: int = Field(3, ge=1, description="Consecutive Redis errors that open the breaker.")
     breaker_reset_s: float = Field(5.0, gt=0, description="How long an open breaker skips Redis.")
 

@@ -227,6 +227,7 @@ def open_cache(settings: Settings, dim: int) -> EmbeddingCache:
             pool_size=settings.redis_pool_size,
             breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
             password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+            batch_commands=settings.redis_batch_commands,
         )
     return LocalEmbeddingCache(settings.local_cache_size, settings.cache_ttl_s, dim)
 
@@ -240,6 +241,7 @@ def open_event_store(settings: Settings) -> EventStore:
             timeout_s=settings.events_redis_timeout_s,
             pool_size=settings.redis_pool_size,
             password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+            batch_commands=settings.redis_batch_commands,
         )
     return LocalEventStore(settings.events_per_user, settings.events_local_users)
 
