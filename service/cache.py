@@ -17,12 +17,9 @@ from collections import OrderedDict
 from typing import Protocol
 
 import numpy as np
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from service.redis_batch import CommandBatcher
+from service.redis_batch import CommandBatcher, open_client
 
 
 class CacheResult(enum.Enum):
@@ -174,14 +171,12 @@ class RedisEmbeddingCache:
         password: str | None = None,
         batch_commands: bool = True,
     ) -> None:
-        self._client = aioredis.Redis.from_url(
+        self._client = open_client(
             url,
             password=password,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=connect_timeout_s,
-            retry=Retry(NoBackoff(), 0),  # redis-py retries 3x with backoff by default; a cache must not wait
-            max_connections=pool_size,
-            health_check_interval=0,
+            socket_timeout_s=socket_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            pool_size=pool_size,
         )
         # A hard bound on each call, in case a timeout is not enforced somewhere inside the client.
         self._deadline_s = socket_timeout_s + connect_timeout_s

@@ -17,12 +17,9 @@ import asyncio
 from collections import OrderedDict, deque
 from typing import Protocol
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from service.redis_batch import CommandBatcher
+from service.redis_batch import CommandBatcher, open_client
 
 DISLIKE_PREFIX = "!"
 
@@ -97,13 +94,8 @@ class RedisEventStore:
         password: str | None = None,
         batch_commands: bool = True,
     ) -> None:
-        self._client = aioredis.Redis.from_url(
-            url,
-            password=password,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            max_connections=pool_size,
+        self._client = open_client(
+            url, password=password, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s, pool_size=pool_size
         )
         self._cap = cap
         self._ttl = ttl_s

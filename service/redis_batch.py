@@ -17,6 +17,30 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+
+def open_client(
+    url: str, *, password: str | None, socket_timeout_s: float, connect_timeout_s: float, pool_size: int
+) -> aioredis.Redis:
+    """A client whose pool makes a caller wait (up to the socket timeout) for a free connection when all
+    `pool_size` are busy: redis-py's default pool raises at once instead, which under a burst of requests turned
+    into cache errors and opened the breaker. No retries: redis-py retries 3x with backoff by default, and a
+    cache must not wait."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        password=password,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=pool_size,
+        timeout=socket_timeout_s,
+        health_check_interval=0,
+    )
+    client = aioredis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # aclose() closes the pool too
+    return client
 
 
 class CommandBatcher:
@@ -54,10 +78,14 @@ class CommandBatcher:
         self.pipelines += 1
         self.commands += len(batch)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for command, args, _ in batch:
-                    getattr(pipe, command)(*args)
-                results = await pipe.execute(raise_on_error=False)
+            if len(batch) == 1:  # alone: a pipeline object would cost more than the command (its error: below)
+                command, args, _ = batch[0]
+                results = [await getattr(self._client, command)(*args)]
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for command, args, _ in batch:
+                        getattr(pipe, command)(*args)
+                    results = await pipe.execute(raise_on_error=False)
         except BaseException as e:  # cancelled at shutdown, or the whole pipeline failed
             for _, _, future in batch:
                 if not future.done():

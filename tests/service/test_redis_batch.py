@@ -12,7 +12,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from service.redis_batch import CommandBatcher
+from service.redis_batch import CommandBatcher, open_client
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, redis_available
 
 if os.environ.get("RECO_TEST_REQUIRE_REDIS") == "1" and not redis_available():
@@ -105,6 +105,29 @@ def test_a_caller_that_stops_waiting_does_not_disturb_the_others() -> None:
             await batcher.close()
         finally:
             await r.delete(f"{PREFIX}a")
+            await r.aclose()
+
+    asyncio.run(run())
+
+
+@needs_redis
+def test_more_concurrent_reads_than_pooled_connections_wait_for_one_instead_of_failing() -> None:
+    # redis-py's default pool raised MaxConnectionsError beyond its size: under a burst the cache reported
+    # errors and opened its breaker. The service's clients wait (up to the socket timeout) for a connection.
+    async def run() -> None:
+        r = open_client(
+            f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB}",
+            password=None,
+            socket_timeout_s=1.0,
+            connect_timeout_s=1.0,
+            pool_size=2,
+        )
+        try:
+            await r.set(f"{PREFIX}pool", "v")
+            results = await asyncio.gather(*(r.get(f"{PREFIX}pool") for _ in range(50)))
+            assert results == [b"v"] * 50
+        finally:
+            await r.delete(f"{PREFIX}pool")
             await r.aclose()
 
     asyncio.run(run())
