@@ -50,7 +50,7 @@ class CommandBatcher:
         self._pending: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self.pipelines = 0  # pipelines sent (for tests and the benchmark)
+        self.pipelines = 0  # sends: pipelines, and lone commands sent alone (for tests)
         self.commands = 0
 
     async def execute(self, command: str, *args: Any) -> Any:
