@@ -11,15 +11,13 @@ import argparse
 import asyncio
 import time
 
-from redis.asyncio import Redis
-
 from service.redis_batch import CommandBatcher, open_client
 
 EVENTS = "bench:redis_reads:events"
 
 
 async def measure(
-    client: Redis, batcher: CommandBatcher | None, keys: list[str], concurrency: int, seconds: float
+    batcher: CommandBatcher, keys: list[str], concurrency: int, seconds: float
 ) -> tuple[int, float, float]:
     """(flows done, wall seconds, process CPU seconds)."""
     flows = 0
@@ -28,12 +26,8 @@ async def measure(
     async def flow(i: int) -> None:
         nonlocal flows
         while time.perf_counter() < stop:
-            if batcher is not None:
-                await batcher.execute("lrange", EVENTS, 0, -1)
-                await batcher.execute("get", keys[i % len(keys)])
-            else:
-                await client.lrange(EVENTS, 0, -1)
-                await client.get(keys[i % len(keys)])
+            await batcher.execute("lrange", EVENTS, 0, -1)
+            await batcher.execute("get", keys[i % len(keys)])
             flows += 1
             i += 7
 
@@ -53,9 +47,9 @@ async def run(args: argparse.Namespace) -> None:
     print("| reads | concurrency | flows/s | client CPU per flow (us) |\n| --- | --- | --- | --- |")
     try:
         for batched in (False, True):
-            batcher = CommandBatcher(client) if batched else None
+            batcher = CommandBatcher(client, batch=batched)
             for concurrency in args.concurrency:
-                flows, wall, cpu = await measure(client, batcher, keys, concurrency, args.seconds)
+                flows, wall, cpu = await measure(batcher, keys, concurrency, args.seconds)
                 mode = "one pipeline per turn" if batched else "one round trip each"
                 print(f"| {mode} | {concurrency} | {flows / wall:,.0f} | {cpu / flows * 1e6:.0f} |", flush=True)
     finally:

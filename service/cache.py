@@ -184,17 +184,14 @@ class RedisEmbeddingCache:
         self._dim = dim
         self.breaker = breaker
         # Concurrent requests' GETs in one pipeline (one round trip); unbatched: one round trip each.
-        self._batch = CommandBatcher(self._client) if batch_commands else None
+        self._reads = CommandBatcher(self._client, batch=batch_commands)
 
     async def get(self, key: str) -> tuple[np.ndarray | None, CacheResult]:
         if not self.breaker.allow():
             return None, CacheResult.BYPASS
         try:
             async with asyncio.timeout(self._deadline_s):
-                if self._batch is not None:
-                    raw = await self._batch.execute("get", key)
-                else:
-                    raw = await self._client.get(key)
+                raw = await self._reads.execute("get", key)
         except (RedisError, OSError, TimeoutError):
             self.breaker.failure()
             return None, CacheResult.ERROR
@@ -241,6 +238,5 @@ class RedisEmbeddingCache:
         return "ok"
 
     async def close(self) -> None:
-        if self._batch is not None:
-            await self._batch.close()
+        await self._reads.close()
         await self._client.aclose()

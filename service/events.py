@@ -101,7 +101,7 @@ class RedisEventStore:
         self._ttl = ttl_s
         self._deadline_s = 2 * timeout_s
         # Concurrent requests' LRANGEs in one pipeline (one round trip); unbatched: one round trip each.
-        self._batch = CommandBatcher(self._client) if batch_commands else None
+        self._reads = CommandBatcher(self._client, batch=batch_commands)
 
     @staticmethod
     def key(user_id: str) -> str:
@@ -123,11 +123,7 @@ class RedisEventStore:
     async def recent(self, user_id: str) -> list[str] | None:
         try:
             async with asyncio.timeout(self._deadline_s):
-                key = self.key(user_id)
-                if self._batch is not None:
-                    raw = await self._batch.execute("lrange", key, 0, -1)
-                else:
-                    raw = await self._client.lrange(key, 0, -1)
+                raw = await self._reads.execute("lrange", self.key(user_id), 0, -1)
         except (RedisError, OSError, TimeoutError):
             return None
         return [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
@@ -140,6 +136,5 @@ class RedisEventStore:
             raise EventStoreUnavailable(f"the event store (Redis) did not take the delete: {e!r}") from e
 
     async def close(self) -> None:
-        if self._batch is not None:
-            await self._batch.close()
+        await self._reads.close()
         await self._client.aclose()

@@ -44,8 +44,11 @@ def open_client(
 
 
 class CommandBatcher:
-    def __init__(self, client: aioredis.Redis, max_batch: int = 256) -> None:
+    """`execute(command, *args)`: the command's reply. `batch=False`: each command is sent at once, alone."""
+
+    def __init__(self, client: aioredis.Redis, max_batch: int = 256, batch: bool = True) -> None:
         self._client = client
+        self._batch = batch
         self._max_batch = max_batch
         self._pending: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
         self._flush_scheduled = False
@@ -54,6 +57,8 @@ class CommandBatcher:
         self.commands = 0
 
     async def execute(self, command: str, *args: Any) -> Any:
+        if not self._batch:
+            return await getattr(self._client, command)(*args)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((command, args, future))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +33,15 @@ def _find_ml100k() -> Path:
 
 
 ML100K = _find_ml100k()
+
+
+def venv_tool(name: str) -> str:
+    """A command-line tool of the dev extra: from this interpreter's environment first, then the PATH."""
+    tool = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert tool is not None, f"{name} (dev extra) is not installed"
+    return tool
+
+
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 

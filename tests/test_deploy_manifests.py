@@ -19,6 +19,7 @@ import yaml
 
 from model_export.__main__ import main as export_main
 from service.settings import Settings
+from tests.conftest import venv_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -30,12 +31,6 @@ if KUBECTL is None and os.environ.get("RECO_TEST_REQUIRE_KUBECTL") == "1":
     raise RuntimeError("RECO_TEST_REQUIRE_KUBECTL=1 but kubectl (with kustomize) is not installed")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 SECRETS = {"redis-password": "r" * 24, "admin-token": "a" * 32}
-
-
-def venv_tool(name: str) -> str:
-    tool = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    assert tool is not None, f"{name} (dev extra) is not installed"
-    return tool
 
 
 def dockerfile_stages() -> dict[str, str]:
