@@ -53,4 +53,4 @@ USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=2s --start-period=60s \
   CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz').status != 200)"]
-CMD ["uvicorn", "--factory", "service.main:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000"]

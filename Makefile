@@ -32,7 +32,7 @@ bundle-movielens: install
 
 run: $(BUNDLES)/current
 	RECO_BUNDLE_PATH=$${RECO_BUNDLE_PATH:-$(BUNDLES)/current} RECO_DEV_MODE=$${RECO_DEV_MODE:-true} \
-	$(BIN)/uvicorn --factory service.main:create_app --host $(HOST) --port $(PORT) --no-access-log
+	$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest

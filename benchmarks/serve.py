@@ -1,16 +1,18 @@
 """Serving benchmark: the HTTP service under load, beside its own floors, at several catalogue sizes.
 
-    python -m benchmarks.serve [--sizes 10000 100000] [--concurrency 1 8 32 64] [--duration 10]
+    python -m benchmarks.serve [--sizes 10000 100000] [--concurrency 1 8 32 64] [--duration 10] [--workers 1 2]
 
 For each catalogue size, a synthetic bundle (trained on generated data, text features off; built once into
-`--bundles`, reused afterwards) is served by uvicorn as `make run` serves one (one worker; access log off; Redis cache
-on), and driven by `wrk` (Debian package `wrk`) with `POST /v1/recommendations` (k=10 from 500 candidates,
-users drawn at random from `--users` known users, whose embeddings the warm-up puts in Redis). Measured in
+`--bundles`, reused afterwards) is served by `python -m service` as `make run` serves one (Redis cache on),
+and driven by `wrk` (Debian package `wrk`) with `POST /v1/recommendations` (k=10 from 500 candidates, users
+drawn at random from `--users` known users, whose embeddings the warm-up puts in Redis). Measured in
 the same run, on the same machine:
 - the in-process pipeline (no HTTP), per stage, with the embedding cached and with the user encoder;
 - the framework floor: `GET /healthz` of the same server;
-- the service, micro-batching off (RECO_BATCH_MAX_SIZE=1) and on (the settings' default), at each concurrency;
-- the server's resident memory and the CPU time of the server and of wrk, which shares the machine's cores.
+- the service, micro-batching off (RECO_BATCH_MAX_SIZE=1) and on (the settings' default), at each concurrency,
+  as one process and as `--workers` processes (RECO_WORKERS);
+- the server's resident memory (all its processes) and the CPU time of the server and of wrk, which shares the
+  machine's cores.
 A table is printed; JSON and Markdown go to `--out` (serve.json, serve.md).
 """
 
@@ -144,38 +146,74 @@ def free_port() -> int:
 
 
 class Server:
-    """`uvicorn --factory service.main:create_app` in a subprocess, as `make run` starts it."""
+    """`python -m service` in a subprocess, as `make run` starts it (RECO_WORKERS processes)."""
 
     def __init__(self, bundle: Path, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = os.environ | {"RECO_BUNDLE_PATH": str(bundle)} | env
-        command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", "--log-level", "warning"]
-        self.process = subprocess.Popen(command, env=full_env)
+        self.workers = int(env.get("RECO_WORKERS", "1"))
+        self.metrics_dir = Path(tempfile.mkdtemp(prefix="reco-bench-metrics-"))
+        full_env = os.environ | {"RECO_BUNDLE_PATH": str(bundle), "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
+        if self.workers == 1:
+            del full_env["PROMETHEUS_MULTIPROC_DIR"]
+        command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)]
+        # The server's own log (an access record per request) goes to a file, not into the benchmark's output.
+        self.log = tempfile.NamedTemporaryFile("w+b", prefix="reco-bench-server-", suffix=".log")  # noqa: SIM115
+        command += ["--log-level", "warning"]
+        self.process = subprocess.Popen(command, env=full_env | env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
+                self.log.seek(0)
+                tail = self.log.read().decode(errors="replace")[-4000:]
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{tail}")
+            if self.ready():
+                return
             time.sleep(0.2)
         self.stop()
         raise RuntimeError("the server did not become ready in 300 s")
 
+    def ready(self) -> bool:
+        """Every worker has loaded the bundle: /readyz, and with several, the aggregated reco_ready (the least
+        over the processes) once each of them has written its samples."""
+        try:
+            with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
+                if r.status != 200:
+                    return False
+            if self.workers == 1:
+                return True
+            if len(list(self.metrics_dir.glob("gauge_livemin_*.db"))) < self.workers:
+                return False
+            with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+                return "\nreco_ready 1.0\n" in r.read().decode()
+        except OSError:
+            return False
+
+    def pids(self) -> list[int]:
+        """The server's process and its descendants (uvicorn's workers)."""
+        out, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                todo += [int(c) for c in task.read_text().split()]
+        return out
+
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Resident memory of all the server's processes together."""
+        total = 0.0
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        return total
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -184,6 +222,8 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.log.close()
 
 
 def wrk(url: str, path: str, script: str, concurrency: int, duration: int, env: dict[str, str]) -> dict[str, Any]:
@@ -250,6 +290,9 @@ def main() -> None:
     parser.add_argument("--n-users", type=int, default=6000, help="users in the synthetic data")
     parser.add_argument("--modes", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="server processes (RECO_WORKERS) to measure"
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="RECO_X=V", help="extra server settings (repeatable)"
     )
     args = load_test_args(parser)
@@ -279,14 +322,17 @@ def main() -> None:
             flush=True,
         )
         entry: dict[str, Any] = {"pipeline": pipeline, "modes": {}}
-        for mode in args.modes:
-            env = {"RECO_REDIS_URL": args.redis_url, "RECO_DEV_MODE": "true"} | dict(
-                kv.split("=", 1) for kv in args.set
-            )
-            if mode == "off":
-                env["RECO_BATCH_MAX_SIZE"] = "1"
-            print(f" batching {mode}:", flush=True)
-            entry["modes"][mode] = serve(bundle, env, args, floor=mode == args.modes[0])
+        first = True
+        for workers in args.workers:
+            for mode in args.modes:
+                env = {"RECO_REDIS_URL": args.redis_url, "RECO_DEV_MODE": "true", "RECO_WORKERS": str(workers)}
+                env |= dict(kv.split("=", 1) for kv in args.set)
+                if mode == "off":
+                    env["RECO_BATCH_MAX_SIZE"] = "1"
+                label = mode if workers == 1 else f"{mode}, {workers} workers"
+                print(f" batching {label}:", flush=True)
+                entry["modes"][label] = serve(bundle, env, args, floor=first)
+                first = False
         report["sizes"][str(n_items)] = entry
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(report, indent=2))
@@ -304,7 +350,7 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
     ]
     for n_items, entry in report["sizes"].items():
         p = entry["pipeline"]
-        first = entry["modes"][args.modes[0]]
+        first = next(iter(entry["modes"].values()))
         lines += [
             f"**{int(n_items):,} items**: index {p['index']['type']} "
             f"({', '.join(f'{k} {v}' for k, v in p['index'].items() if k != 'type') or 'exact'}), "
@@ -327,10 +373,17 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
                     f"| {r['rps'] / first['healthz'][c]['rps']:.3f} | {r['server_cpu']:.2f} "
                     f"| {r['wrk_cpu']:.2f} | {result['rss_mib']:.0f} |"
                 )
-        if {"on", "off"} <= set(entry["modes"]):
-            on, off = entry["modes"]["on"]["sweep"], entry["modes"]["off"]["sweep"]
-            ratios = ", ".join(f"c={c} {on[c]['rps'] / off[c]['rps']:.2f} x" for c in on if c in off)
-            lines += ["", f"Batching on / off throughput: {ratios}."]
+        modes = entry["modes"]
+        for a, b, what in [("on", "off", "Batching on / off throughput")] + [
+            (f"on, {w} workers", "on", f"{w} workers / 1 worker throughput (batching on)") for w in args.workers
+        ]:
+            if {a, b} <= set(modes):
+                ratios = ", ".join(
+                    f"c={c} {modes[a]['sweep'][c]['rps'] / modes[b]['sweep'][c]['rps']:.2f} x"
+                    for c in modes[a]["sweep"]
+                    if c in modes[b]["sweep"]
+                )
+                lines += ["", f"{what}: {ratios}."]
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.bundle import BundleError
 from service.cache import CacheUnavailable
@@ -300,7 +299,7 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     state: AppState | None = getattr(request.app.state, "reco", None)
-    registry = request.app.state.metrics.registry
     if state is not None and hasattr(state.cache, "breaker"):
         request.app.state.metrics.cache_breaker_open.set(1 if state.cache.breaker.is_open else 0)
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = request.app.state.metrics.exposition()
+    return Response(body, media_type=content_type)

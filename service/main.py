@@ -1,4 +1,5 @@
-"""The app factory and its lifespan. Run: `uvicorn --factory service.main:create_app`."""
+"""The app factory and its lifespan. Run: `python -m service` (RECO_WORKERS processes), or one process with
+`uvicorn --factory service.main:create_app`."""
 
 from __future__ import annotations
 
@@ -152,9 +153,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = await AppState.open(settings, metrics)
         app.state.reco = state
         drain_on_sigterm(state, settings.shutdown_delay_s)
+        follower = asyncio.create_task(state.follow_live_items()) if settings.workers > 1 else None
         try:
             yield
         finally:
+            if follower is not None:
+                follower.cancel()
             await state.close()
 
     app = FastAPI(

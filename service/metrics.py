@@ -1,8 +1,25 @@
-"""Prometheus metrics. One registry per app, so several apps (tests) never clash; no user ids in labels."""
+"""Prometheus metrics. One registry per app, so several apps (tests) never clash; no user ids in labels.
+
+With several server processes (`RECO_WORKERS`, `python -m service`) prometheus_client runs in multiprocess mode
+(PROMETHEUS_MULTIPROC_DIR set before it is imported): every process writes its samples to files there and
+`exposition` aggregates them, so a scrape that reaches any one process sees the whole service: counters and
+histograms summed, gauges by their `multiprocess_mode` over the live processes.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    multiprocess,
+)
 
 # Sub-millisecond stages through to slow requests.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -44,6 +61,7 @@ class Metrics:
             "reco_cache_breaker_open",
             "1 while the Redis circuit breaker is open (Redis is skipped).",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.candidates = Histogram(
             "reco_candidates",
@@ -64,7 +82,9 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.in_flight = Gauge("reco_in_flight", "Requests in progress (admission control).", registry=r)
+        self.in_flight = Gauge(
+            "reco_in_flight", "Requests in progress (admission control).", registry=r, multiprocess_mode="livesum"
+        )
         self.rejected = Counter(
             "reco_rejected",
             "Requests turned away with a 503: overload (too many in flight) or deadline (too slow).",
@@ -84,9 +104,17 @@ class Metrics:
             "reco_item_upserts", "PUT /v1/items outcomes: created, unchanged, conflict.", ["result"], registry=r
         )
         self.user_deletions = Counter("reco_user_deletions", "Users deleted (DELETE /v1/users).", registry=r)
-        self.index_items = Gauge("reco_index_items", "Items in the retrieval index (trained + added live).", registry=r)
+        self.index_items = Gauge(
+            "reco_index_items",
+            "Items in the retrieval index (trained + added live).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.bundle = Info("reco_bundle", "The model bundle being served.", registry=r)
-        self.ready = Gauge("reco_ready", "1 when the service is ready to serve.", registry=r)
+        # Several processes: ready only when every live one is (the bundle is the same in all: no reloads there).
+        self.ready = Gauge(
+            "reco_ready", "1 when the service is ready to serve.", registry=r, multiprocess_mode="livemin"
+        )
         for stage in STAGES:
             self.stage_latency.labels(stage)
         for result in ("hit", "miss", "error", "bypass"):
@@ -97,3 +125,20 @@ class Metrics:
             self.rejected.labels(reason)
         for op in ("read", "write"):
             self.event_store_errors.labels(op)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition of every metric (of all the server's processes in multiprocess mode) and its
+        content type."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        aggregated = CollectorRegistry()
+        multiprocess.MultiProcessCollector(aggregated, path=directory)  # type: ignore[no-untyped-call]
+        # An Info lives in its process's memory only; every process serves the same bundle, so this one's is it.
+        info = self.registry.restricted_registry(["reco_bundle_info"])
+        return generate_latest(aggregated) + generate_latest(info), CONTENT_TYPE_LATEST
+
+    def process_exited(self) -> None:
+        """In multiprocess mode, drop this process's live gauges (at shutdown)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         description="JSON-lines file of items added live, replayed at start-up; unset: live_items.jsonl "
         "next to the bundle path.",
     )
+    live_items_sync_s: float = Field(
+        1.0, gt=0, description="With RECO_WORKERS > 1: how often each process adds the items the others were sent."
+    )
     admin_token: str | None = Field(
         None,
         description="Bearer token the admin endpoints (PUT /v1/items, DELETE /v1/users) require: at least 16 "
@@ -112,6 +115,23 @@ class Settings(BaseSettings):
     )
     batch_workers: int = Field(2, ge=1, description="Recommendation batches computed at once (<= worker_threads).")
     warmup_requests: int = Field(3, ge=0, description="Pipeline runs at start-up before readiness turns green.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes (`python -m service`; each loads the bundle: memory x workers). One process "
+        "is held to about one core by Python's GIL; on a CPU-only machine, one per core. Needs Redis (shared "
+        "cache and events); metrics are aggregated over the processes (Prometheus multiprocess mode); the "
+        "admin reload and rollback are refused (restart instead).",
+    )
+
+    @model_validator(mode="after")
+    def _workers_share_redis(self) -> Settings:
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError(
+                "RECO_WORKERS > 1 needs RECO_REDIS_URL: each process would otherwise keep its own cache and its "
+                "own user events, and a user's events would reach only the process that took them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _admin_token_outside_dev_mode(self) -> Settings:

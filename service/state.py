@@ -156,6 +156,11 @@ class AppState:
         """Load the bundle at `path` (default: the configured bundle path, e.g. a `current` symlink re-pointed)
         beside the one serving, warm it up, and swap it in at once; requests in flight finish on the old one.
         Raises BundleError (the old bundle keeps serving) if it does not validate. Returns (old, new) versions."""
+        if self.settings.workers > 1:
+            raise Conflict(
+                f"RECO_WORKERS={self.settings.workers}: a reload would reach only the process that took this "
+                "request; restart the service (a rolling restart) to serve another bundle"
+            )
         if self._reloading.locked():
             raise Conflict("a reload is already in progress")
         async with self._reloading:
@@ -174,12 +179,31 @@ class AppState:
             log.info("reloaded %s -> %s in %.2fs", old.bundle.version, bundle.version, time.perf_counter() - t0)
             return old.bundle.version, bundle.version
 
+    async def follow_live_items(self) -> None:
+        """With several processes: every `live_items_sync_s`, add the items another process appended to the
+        delta file (each process appends what it is sent; the file is the one order). Runs until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.live_items_sync_s)
+            live = self.serving.live_items
+            if not live.behind():
+                continue
+            try:
+                added = await loop.run_in_executor(self.executor, live.sync)
+            except Exception:  # an unreadable file must not end the loop; the next round retries
+                log.exception("following the live items file failed")
+                continue
+            if added:
+                self.metrics.index_items.set(self.pipeline.retriever.n_items)
+                log.info("added %d live items another process took", added)
+
     async def close(self) -> None:
         self.ready = False
         self.metrics.ready.set(0)
         await self.cache.close()
         await self.events.close()
         self.executor.shutdown(wait=True)
+        self.metrics.process_exited()
 
 
 async def open_serving(
