@@ -246,6 +246,9 @@ class FreshHistory:
         return not self.digest
 
 
+NO_FRESH_EVENTS = FreshHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), "")
+
+
 class Recommender:
     """Async front of the pipeline for the API; owns the cache policy and records the metrics."""
 
@@ -282,7 +285,7 @@ class Recommender:
             self.metrics.event_store_errors.labels("read").inc()
             entries = []
         if not entries:
-            return FreshHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), "")
+            return NO_FRESH_EVENTS
         liked = [e for e in entries if not e.startswith(DISLIKE_PREFIX)]
         disliked = [e[len(DISLIKE_PREFIX) :] for e in entries if e.startswith(DISLIKE_PREFIX)]
         digest = hashlib.blake2b("\x1f".join(entries).encode(), digest_size=8).hexdigest()
@@ -299,11 +302,35 @@ class Recommender:
         if user == UNKNOWN_USER and fresh.empty:
             return self.pipeline.unknown_user_embedding, None, None
         key = self.cache_key(user_id, fresh)
+        return self.count_lookup(key, *(await self.lookup(key)))
+
+    async def lookup(self, key: str) -> tuple[np.ndarray | None, CacheResult, float]:
         t0 = time.perf_counter()
         cached, result = await self.cache.get(key)
-        self.metrics.stage_latency.labels("cache").observe(time.perf_counter() - t0)
+        return cached, result, time.perf_counter() - t0
+
+    def count_lookup(
+        self, key: str, cached: np.ndarray | None, result: CacheResult, seconds: float
+    ) -> tuple[np.ndarray | None, CacheResult, str]:
+        self.metrics.stage_latency.labels("cache").observe(seconds)
         self.metrics.cache_requests.labels(result.value).inc()
         return cached, result, key
+
+    async def fresh_and_cached(
+        self, user: int, user_id: str
+    ) -> tuple[FreshHistory, tuple[np.ndarray | None, CacheResult | None, str | None]]:
+        """The user's fresh events and cached embedding. The embedding's key depends on the events, so a known
+        user's embedding is read at the same time as the events, under the key it has without fresh events
+        (most users, most of the time): both reads go out together (one Redis round trip when commands are
+        batched) and only a user with fresh events needs a second read."""
+        if user == UNKNOWN_USER:
+            fresh = await self.fresh_history(user_id)
+            return fresh, await self.cached_embedding(user, user_id, fresh)
+        key = self.cache_key(user_id, NO_FRESH_EVENTS)
+        fresh, speculative = await asyncio.gather(self.fresh_history(user_id), self.lookup(key))
+        if fresh.empty:
+            return fresh, self.count_lookup(key, *speculative)
+        return fresh, await self.cached_embedding(user, user_id, fresh)
 
     async def store_embedding(self, key: str, embedding: np.ndarray) -> None:
         t0 = time.perf_counter()
@@ -321,11 +348,10 @@ class Recommender:
     async def recommend(self, user_id: str, k: int, exclude_item_ids: list[str]) -> RecommendationResult:
         pipeline = self.pipeline
         user = pipeline.user_index(user_id)
-        fresh = await self.fresh_history(user_id)
+        fresh, (embedding, cache_result, key) = await self.fresh_and_cached(user, user_id)
         if user == UNKNOWN_USER and fresh.empty:
             self.metrics.fallbacks.labels("unknown_user").inc()
         history = pipeline.history(user, fresh.interactions)
-        embedding, cache_result, key = await self.cached_embedding(user, user_id, fresh)
         exclude = np.r_[pipeline.item_indices(exclude_item_ids), fresh.disliked].astype(np.int64)
         # A cache miss is encoded in the batch, with the other requests' encodings.
         recs = await self.batcher.submit(Query(user, embedding, k, self.num_candidates, exclude, history))
