@@ -321,8 +321,8 @@ class Recommender:
     ) -> tuple[FreshHistory, tuple[np.ndarray | None, CacheResult | None, str | None]]:
         """The user's fresh events and cached embedding. The embedding's key depends on the events, so a known
         user's embedding is read at the same time as the events, under the key it has without fresh events
-        (most users, most of the time): both reads go out together (one Redis round trip when commands are
-        batched) and only a user with fresh events needs a second read."""
+        (most users, most of the time): the two reads are in flight together (one round trip's wait instead of
+        two, each on its own client) and only a user with fresh events reads again."""
         if user == UNKNOWN_USER:
             fresh = await self.fresh_history(user_id)
             return fresh, await self.cached_embedding(user, user_id, fresh)
