@@ -150,6 +150,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        dead = metrics.forget_dead_processes()
+        if dead:
+            log.warning("dropped the live metrics of worker processes that died: %s", dead)
         state = await AppState.open(settings, metrics)
         app.state.reco = state
         drain_on_sigterm(state, settings.shutdown_delay_s)

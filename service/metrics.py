@@ -9,6 +9,7 @@ histograms summed, gauges by their `multiprocess_mode` over the live processes.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -137,6 +138,26 @@ class Metrics:
         # An Info lives in its process's memory only; every process serves the same bundle, so this one's is it.
         info = self.registry.restricted_registry(["reco_bundle_info"])
         return generate_latest(aggregated) + generate_latest(info), CONTENT_TYPE_LATEST
+
+    def forget_dead_processes(self) -> list[int]:
+        """In multiprocess mode, drop the live gauges of processes that died without a clean shutdown (a worker
+        uvicorn restarted after a crash), which would otherwise still count in reco_in_flight and reco_ready.
+        Called at start-up. Returns their pids."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            return []
+        dead = set()
+        for path in Path(directory).glob("gauge_live*_*.db"):
+            pid = int(path.stem.rsplit("_", 1)[1])
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                dead.add(pid)
+            except PermissionError:  # alive, another user's
+                pass
+        for pid in dead:
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        return sorted(dead)
 
     def process_exited(self) -> None:
         """In multiprocess mode, drop this process's live gauges (at shutdown)."""

@@ -73,6 +73,20 @@ def test_processes_sharing_the_live_items_file_see_each_others_items(tiny_bundle
     assert live_items(tiny_bundle, delta).replay() == 4
 
 
+def test_a_worker_that_died_leaves_no_live_gauges_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.metrics import Metrics
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, own = int(dead.stdout), os.getpid()
+    for name in (f"gauge_livesum_{dead_pid}.db", f"gauge_livemin_{dead_pid}.db", f"counter_{dead_pid}.db"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / f"gauge_livesum_{own}.db").write_bytes(b"")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert Metrics().forget_dead_processes() == [dead_pid]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [f"counter_{dead_pid}.db", f"gauge_livesum_{own}.db"]  # its counts stay: they happened
+
+
 def scrape_by_process(metrics_dir: Path, tmp_path: Path) -> dict[int, str]:
     """Each worker's own samples: its files alone, aggregated by prometheus_client as the service would."""
     from prometheus_client import CollectorRegistry, generate_latest
