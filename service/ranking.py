@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnxruntime as ort
 
@@ -14,6 +16,7 @@ class Ranker:
     """numpy in (one user's candidates and retrieval scores), numpy out ((n,) float32 probabilities)."""
 
     bundle: Bundle  # replaced (never mutated) when items are added live
+    CHUNK_ROWS = 2048
 
     def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
         dims = bundle.manifest.dims
@@ -35,26 +38,37 @@ class Ranker:
         self, user: int, window: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray
     ) -> dict[str, np.ndarray]:
         """user: index or -1; window: the user tower's history window (L,); candidates, retrieval_scores (n,)."""
+        return self.inputs_batch([(user, window, candidates, retrieval_scores)])
+
+    def inputs_batch(self, requests: Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The ranker's inputs for several users' candidates, rows grouped by request in order: each feature is
+        computed for the whole batch at once (numpy's per-call cost is paid per batch, not per request)."""
         b = self.bundle
-        n = len(candidates)
-        history_length = len(b.history(user))
-        profile = content_profiles(b.item_dense, window[None, :])[0]  # (D,)
-        categorical = b.user_categorical[user] if user >= 0 else np.zeros(self._n_cat, dtype=np.int64)
+        users = np.array([r[0] for r in requests], dtype=np.int64)  # (B,)
+        windows = np.stack([r[1] for r in requests])  # (B, L)
+        lengths = [len(r[2]) for r in requests]
+        rows = np.repeat(np.arange(len(requests)), lengths)  # (N,) the request of each row
+        candidates = np.concatenate([r[2] for r in requests]).astype(np.int64, copy=False)  # (N,)
+        scores = np.concatenate([r[3] for r in requests]).astype(np.float32, copy=False)
+        history_lengths = np.array([len(b.history(int(u))) for u in users], dtype=np.float32)
+        known = users >= 0
+        categorical = np.zeros((len(requests), self._n_cat), dtype=np.int64)
+        categorical[known] = b.user_categorical[users[known]]
         dense = ranker_dense_features(
             b.item_dense[candidates],
-            retrieval_scores.astype(np.float32),
+            scores,
             b.item_log_popularity[candidates],
             b.item_recent_popularity[candidates],
-            profile,
-            history_similarity(b.item_embeddings, candidates, window),
-            np.full(n, history_length, dtype=np.float32),
-            neighbour_scores(b.item_neighbours, b.item_neighbour_weights, candidates, window),
+            content_profiles(b.item_dense, windows)[rows],
+            history_similarity(b.item_embeddings, candidates, windows, rows),
+            history_lengths[rows],
+            neighbour_scores(b.item_neighbours, b.item_neighbour_weights, candidates, windows, rows),
         )
         return {
-            "user_idx": np.full(n, user if user >= 0 else self._oov, dtype=np.int64),  # (n,)
-            "item_idx": np.minimum(candidates, self._trained_items).astype(np.int64),  # (n,)
-            "user_categorical": np.broadcast_to(categorical, (n, self._n_cat)).astype(np.int64),  # (n, U)
-            "dense": dense,  # (n, F)
+            "user_idx": np.where(known, users, self._oov)[rows],  # (N,)
+            "item_idx": np.minimum(candidates, self._trained_items),  # (N,)
+            "user_categorical": categorical[rows],  # (N, U)
+            "dense": dense,  # (N, F)
         }
 
     def score(self, user: int, window: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray) -> np.ndarray:
@@ -66,7 +80,24 @@ class Ranker:
         lengths = [len(r[2]) for r in requests]
         if not sum(lengths):
             return [np.zeros(0, dtype=np.float32) for _ in requests]
-        parts = [self.inputs(*r) for r in requests if len(r[2])]
-        inputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        out = np.asarray(self._session.run([self._output], inputs)[0], dtype=np.float32).reshape(-1)
+        # In chunks of about CHUNK_ROWS rows: one call per chunk still pays numpy's and ONNX Runtime's per-call
+        # cost once for several requests, and a chunk's features and activations stay in the CPU's cache
+        # (measured at 100K items: 0.39 ms per 500 rows in one 500-row call, 0.78 ms in one 8,000-row call).
+        outputs: list[np.ndarray] = []
+        chunk: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        rows = 0
+        for request, n in zip(requests, lengths, strict=True):
+            if chunk and rows + n > self.CHUNK_ROWS:
+                outputs.append(self._run(chunk))
+                chunk, rows = [], 0
+            chunk.append(request)
+            rows += n
+        outputs.append(self._run(chunk))
+        out = np.concatenate(outputs)
         return np.split(out, np.cumsum(lengths)[:-1])
+
+    def _run(self, requests: Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+        if not sum(len(r[2]) for r in requests):
+            return np.zeros(0, dtype=np.float32)
+        out = self._session.run([self._output], self.inputs_batch(requests))[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)

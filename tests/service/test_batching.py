@@ -47,6 +47,19 @@ def test_recommend_batch_equals_one_at_a_time(tiny_bundle: Path) -> None:
     assert not set(batched[3].items.tolist()) & {item, item + 1}
 
 
+def test_a_batch_ranked_in_chunks_equals_one_at_a_time(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = Pipeline.open(load_bundle(tiny_bundle), device="cpu")
+    monkeypatch.setattr(pipeline.ranker, "CHUNK_ROWS", 150)  # 100 candidates each: chunks of one and two requests
+    users = list(range(7))
+    embeddings = pipeline.encode(np.array(users))
+    queries = [Query(u, embeddings[u], 10, 100 if u % 3 else 60) for u in users]
+    batched = pipeline.recommend_batch(queries)
+    for q, got in zip(queries, batched, strict=True):
+        alone = pipeline.recommend(q.user, q.embedding, q.k, q.num_candidates)
+        np.testing.assert_array_equal(got.items, alone.items)
+        np.testing.assert_allclose(got.ranking_scores, alone.ranking_scores, rtol=1e-5, atol=1e-6)
+
+
 def run(coro_fn):  # type: ignore[no-untyped-def]
     return asyncio.run(coro_fn())
 

@@ -84,3 +84,31 @@ def test_neighbour_scores_sum_and_max_over_history_neighbours() -> None:
     np.testing.assert_allclose(out[:, 0], np.log1p([1.0, 0.5, 0.5, 1.0]), rtol=1e-6)
     np.testing.assert_allclose(out[:, 1], [0.75, 0.5, 0.5, 0.75], rtol=1e-6)
     assert not neighbour_scores(neighbours, weights, np.array([0, 1]), np.array([-1, -1])).any()
+
+
+def test_features_of_several_users_at_once_equal_each_users_alone() -> None:
+    rng = np.random.default_rng(3)
+    n_items, dim, k = 60, 8, 5
+    emb = rng.normal(size=(n_items, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    neighbours = rng.integers(-1, n_items, size=(n_items, k)).astype(np.int32)
+    weights = rng.random((n_items, k)).astype(np.float32) * (neighbours >= 0)
+    windows = np.array([[3, 7, 9, -1, -1], [-1, -1, -1, -1, -1], [11, 2, 40, 41, 5], [8, -1, -1, -1, -1]])
+    sizes = [4, 3, 6, 0]  # unequal groups (padding) and an empty one
+    cands = [rng.choice(n_items, size=n, replace=False) for n in sizes]
+    rows = np.repeat(np.arange(len(sizes)), sizes)
+    together_sim = history_similarity(emb, np.concatenate(cands), windows, rows)
+    together_nb = neighbour_scores(neighbours, weights, np.concatenate(cands), windows, rows)
+    alone_sim = np.concatenate([history_similarity(emb, c, w) for c, w in zip(cands, windows, strict=True)])
+    alone_nb = np.concatenate(
+        [neighbour_scores(neighbours, weights, c, w) for c, w in zip(cands, windows, strict=True)]
+    )
+    per_candidate = history_similarity(emb, np.concatenate(cands), windows[rows])  # training's form
+    np.testing.assert_allclose(together_sim, alone_sim, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(together_sim, per_candidate, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(together_nb, alone_nb, rtol=1e-6)
+    assert not together_sim[4:7].any()  # the user without history
+    assert together_nb[:4].any()
+    # Equal groups take the unpadded path: the same answers.
+    equal = history_similarity(emb, np.concatenate([cands[0], cands[0]]), windows[[0, 2]], np.repeat([0, 1], 4))
+    np.testing.assert_allclose(equal[:4], alone_sim[:4], rtol=1e-5, atol=1e-6)
