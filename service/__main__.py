@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.settings import Settings
 
@@ -47,7 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         help="after SIGTERM (and RECO_SHUTDOWN_DELAY_S), seconds in-flight requests get before the process exits",
     )
     args = parser.parse_args(argv)
-    settings = Settings()  # a bad setting fails here, once, before any worker starts
+    try:
+        settings = Settings()  # a bad setting fails here, once, before any worker starts
+    except ValidationError as e:
+        parser.exit(2, f"python -m service: invalid settings (RECO_* environment):\n{e}\n")
     created = settings.workers > 1 and not os.environ.get(MULTIPROC_ENV)
     metrics_dir = prepare_metrics_dir() if settings.workers > 1 else None
     try:

@@ -32,6 +32,15 @@ def test_several_workers_need_redis(tiny_bundle: Path) -> None:
     Settings(bundle_path=tiny_bundle, dev_mode=True, workers=2, redis_url="redis://127.0.0.1:6379/15")
 
 
+def test_the_launcher_refuses_bad_settings_before_starting_anything(tiny_bundle: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")}
+    env |= {"RECO_WORKERS": "2", "RECO_BUNDLE_PATH": str(tiny_bundle), "RECO_DEV_MODE": "true"}
+    run = subprocess.run([sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "RECO_WORKERS > 1 needs RECO_REDIS_URL" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def live_items(bundle_path: Path, delta: Path) -> LiveItems:
     bundle = load_bundle(bundle_path)
     pipeline = Pipeline.open(bundle, device="cpu")
