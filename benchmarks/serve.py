@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from service.bundle import load_bundle
+from service.metrics import MULTIPROC_ENV
 from service.pipeline import Pipeline
 from service.runtime import limit_native_threads
 from service.settings import Settings
@@ -152,10 +153,11 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = int(env.get("RECO_WORKERS", "1"))
-        self.metrics_dir = Path(tempfile.mkdtemp(prefix="reco-bench-metrics-"))
-        full_env = os.environ | {"RECO_BUNDLE_PATH": str(bundle), "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir)}
-        if self.workers == 1:
-            del full_env["PROMETHEUS_MULTIPROC_DIR"]
+        full_env = os.environ | {"RECO_BUNDLE_PATH": str(bundle)}
+        self.metrics_dir: Path | None = None
+        if self.workers > 1:  # a directory of its own, so the benchmark can tell when every worker is ready
+            self.metrics_dir = Path(tempfile.mkdtemp(prefix="reco-bench-metrics-"))
+            full_env[MULTIPROC_ENV] = str(self.metrics_dir)
         command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)]
         # The server's own log (an access record per request) goes to a file, not into the benchmark's output.
         self.log = tempfile.NamedTemporaryFile("w+b", prefix="reco-bench-server-", suffix=".log")  # noqa: SIM115
@@ -180,7 +182,7 @@ class Server:
             with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
                 if r.status != 200:
                     return False
-            if self.workers == 1:
+            if self.metrics_dir is None:
                 return True
             if len(list(self.metrics_dir.glob("gauge_livemin_*.db"))) < self.workers:
                 return False
@@ -222,7 +224,8 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.log.close()
 
 

@@ -19,9 +19,8 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
+from service.metrics import MULTIPROC_ENV
 from service.settings import Settings
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def prepare_metrics_dir() -> Path:

@@ -22,6 +22,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: several processes share their samples through files there
+
 # Sub-millisecond stages through to slow requests.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 COUNT_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -130,7 +132,7 @@ class Metrics:
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition of every metric (of all the server's processes in multiprocess mode) and its
         content type."""
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        directory = os.environ.get(MULTIPROC_ENV)
         if not directory:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         aggregated = CollectorRegistry()
@@ -143,7 +145,7 @@ class Metrics:
         """In multiprocess mode, drop the live gauges of processes that died without a clean shutdown (a worker
         uvicorn restarted after a crash), which would otherwise still count in reco_in_flight and reco_ready.
         Called at start-up. Returns their pids."""
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        directory = os.environ.get(MULTIPROC_ENV)
         if not directory:
             return []
         dead = set()
@@ -161,5 +163,5 @@ class Metrics:
 
     def process_exited(self) -> None:
         """In multiprocess mode, drop this process's live gauges (at shutdown)."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if os.environ.get(MULTIPROC_ENV):
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
