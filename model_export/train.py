@@ -23,10 +23,10 @@ from model_export.data import Dataset, Interactions, chronological, user_histori
 from model_export.ranker import DCNRanker
 from model_export.two_tower import ItemTower, RetrievalTask, UserTower
 from service.features import (
+    ItemNeighbourIndex,
     content_profiles,
     history_similarity,
     history_windows,
-    neighbour_scores,
     ranker_dense_features,
 )
 
@@ -368,14 +368,8 @@ def ranker_examples(
     cand = candidates[keep]
     retrieval = np.einsum("md,md->m", user_emb[rows], item_embeddings[cand])
     profiles = content_profiles(dataset.item_dense, windows)  # (E, D)
-    bounds = np.searchsorted(rows, np.arange(len(users) + 1))  # rows are grouped by event, in order
-    neighbour = np.concatenate(
-        [np.zeros((0, 2), np.float32)]
-        + [
-            neighbour_scores(neighbours.items, neighbours.weights, cand[bounds[e] : bounds[e + 1]], windows[e])
-            for e in range(len(users))
-        ]
-    )  # (M, 2)
+    # rows are grouped by event, in order; the features the service computes, by the same code
+    neighbour = ItemNeighbourIndex(neighbours.items, neighbours.weights).scores(cand, windows, rows)  # (M, 2)
     dense = ranker_dense_features(
         dataset.item_dense[cand],
         retrieval,

@@ -267,6 +267,9 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
     neighbours = _load_array(path / ITEM_NEIGHBOURS, np.int32, (dims.n_items, dims.item_neighbours))
     if neighbours.size and (neighbours.min() < -1 or neighbours.max() >= dims.n_items):
         raise BundleError(f"{path / ITEM_NEIGHBOURS}: item indices outside [-1, {dims.n_items})")
+    neighbour_weights = _load_array(path / ITEM_NEIGHBOUR_WEIGHTS, np.float32, (dims.n_items, dims.item_neighbours))
+    if neighbour_weights.size and not neighbour_weights.min() >= 0:  # NaN fails too
+        raise BundleError(f"{path / ITEM_NEIGHBOUR_WEIGHTS}: weights must be non-negative cosines")
     user_cat = _load_array(path / USER_CATEGORICAL, np.int64, (dims.n_users, n_cat))
     for j, card in enumerate(dims.user_categorical_cardinalities):
         if len(user_cat) and (user_cat[:, j].min() < 0 or user_cat[:, j].max() >= card):
@@ -284,9 +287,7 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         item_log_popularity=_load_array(path / ITEM_LOG_POPULARITY, np.float32, (dims.n_items,)),
         item_recent_popularity=_load_array(path / ITEM_RECENT_POPULARITY, np.float32, (dims.n_items,)),
         item_neighbours=neighbours,
-        item_neighbour_weights=_load_array(
-            path / ITEM_NEIGHBOUR_WEIGHTS, np.float32, (dims.n_items, dims.item_neighbours)
-        ),
+        item_neighbour_weights=neighbour_weights,
         user_categorical=user_cat,
         history_offsets=offsets,
         history_items=history,

@@ -9,6 +9,7 @@ interactions oldest first; padding in a history window is -1; categorical value 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -183,6 +184,78 @@ def neighbour_scores(
         out[end - count : end, 0] = np.log1p(w.sum(axis=1))
         out[end - count : end, 1] = w.max(axis=1)
     return out
+
+
+class ItemNeighbourIndex:
+    """`neighbour_scores` computed from the history's side: the neighbour lists inverted, so that for each item h
+    the items listing h among their neighbours (and with what weight) lie together (CSR: `offsets`, `owners`,
+    `weights`). A request then reads the entries of its ~L history items instead of all n x K neighbour slots of
+    its candidates: at 100K items, 500 candidates x 100 slots (0.5 ms of random gathers) against ~11K entries.
+
+    Equal to `neighbour_scores` (the definition, kept as the reference) up to float rounding, for non-negative
+    weights (cosines of interaction columns; the bundle loader refuses negative ones): a candidate none of whose
+    neighbours is in the window scores 0, as does one whose matches weigh 0. Built once per bundle (O(I K));
+    items added live have no neighbours and are nobody's, so they need no change here. Thread-safe.
+    """
+
+    def __init__(self, neighbours: np.ndarray, weights: np.ndarray) -> None:
+        n_items, k = neighbours.shape
+        flat = neighbours.ravel()
+        valid = np.flatnonzero(flat >= 0)
+        targets = flat[valid]
+        order = np.argsort(targets, kind="stable")  # by neighbour; within one, by owner
+        self.owners = (valid[order] // max(k, 1)).astype(np.int32)  # (M,) the item whose list it is
+        self.weights = weights.ravel()[valid[order]].astype(np.float32)  # (M,)
+        self.offsets = np.zeros(n_items + 1, dtype=np.int64)  # item h's entries: offsets[h]:offsets[h + 1]
+        np.cumsum(np.bincount(targets, minlength=n_items), out=self.offsets[1:])
+        self.n_items = n_items
+        self._local = threading.local()  # per thread: candidate position of each item, -1 elsewhere
+
+    def _positions(self, size: int) -> np.ndarray:
+        positions: np.ndarray | None = getattr(self._local, "positions", None)
+        if positions is None or len(positions) < size:
+            positions = np.full(max(size, self.n_items), -1, dtype=np.int32)
+            self._local.positions = positions
+        return positions
+
+    def scores(self, candidates: np.ndarray, windows: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """As `neighbour_scores(neighbours, weights, candidates, windows, rows)`. (N, 2) float32"""
+        out = np.zeros((len(candidates), 2), dtype=np.float32)
+        if not len(candidates) or not len(self.owners):
+            return out
+        windows = windows[None, :] if windows.ndim == 1 else windows
+        counts = np.bincount(rows, minlength=len(windows)) if rows is not None else np.array([len(candidates)])
+        ends = np.cumsum(counts)
+        positions = self._positions(int(candidates.max()) + 1)
+        for user_window, end, count in zip(windows, ends, counts, strict=True):
+            # Each history item once (membership, as in the definition); items added live have no entries.
+            history = np.unique(user_window[(user_window >= 0) & (user_window < self.n_items)])
+            if not len(history) or not count:
+                continue
+            starts = self.offsets[history]
+            lengths = self.offsets[history + 1] - starts
+            total = int(lengths.sum())
+            if not total:
+                continue
+            # The entries of every history item: one index array over the concatenated segments.
+            entries = np.arange(total) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+            block = candidates[end - count : end]
+            unique, inverse = block, None
+            positions[block] = np.arange(count, dtype=np.int32)
+            if not (positions[block] == np.arange(count)).all():  # a candidate twice: score each item once
+                positions[block] = -1
+                unique, inverse = np.unique(block, return_inverse=True)
+                positions[unique] = np.arange(len(unique), dtype=np.int32)
+            at = positions[self.owners[entries]]
+            positions[unique] = -1
+            hit = at >= 0
+            at, weight = at[hit], self.weights[entries[hit]]
+            sums = np.bincount(at, weights=weight, minlength=len(unique))
+            best = np.zeros(len(unique), dtype=np.float32)
+            np.maximum.at(best, at, weight)
+            stats = np.column_stack([np.log1p(sums), best])
+            out[end - count : end] = stats if inverse is None else stats[inverse.reshape(-1)]
+        return out
 
 
 def ranker_dense_features(

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.bundle import Bundle
-from service.features import content_profiles, history_similarity, neighbour_scores, ranker_dense_features
+from service.features import ItemNeighbourIndex, content_profiles, history_similarity, ranker_dense_features
 from service.user_encoder import check_inputs
 
 
@@ -33,6 +33,8 @@ class Ranker:
         self._oov = dims.n_users
         self._trained_items = dims.n_items  # indices from here on are items added live: the unknown-item row
         self._n_cat = len(dims.user_categorical_cardinalities)
+        # Items added live have no neighbours and are nobody's: the index built here stays right as they come.
+        self._neighbours = ItemNeighbourIndex(bundle.item_neighbours, bundle.item_neighbour_weights)
 
     def inputs(
         self, user: int, window: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray
@@ -62,7 +64,7 @@ class Ranker:
             content_profiles(b.item_dense, windows)[rows],
             history_similarity(b.item_embeddings, candidates, windows, rows),
             history_lengths[rows],
-            neighbour_scores(b.item_neighbours, b.item_neighbour_weights, candidates, windows, rows),
+            self._neighbours.scores(candidates, windows, rows),
         )
         return {
             "user_idx": np.where(known, users, self._oov)[rows],  # (N,)

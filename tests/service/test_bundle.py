@@ -105,3 +105,16 @@ def test_onnx_signature_checked_against_manifest(bundle_copy: Path) -> None:
     bundle = load_bundle(bundle_copy)
     with pytest.raises(BundleError, match=r"user_tower\.onnx: input 'user_categorical' has width"):
         Pipeline.open(bundle, device="cpu")
+
+
+def test_negative_neighbour_weights_are_refused(bundle_copy: Path) -> None:
+    """The ranker's neighbour features assume cosines of interaction columns (never negative)."""
+    path = bundle_copy / "item_neighbour_weights.npy"
+    weights = np.load(path, allow_pickle=False)
+    weights[0, 0] = -0.5
+    np.save(path, weights)
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    manifest["files"][path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"item_neighbour_weights\.npy: weights must be non-negative"):
+        load_bundle(bundle_copy)

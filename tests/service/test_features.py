@@ -5,6 +5,7 @@ import pytest
 
 from service.features import (
     RANKER_CONTEXT_FEATURES,
+    ItemNeighbourIndex,
     content_profiles,
     history_similarity,
     history_window,
@@ -84,6 +85,32 @@ def test_neighbour_scores_sum_and_max_over_history_neighbours() -> None:
     np.testing.assert_allclose(out[:, 0], np.log1p([1.0, 0.5, 0.5, 1.0]), rtol=1e-6)
     np.testing.assert_allclose(out[:, 1], [0.75, 0.5, 0.5, 0.75], rtol=1e-6)
     assert not neighbour_scores(neighbours, weights, np.array([0, 1]), np.array([-1, -1])).any()
+    index = ItemNeighbourIndex(neighbours, weights)
+    np.testing.assert_allclose(index.scores(np.array([2, 0, 1, 2]), np.array([1, -1, 0, 1])), out, rtol=1e-6)
+    assert not index.scores(np.array([0, 1]), np.array([-1, -1])).any()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_inverted_neighbour_index_equals_the_definition(seed: int) -> None:
+    """Batches of users with unequal groups, empty groups and windows, a candidate twice, history items and
+    candidates beyond the index (items added live), rows without neighbours, zero weights."""
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        n_items, k, live = int(rng.integers(1, 60)), int(rng.integers(0, 8)), 3
+        neighbours = rng.integers(-1, n_items, size=(n_items, k)).astype(np.int32)
+        weights = rng.random((n_items, k)).astype(np.float32) * (neighbours >= 0) * (rng.random((n_items, k)) > 0.2)
+        n_users = int(rng.integers(1, 5))
+        windows = rng.integers(-1, n_items + live, size=(n_users, int(rng.integers(1, 7))))
+        sizes = rng.integers(0, 12, size=n_users)
+        candidates = rng.integers(0, n_items + live, size=int(sizes.sum()))
+        rows = np.repeat(np.arange(n_users), sizes)
+        # The definition over the catalogue with the live items appended (no neighbours, nobody's neighbour).
+        all_neighbours = np.concatenate([neighbours, np.full((live, k), -1, np.int32)])
+        all_weights = np.concatenate([weights, np.zeros((live, k), np.float32)])
+        expected = neighbour_scores(all_neighbours, all_weights, candidates, windows, rows)
+        got = ItemNeighbourIndex(neighbours, weights).scores(candidates, windows, rows)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_features_of_several_users_at_once_equal_each_users_alone() -> None:
