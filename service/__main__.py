@@ -1,7 +1,8 @@
 """Run the service: `python -m service [--host H] [--port P]`, as RECO_WORKERS processes.
 
 One worker (the default) is `uvicorn --factory service.main:create_app`. Several: uvicorn's process manager
-starts RECO_WORKERS processes that accept on one socket and restarts one that dies; each loads the bundle
+starts RECO_WORKERS processes, each listening on its own SO_REUSEPORT socket (service.sockets: the kernel spreads
+the connections), and restarts one that dies; each loads the bundle
 (memory x workers) and runs its own micro-batcher. Their metrics are aggregated through prometheus_client's
 multiprocess mode: each process writes its samples to memory-mapped files in PROMETHEUS_MULTIPROC_DIR
 (a fresh temporary directory unless set; emptied here, before the workers start, as the mode requires), and
@@ -11,16 +12,21 @@ multiprocess mode: each process writes its samples to memory-mapped files in PRO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from service.metrics import MULTIPROC_ENV
 from service.settings import Settings
+from service.sockets import ReusePortSockets
 
 
 def prepare_metrics_dir() -> Path:
@@ -61,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve(args: argparse.Namespace, workers: int) -> None:
-    uvicorn.run(
+    config = uvicorn.Config(
         "service.main:create_app",
         factory=True,
         host=args.host,
@@ -71,6 +77,15 @@ def serve(args: argparse.Namespace, workers: int) -> None:
         log_level=args.log_level,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
     )
+    if workers == 1:
+        server = uvicorn.Server(config)
+        server.run()
+        if not server.started:  # as uvicorn.run: the app failed to start (the reason is logged)
+            sys.exit(STARTUP_FAILURE)
+        return
+    # As uvicorn.run with workers, except that each worker listens on a socket of its own (service.sockets).
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=ReusePortSockets(args.host, args.port)).run()
 
 
 if __name__ == "__main__":

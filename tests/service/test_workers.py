@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from service.item_encoder import ItemEncoder
 from service.live_items import ItemConflict, ItemRecord, LiveItems
 from service.pipeline import Pipeline
 from service.settings import Settings
+from service.sockets import ReusePortSockets
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, redis_available
 
 
@@ -141,6 +144,41 @@ def both_ready(url: str, metrics_dir: Path) -> bool:
 
 
 @pytest.mark.skipif(not redis_available(), reason="needs the Redis server at 127.0.0.1:6379")
+def test_each_worker_listens_on_its_own_socket_and_the_kernel_spreads_connections() -> None:
+    parent = ReusePortSockets("127.0.0.1", 0)  # port 0: the parent's bind picks it
+    # As uvicorn's process manager hands the list to each worker it starts: pickled.
+    workers = [pickle.loads(pickle.dumps(parent)) for _ in range(2)]
+    try:
+        assert parent.port > 0
+        for w in workers:
+            assert (len(w), w.port, w[0].getsockname()[1]) == (1, parent.port, parent.port)
+            assert w[0].fileno() != parent[0].fileno()
+            w[0].listen(64)
+            w[0].setblocking(False)
+        clients = [socket.create_connection(("127.0.0.1", parent.port), timeout=5) for _ in range(40)]
+        time.sleep(0.2)
+        accepted = []
+        for w in workers:
+            n = 0
+            while True:
+                try:
+                    conn, _ = w[0].accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                n += 1
+            accepted.append(n)
+        for c in clients:
+            c.close()
+        # Every connection reached a listening worker (none the parent's socket), and both got some: with
+        # an even hash the chance that all 40 go to one is 2 ** -39.
+        assert sum(accepted) == 40, accepted
+        assert min(accepted) > 0, accepted
+    finally:
+        for s in [*parent, *workers[0], *workers[1]]:
+            s.close()
+
+
 def test_two_workers_serve_as_one_service(tiny_bundle: Path, tmp_path: Path) -> None:
     port, metrics_dir = free_port(), tmp_path / "metrics"
     metrics_dir.mkdir()
