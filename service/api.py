@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import pathlib
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -15,6 +15,7 @@ from service.errors import Conflict, Forbidden, InvalidField, NotFound, Unauthor
 from service.events import DISLIKE_PREFIX, EventStoreUnavailable
 from service.features import most_similar_in_history
 from service.live_items import ItemConflict, ItemRecord
+from service.logs import UserHasher
 from service.schemas import (
     Because,
     ErrorResponse,
@@ -53,13 +54,22 @@ _NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": ErrorResponse, 
 async def recommend(body: RecommendationRequest, request: Request, state: StateDep) -> Response:
     """Top-k items for a user: cached or computed user embedding -> FAISS candidates -> drop already-seen
     and excluded items -> ONNX ranker -> best k."""
+    content = await recommendations_json(state, body, request.scope["state"], request.app.state.user_hash)
+    return Response(content, media_type="application/json")
+
+
+async def recommendations_json(
+    state: AppState, body: RecommendationRequest, request_state: dict[str, Any], user_hash: UserHasher
+) -> bytes:
+    """The route's work, also called by service.fast_path: the RecommendationResponse as JSON. `request_state` is
+    the request's scope["state"] (its request id in; the access record's hashed user out)."""
     settings = state.settings
     if body.k > settings.max_k:
         raise InvalidField(("body", "k"), f"must be at most {settings.max_k}, got {body.k}")
     if len(body.exclude_item_ids) > settings.max_exclusions:
         raise InvalidField(("body", "exclude_item_ids"), f"at most {settings.max_exclusions} ids")
-    request_id: str = request.state.request_id  # set by HTTPMetricsMiddleware from X-Request-ID or new
-    request.state.user_hash = request.app.state.user_hash(body.user_id)  # the access record's `user`
+    request_id: str = request_state["request_id"]  # set by HTTPMetricsMiddleware from X-Request-ID or new
+    request_state["user_hash"] = user_hash(body.user_id)  # the access record's `user`
     serving = state.serving  # one bundle for the whole request, whatever a reload does meanwhile
     async with state.admit():
         result = await serving.recommender.recommend(body.user_id, body.k, body.exclude_item_ids)
@@ -89,7 +99,7 @@ async def recommend(body: RecommendationRequest, request: Request, state: StateD
     )
     # Built and validated above: serialised once, by pydantic-core, instead of FastAPI re-validating it and
     # encoding it again (the response_model still documents it).
-    return Response(response.model_dump_json(), media_type="application/json")
+    return response.model_dump_json().encode()
 
 
 @router.post(

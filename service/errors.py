@@ -116,12 +116,24 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         _count(request, exc.error)
-        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
-        return JSONResponse(_body(exc.error, exc.message, exc.detail), status_code=exc.status_code, headers=headers)
+        status, body, headers = service_error_response(exc)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        route = getattr(request.scope.get("route"), "path", "unmatched")  # the template: a raw path may carry ids
-        log.exception("unhandled error on %s %s", request.method, route)
         _count(request, type(exc).__name__)
-        return JSONResponse(_body("internal_error", "internal error", []), status_code=500)
+        status, body = unexpected_error_response(request.scope, exc)
+        return JSONResponse(body, status_code=status)
+
+
+def service_error_response(exc: ServiceError) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+    """(status, body, headers) of a ServiceError: 503s say when to retry."""
+    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+    return exc.status_code, _body(exc.error, exc.message, exc.detail), headers
+
+
+def unexpected_error_response(scope: Any, exc: Exception) -> tuple[int, dict[str, Any]]:
+    """Logs the error with its traceback; the response says nothing of it."""
+    route = getattr(scope.get("route"), "path", "unmatched")  # the template: a raw path may carry ids
+    log.error("unhandled error on %s %s", scope.get("method"), route, exc_info=exc)
+    return 500, _body("internal_error", "internal error", [])

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import router
 from service.errors import install_error_handlers
+from service.fast_path import RecommendationsFastPath
 from service.logs import ACCESS, UserHasher, configure_logging, request_id_from
 from service.metrics import Metrics
 from service.settings import Settings
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = lambda: deployment_openapi(app, settings)  # type: ignore[method-assign]
     app.include_router(router)
     install_error_handlers(app)
+    app.add_middleware(RecommendationsFastPath, max_body_bytes=settings.max_body_bytes, enabled=settings.http_fast_path)
     app.add_middleware(AdmissionMiddleware)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)  # outermost: it also counts the refusals
     app.state.user_hash = UserHasher(settings.log_user_key)

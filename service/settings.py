@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         False, description="Development: the admin endpoints may be open (no admin token). Never in production."
     )
 
+    http_fast_path: bool = Field(
+        True,
+        description="POST /v1/recommendations answered without FastAPI's router when the body validates (same "
+        "responses, less CPU per request; see service.fast_path); false: every request through FastAPI.",
+    )
+
     # Logs: JSON lines; user ids only as keyed hashes.
     log_format: Literal["json", "text"] = Field("json", description="json: one object per line; text: plain.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")

@@ -1,0 +1,155 @@
+"""POST /v1/recommendations on the fast path (service.fast_path) answers exactly as through FastAPI's route."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+import service.fast_path
+from service.bundle import load_bundle
+from service.errors import Unavailable
+from service.main import create_app
+from service.settings import Settings
+
+
+@pytest.fixture
+def clients(settings: Settings) -> Iterator[tuple[TestClient, TestClient]]:
+    """(fast path on, fast path off), otherwise the same settings (the in-process cache: no shared state)."""
+    small = settings.model_copy(update={"max_body_bytes": 4096, "max_exclusions": 3})
+    with (
+        # A 500 is a response here, as for a real client (the test client re-raises the server's error).
+        TestClient(create_app(small), raise_server_exceptions=False) as fast,
+        TestClient(
+            create_app(small.model_copy(update={"http_fast_path": False})), raise_server_exceptions=False
+        ) as routed,
+    ):
+        yield fast, routed
+
+
+def cases(user_ids: list[str], item_ids: list[str]) -> list[tuple[str, bytes, dict[str, str]]]:
+    """(name, body, headers): what a client may send, valid or not."""
+    as_json = {"content-type": "application/json"}
+
+    def body(**fields: Any) -> bytes:
+        return json.dumps(fields).encode()
+
+    return [
+        ("known user", body(user_id=user_ids[0], k=5), as_json),
+        ("default k", body(user_id=user_ids[1]), as_json),
+        ("exclusions", body(user_id=user_ids[2], k=4, exclude_item_ids=item_ids[:2]), as_json),
+        ("explain", body(user_id=user_ids[3], k=3, explain=True), as_json),
+        ("unknown user", body(user_id="nobody-knows-me", k=5), as_json),
+        ("integer id, k 4.0", b'{"user_id": ' + user_ids[4].encode() + b', "k": 4.0}', as_json),
+        ("charset", body(user_id=user_ids[5], k=2), {"content-type": "application/json; charset=utf-8"}),
+        ("duplicate key", b'{"user_id": "a", "user_id": "' + user_ids[6].encode() + b'", "k": 2}', as_json),
+        ("k above max_k (a check inside)", body(user_id=user_ids[0], k=51), as_json),
+        ("too many exclusions (inside)", body(user_id=user_ids[0], exclude_item_ids=item_ids[:4]), as_json),
+        ("k 0", body(user_id=user_ids[0], k=0), as_json),
+        ("k true", body(user_id=user_ids[0], k=True), as_json),
+        ("k 2.5", body(user_id=user_ids[0], k=2.5), as_json),
+        ("empty user id", body(user_id="", k=2), as_json),
+        ("no user id", body(k=2), as_json),
+        ("extra field", body(user_id=user_ids[0], k=2, page=3), as_json),
+        ("explain 'yes'", body(user_id=user_ids[0], explain="yes"), as_json),
+        ("NaN", b'{"user_id": "1", "k": NaN}', as_json),
+        ("not JSON", b'{"user_id": ', as_json),
+        ("a list", b"[1, 2]", as_json),
+        ("empty body", b"", as_json),
+        ("text/plain", body(user_id=user_ids[0], k=2), {"content-type": "text/plain"}),
+        ("no content type", body(user_id=user_ids[0], k=2), {}),
+        ("too large", body(user_id=user_ids[0], k=2, exclude_item_ids=["x" * 100] * 50), as_json),
+    ]
+
+
+def comparable(response: Any) -> tuple[int, str | None, str | None, Any]:
+    try:
+        content: Any = response.json()
+    except ValueError:
+        content = response.text
+    if isinstance(content, dict):
+        content.pop("request_id", None)  # new for every request
+    return (
+        response.status_code,
+        response.headers.get("content-type"),
+        response.headers.get("retry-after"),
+        content,
+    )
+
+
+def test_every_request_gets_the_same_answer_with_and_without_the_fast_path(
+    clients: tuple[TestClient, TestClient], tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, routed = clients
+    taken: list[str] = []
+    answer = service.fast_path.recommendations_json
+
+    async def counting(*args: Any) -> bytes:
+        taken.append(args[1].user_id)
+        return await answer(*args)
+
+    monkeypatch.setattr(service.fast_path, "recommendations_json", counting)
+    bundle = load_bundle(tiny_bundle)
+    statuses = {}
+    for name, body, headers in cases(bundle.user_ids, bundle.item_ids):
+        taken.clear()
+        got = comparable(fast.post("/v1/recommendations", content=body, headers=headers))
+        expected = comparable(routed.post("/v1/recommendations", content=body, headers=headers))
+        assert got == expected, name
+        statuses[name] = got[0]
+        # Valid JSON bodies take the fast path (errors raised inside included); the others are FastAPI's.
+        assert bool(taken) == (got[0] == 200 or "inside" in name), name
+    assert statuses["known user"] == 200
+    assert statuses["k above max_k (a check inside)"] == statuses["k 0"] == 422
+    assert statuses["not JSON"] == statuses["no content type"] == 422
+    assert statuses["too large"] == 413
+    assert statuses["text/plain"] == 422
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "counted"),
+    [
+        (RuntimeError("secret detail"), 500, "RuntimeError"),
+        (Unavailable("the event store is down"), 503, "unavailable"),
+    ],
+)
+def test_errors_raised_while_answering_are_rendered_the_same_either_way(
+    clients: tuple[TestClient, TestClient],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_bundle: Path,
+    error: Exception,
+    status: int,
+    counted: str,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    body = {"user_id": load_bundle(tiny_bundle).user_ids[0], "k": 3}
+    answers = []
+    for client in clients:
+        monkeypatch.setattr(client.app.state.reco.recommender, "recommend", broken)  # type: ignore[attr-defined]
+        response = client.post("/v1/recommendations", json=body)
+        answers.append(comparable(response))
+        assert "secret" not in response.text
+        metrics = client.get("/metrics").text
+        assert f'reco_errors_total{{type="{counted}"}} 1.0' in metrics
+        route = f'reco_http_requests_total{{method="POST",route="/v1/recommendations",status="{status}"}} 1.0'
+        assert route in metrics
+    assert answers[0] == answers[1]
+    assert answers[0][0] == status
+    assert answers[0][2] == ("1" if status == 503 else None)  # Retry-After
+
+
+def test_fast_path_requests_are_counted_under_the_route(
+    clients: tuple[TestClient, TestClient], tiny_bundle: Path
+) -> None:
+    fast, _ = clients
+    user = load_bundle(tiny_bundle).user_ids[0]
+    for _ in range(3):
+        assert fast.post("/v1/recommendations", json={"user_id": user, "k": 2}).status_code == 200
+    metrics = fast.get("/metrics").text
+    assert 'reco_http_requests_total{method="POST",route="/v1/recommendations",status="200"} 3.0' in metrics
