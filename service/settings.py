@@ -119,7 +119,14 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         0.0, ge=0, description="How long a batch waits for company; 0 = only what queued while the last ran."
     )
-    batch_workers: int = Field(2, ge=1, description="Recommendation batches computed at once (<= worker_threads).")
+    batch_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Recommendation batches computed at once per process (<= worker_threads). Unset: 2 with one "
+        "worker process (its batches then use both cores of a 2-core machine), 1 with several (a batch loop each, "
+        "fewer threads per core; measured at 100K items, 2 processes on 2 cores: 882 against 706-811 req/s at "
+        "concurrency 32, p99 53-57 against 86-110 ms).",
+    )
     warmup_requests: int = Field(3, ge=0, description="Pipeline runs at start-up before readiness turns green.")
     workers: int = Field(
         1,
@@ -129,6 +136,12 @@ class Settings(BaseSettings):
         "cache and events); metrics are aggregated over the processes (Prometheus multiprocess mode); the "
         "admin reload and rollback are refused (restart instead).",
     )
+
+    @property
+    def batch_loops(self) -> int:
+        """`batch_workers`, or its default for this many worker processes."""
+        chosen = self.batch_workers if self.batch_workers is not None else (2 if self.workers == 1 else 1)
+        return min(chosen, self.worker_threads)
 
     @model_validator(mode="after")
     def _workers_share_redis(self) -> Settings:

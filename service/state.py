@@ -234,7 +234,7 @@ async def open_serving(
     batching = BatchingOptions(
         settings.batch_max_size,
         settings.batch_max_wait_ms / 1000,
-        min(settings.batch_workers, settings.worker_threads),
+        settings.batch_loops,
     )
     recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates, events, batching)
     return Serving(pipeline, recommender, live_items)

@@ -35,6 +35,14 @@ def test_several_workers_need_redis(tiny_bundle: Path) -> None:
     Settings(bundle_path=tiny_bundle, dev_mode=True, workers=2, redis_url="redis://127.0.0.1:6379/15")
 
 
+def test_batch_loops_default_to_two_for_one_process_and_one_each_for_several(tiny_bundle: Path) -> None:
+    base = {"bundle_path": tiny_bundle, "dev_mode": True, "redis_url": "redis://127.0.0.1:6379/15"}
+    assert Settings(**base).batch_loops == 2
+    assert Settings(**base, workers=2).batch_loops == 1
+    assert Settings(**base, workers=2, batch_workers=3).batch_loops == 3
+    assert Settings(**base, batch_workers=3, worker_threads=2).batch_loops == 2  # never more than the threads
+
+
 def test_the_launcher_refuses_bad_settings_before_starting_anything(tiny_bundle: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")}
     env |= {"RECO_WORKERS": "2", "RECO_BUNDLE_PATH": str(tiny_bundle), "RECO_DEV_MODE": "true"}
