@@ -170,6 +170,7 @@ class RedisEmbeddingCache:
         breaker: CircuitBreaker,
         password: str | None = None,
         batch_commands: bool = True,
+        reads: CommandBatcher | None = None,
     ) -> None:
         self._client = open_client(
             url,
@@ -183,8 +184,11 @@ class RedisEmbeddingCache:
         self._ttl = ttl_s
         self._dim = dim
         self.breaker = breaker
-        # Concurrent requests' GETs in one pipeline (one round trip); unbatched: one round trip each.
-        self._reads = CommandBatcher(self._client, batch=batch_commands)
+        # Concurrent requests' GETs in one pipeline (one round trip); unbatched: one round trip each. `reads`: a
+        # batcher shared with the event store (its owner closes it), whose client's timeouts are the longer ones:
+        # this cache's shorter deadline still applies to its own reads (asyncio.timeout below).
+        self._own_reads = reads is None
+        self._reads = CommandBatcher(self._client, batch=batch_commands) if reads is None else reads
 
     async def get(self, key: str) -> tuple[np.ndarray | None, CacheResult]:
         if not self.breaker.allow():
@@ -238,5 +242,6 @@ class RedisEmbeddingCache:
         return "ok"
 
     async def close(self) -> None:
-        await self._reads.close()
+        if self._own_reads:
+            await self._reads.close()
         await self._client.aclose()

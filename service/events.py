@@ -93,6 +93,7 @@ class RedisEventStore:
         pool_size: int,
         password: str | None = None,
         batch_commands: bool = True,
+        reads: CommandBatcher | None = None,
     ) -> None:
         self._client = open_client(
             url, password=password, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s, pool_size=pool_size
@@ -100,8 +101,10 @@ class RedisEventStore:
         self._cap = cap
         self._ttl = ttl_s
         self._deadline_s = 2 * timeout_s
-        # Concurrent requests' LRANGEs in one pipeline (one round trip); unbatched: one round trip each.
-        self._reads = CommandBatcher(self._client, batch=batch_commands)
+        # Concurrent requests' LRANGEs in one pipeline (one round trip); unbatched: one round trip each. `reads`: a
+        # batcher shared with the embedding cache (its owner closes it).
+        self._own_reads = reads is None
+        self._reads = CommandBatcher(self._client, batch=batch_commands) if reads is None else reads
 
     @staticmethod
     def key(user_id: str) -> str:
@@ -136,5 +139,6 @@ class RedisEventStore:
             raise EventStoreUnavailable(f"the event store (Redis) did not take the delete: {e!r}") from e
 
     async def close(self) -> None:
-        await self._reads.close()
+        if self._own_reads:
+            await self._reads.close()
         await self._client.aclose()

@@ -1,10 +1,11 @@
 """Redis commands of concurrent requests, sent as one pipeline.
 
-Each recommendation reads Redis twice (the user's recent events, then the cached embedding). Under load many
-requests reach the same step in the same event-loop turn; `CommandBatcher` collects the commands issued in that
-turn and sends them as one pipeline: one connection taken from the pool, one write, one read, instead of one
-round trip each (the effect of MGET for GETs, for any read command). A command issued alone is sent alone, one
-turn later.
+Each recommendation reads Redis twice (the user's recent events and the cached embedding, at once). Under load
+many requests reach the same step in the same event-loop turn; `CommandBatcher` collects the commands issued in
+that turn and sends them as one pipeline: one connection taken from the pool, one write, one read, instead of one
+round trip each (the effect of MGET for GETs, for any read command). The service gives the embedding cache and
+the event store one batcher for their reads, so a request's two reads share a round trip too. A command issued
+alone is sent alone, one turn later.
 
 A caller's own deadline (`asyncio.timeout`) still applies: it stops waiting; the pipeline it was part of carries
 on for the others. An error of the pipeline as a whole (connection refused, timeout) is raised to every caller in
@@ -55,6 +56,10 @@ class CommandBatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self.pipelines = 0  # sends: pipelines, and lone commands sent alone (for tests)
         self.commands = 0
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._client
 
     async def execute(self, command: str, *args: Any) -> Any:
         if not self._batch:

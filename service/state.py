@@ -23,6 +23,7 @@ from service.item_encoder import ItemEncoder
 from service.live_items import LiveItems
 from service.metrics import Metrics
 from service.pipeline import BatchingOptions, Pipeline, Recommender
+from service.redis_batch import CommandBatcher, open_client
 from service.runtime import limit_native_threads
 from service.settings import Settings
 
@@ -56,6 +57,7 @@ class AppState:
     in_flight: int = 0
     previous_bundle: Path | None = None  # what a rollback goes back to
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    redis_reads: CommandBatcher | None = None  # shared by the cache and the event store; closed after them
 
     @property
     def bundle(self) -> Bundle:
@@ -112,19 +114,21 @@ class AppState:
         )
         cache: EmbeddingCache | None = None
         events: EventStore | None = None
+        reads = open_shared_reads(settings)
         try:
             bundle = await asyncio.get_running_loop().run_in_executor(executor, load_bundle, settings.bundle_path)
-            cache = open_cache(settings, bundle.manifest.dims.embedding_dim)
-            events = open_event_store(settings)
+            cache = open_cache(settings, bundle.manifest.dims.embedding_dim, reads)
+            events = open_event_store(settings, reads)
             serving = await open_serving(bundle, settings, metrics, executor, cache, events)
         except BaseException:
             if cache is not None:
                 await cache.close()
             if events is not None:
                 await events.close()
+            await close_shared_reads(reads)
             executor.shutdown(wait=False)
             raise
-        state = cls(settings, metrics, serving, cache, executor, events)
+        state = cls(settings, metrics, serving, cache, executor, events, redis_reads=reads)
         state.ready = True
         metrics.ready.set(1)
         state.publish()
@@ -202,6 +206,7 @@ class AppState:
         self.metrics.ready.set(0)
         await self.cache.close()
         await self.events.close()
+        await close_shared_reads(self.redis_reads)
         self.executor.shutdown(wait=True)
         self.metrics.process_exited()
 
@@ -240,7 +245,29 @@ async def open_serving(
     return Serving(pipeline, recommender, live_items)
 
 
-def open_cache(settings: Settings, dim: int) -> EmbeddingCache:
+def open_shared_reads(settings: Settings) -> CommandBatcher | None:
+    """One batcher for the reads of the embedding cache and of the event store (a request's two reads, and
+    concurrent requests', in one pipeline), on a client with the longer of their timeouts; each keeps its own
+    deadline. None without Redis, or with RECO_REDIS_BATCH_COMMANDS off."""
+    if not settings.redis_url or not settings.redis_batch_commands:
+        return None
+    client = open_client(
+        settings.redis_url,
+        password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+        socket_timeout_s=max(settings.redis_socket_timeout_s, settings.events_redis_timeout_s),
+        connect_timeout_s=max(settings.redis_connect_timeout_s, settings.events_redis_timeout_s),
+        pool_size=settings.redis_pool_size,
+    )
+    return CommandBatcher(client)
+
+
+async def close_shared_reads(reads: CommandBatcher | None) -> None:
+    if reads is not None:
+        await reads.close()  # waits for pipelines in flight
+        await reads.client.aclose()
+
+
+def open_cache(settings: Settings, dim: int, reads: CommandBatcher | None = None) -> EmbeddingCache:
     if settings.redis_url:
         return RedisEmbeddingCache(
             settings.redis_url,
@@ -252,11 +279,12 @@ def open_cache(settings: Settings, dim: int) -> EmbeddingCache:
             breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
             password=settings.redis_password.get_secret_value() if settings.redis_password else None,
             batch_commands=settings.redis_batch_commands,
+            reads=reads,
         )
     return LocalEmbeddingCache(settings.local_cache_size, settings.cache_ttl_s, dim)
 
 
-def open_event_store(settings: Settings) -> EventStore:
+def open_event_store(settings: Settings, reads: CommandBatcher | None = None) -> EventStore:
     if settings.redis_url:
         return RedisEventStore(
             settings.redis_url,
@@ -266,6 +294,7 @@ def open_event_store(settings: Settings) -> EventStore:
             pool_size=settings.redis_pool_size,
             password=settings.redis_password.get_secret_value() if settings.redis_password else None,
             batch_commands=settings.redis_batch_commands,
+            reads=reads,
         )
     return LocalEventStore(settings.events_per_user, settings.events_local_users)
 

@@ -13,6 +13,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from service.redis_batch import CommandBatcher, open_client
+from service.settings import Settings
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, redis_available
 
 if os.environ.get("RECO_TEST_REQUIRE_REDIS") == "1" and not redis_available():
@@ -131,3 +132,31 @@ def test_more_concurrent_reads_than_pooled_connections_wait_for_one_instead_of_f
             await r.aclose()
 
     asyncio.run(run())
+
+
+@needs_redis
+def test_a_requests_event_read_and_cache_read_share_one_pipeline(settings: Settings) -> None:
+    """The service gives the cache and the event store one read batcher: one round trip per request."""
+    from fastapi.testclient import TestClient
+
+    from service.bundle import load_bundle
+    from service.main import create_app
+
+    user = load_bundle(settings.bundle_path).user_ids[-1]
+
+    async def no_fresh_events() -> None:  # another test may have left some: they would add a read
+        r = client()
+        await r.delete(f"reco:events:{user}")
+        await r.aclose()
+
+    asyncio.run(no_fresh_events())
+    with TestClient(
+        create_app(settings.model_copy(update={"redis_url": f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB}"}))
+    ) as c:
+        reads = c.app.state.reco.redis_reads  # type: ignore[attr-defined]
+        assert reads is not None
+        assert c.post("/v1/recommendations", json={"user_id": user, "k": 3}).status_code == 200  # caches it
+        before = (reads.pipelines, reads.commands)
+        assert c.post("/v1/recommendations", json={"user_id": user, "k": 3}).status_code == 200
+        assert (reads.pipelines - before[0], reads.commands - before[1]) == (1, 2)  # LRANGE + GET, one pipeline
+        assert 'reco_cache_requests_total{result="hit"}' in c.get("/metrics").text
