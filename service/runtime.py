@@ -7,6 +7,8 @@ the GPU and fails loudly without one.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 from pathlib import Path
 from typing import Any
@@ -79,3 +81,11 @@ def faiss_gpus(device: str) -> int:
 def session_signature(session: ort.InferenceSession) -> dict[str, list[Any]]:
     """Input name -> shape as ONNX declares it (symbolic batch dims are strings)."""
     return {i.name: list(i.shape) for i in session.get_inputs()}
+
+
+def release_free_memory() -> None:
+    """Hand the heap memory freed since start-up back to the OS. glibc keeps what large temporaries (checksums,
+    the neighbour index's inversion, ONNX Runtime's graph optimisation) leave free in its heap, where it counts as
+    resident memory of every worker: measured at 100K items, ~60 MB per process. A no-op where libc is not glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -24,7 +24,7 @@ from service.live_items import LiveItems
 from service.metrics import Metrics
 from service.pipeline import BatchingOptions, Pipeline, Recommender
 from service.redis_batch import CommandBatcher, open_client
-from service.runtime import limit_native_threads
+from service.runtime import limit_native_threads, release_free_memory
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,7 @@ async def open_serving(
         settings.batch_loops,
     )
     recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates, events, batching)
+    await asyncio.get_running_loop().run_in_executor(executor, release_free_memory)  # loading's temporaries
     return Serving(pipeline, recommender, live_items)
 
 
