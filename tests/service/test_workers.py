@@ -3,9 +3,9 @@ and of the settings; what only one process would see is refused."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-import pickle
 import re
 import shutil
 import signal
@@ -154,8 +154,8 @@ def both_ready(url: str, metrics_dir: Path) -> bool:
 @pytest.mark.skipif(not redis_available(), reason="needs the Redis server at 127.0.0.1:6379")
 def test_each_worker_listens_on_its_own_socket_and_the_kernel_spreads_connections() -> None:
     parent = ReusePortSockets("127.0.0.1", 0)  # port 0: the parent's bind picks it
-    # As uvicorn's process manager hands the list to each worker it starts: pickled.
-    workers = [pickle.loads(pickle.dumps(parent)) for _ in range(2)]
+    # uvicorn's process manager pickles the list to each worker it starts; copy goes through the same __reduce__.
+    workers = [copy.copy(parent) for _ in range(2)]
     try:
         assert parent.port > 0
         for w in workers:
