@@ -71,7 +71,7 @@ class RecommendationsFastPath:
         state: AppState | None = getattr(scope["app"].state, "reco", None)
         body: RecommendationRequest | None = None
         if not more and messages[-1]["type"] == "http.request" and state is not None and state.ready:
-            # An invalid body goes to FastAPI, which words the 422 (or the 400 for a body that is not JSON).
+            # An invalid body (not JSON included) goes to FastAPI, which words the 422.
             with contextlib.suppress(ValidationError):
                 body = RecommendationRequest.model_validate_json(b"".join(m.get("body", b"") for m in messages))
         if body is None or state is None:
