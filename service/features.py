@@ -123,15 +123,9 @@ def history_similarity(
         mask = windows[s] >= 0  # (n, L)
         hist = item_embeddings[np.where(mask, windows[s], 0)]  # (n, L, E)
         sims = np.einsum("nle,ne->nl", hist, item_embeddings[candidates[s]])  # (n, L)
-        _masked_max_mean(sims, mask, out[s])
-    return out
-
-
-def _masked_max_mean(sims: np.ndarray, mask: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Max and mean over the unmasked entries of each row of sims (n, L) into out (n, 2); zeros for none."""
-    count = mask.sum(axis=1)
-    out[:, 0] = np.where(count > 0, np.where(mask, sims, -np.inf).max(axis=1, initial=-np.inf), 0.0)
-    out[:, 1] = (sims * mask).sum(axis=1) / np.maximum(count, 1)
+        count = mask.sum(axis=1)
+        out[s, 0] = np.where(count > 0, np.where(mask, sims, -np.inf).max(axis=1, initial=-np.inf), 0.0)
+        out[s, 1] = (sims * mask).sum(axis=1) / np.maximum(count, 1)
     return out
 
 

@@ -79,10 +79,6 @@ class LiveItems:
                 self._add([record])
             return True
 
-    def replay(self) -> int:
-        """Re-apply the delta file (at start-up). Records whose id the bundle now holds are skipped."""
-        return self.sync()
-
     def behind(self) -> bool:
         """Whether the delta file holds lines this process has not read (another process appended them)."""
         try:
@@ -91,7 +87,8 @@ class LiveItems:
             return False
 
     def sync(self) -> int:
-        """Add the items appended to the delta file since this process last read it. Returns how many."""
+        """Add the items appended to the delta file since this process last read it (at start-up: all of it;
+        records whose id the bundle now holds are skipped). Returns how many."""
         if self._path is None or not self._path.is_file():
             return 0
         with self._lock, self._path.open("rb") as f:

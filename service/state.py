@@ -227,7 +227,7 @@ async def open_serving(
         pipeline = Pipeline.open(bundle, device=settings.device, intra_op_threads=settings.ort_intra_op_threads)
         encoder = ItemEncoder(bundle, pipeline.onnx_providers, settings.ort_intra_op_threads)
         live = LiveItems(pipeline, encoder, delta)
-        replayed = live.replay()
+        replayed = live.sync()
         if replayed:
             log.info("re-applied %d live items from %s", replayed, delta)
         for _ in range(settings.warmup_requests):

@@ -90,7 +90,7 @@ def test_processes_sharing_the_live_items_file_see_each_others_items(tiny_bundle
         f.write("\n")
     assert a.sync() == 1
     # A fresh process replays the whole file.
-    assert live_items(tiny_bundle, delta).replay() == 4
+    assert live_items(tiny_bundle, delta).sync() == 4
 
 
 def test_a_worker_that_died_leaves_no_live_gauges_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
