@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 from redis.exceptions import RedisError
 
-from service.redis_batch import CommandBatcher, open_client
+from service.redis_batch import ReadPipeline, open_client
 
 
 class CacheResult(enum.Enum):
@@ -170,7 +170,7 @@ class RedisEmbeddingCache:
         breaker: CircuitBreaker,
         password: str | None = None,
         batch_commands: bool = True,
-        reads: CommandBatcher | None = None,
+        reads: ReadPipeline | None = None,
     ) -> None:
         self._client = open_client(
             url,
@@ -185,10 +185,16 @@ class RedisEmbeddingCache:
         self._dim = dim
         self.breaker = breaker
         # Concurrent requests' GETs in one pipeline (one round trip); unbatched: one round trip each. `reads`: a
-        # batcher shared with the event store (its owner closes it), whose client's timeouts are the longer ones:
-        # this cache's shorter deadline still applies to its own reads (asyncio.timeout below).
+        # pipeline shared with the event store (its owner closes it), whose timeouts are the longer ones: this
+        # cache's shorter deadline still applies to its own reads (asyncio.timeout below).
         self._own_reads = reads is None
-        self._reads = CommandBatcher(self._client, batch=batch_commands) if reads is None else reads
+        self._reads = reads or ReadPipeline(
+            url,
+            password=password,
+            socket_timeout_s=socket_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            batch=batch_commands,
+        )
 
     async def get(self, key: str) -> tuple[np.ndarray | None, CacheResult]:
         if not self.breaker.allow():

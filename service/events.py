@@ -19,7 +19,7 @@ from typing import Protocol
 
 from redis.exceptions import RedisError
 
-from service.redis_batch import CommandBatcher, open_client
+from service.redis_batch import ReadPipeline, open_client
 
 DISLIKE_PREFIX = "!"
 
@@ -93,7 +93,7 @@ class RedisEventStore:
         pool_size: int,
         password: str | None = None,
         batch_commands: bool = True,
-        reads: CommandBatcher | None = None,
+        reads: ReadPipeline | None = None,
     ) -> None:
         self._client = open_client(
             url, password=password, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s, pool_size=pool_size
@@ -102,9 +102,11 @@ class RedisEventStore:
         self._ttl = ttl_s
         self._deadline_s = 2 * timeout_s
         # Concurrent requests' LRANGEs in one pipeline (one round trip); unbatched: one round trip each. `reads`: a
-        # batcher shared with the embedding cache (its owner closes it).
+        # pipeline shared with the embedding cache (its owner closes it).
         self._own_reads = reads is None
-        self._reads = CommandBatcher(self._client, batch=batch_commands) if reads is None else reads
+        self._reads = reads or ReadPipeline(
+            url, password=password, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s, batch=batch_commands
+        )
 
     @staticmethod
     def key(user_id: str) -> str:

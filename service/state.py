@@ -23,7 +23,7 @@ from service.item_encoder import ItemEncoder
 from service.live_items import LiveItems
 from service.metrics import Metrics
 from service.pipeline import BatchingOptions, Pipeline, Recommender
-from service.redis_batch import CommandBatcher, open_client
+from service.redis_batch import ReadPipeline
 from service.runtime import limit_native_threads, release_free_memory
 from service.settings import Settings
 
@@ -57,7 +57,7 @@ class AppState:
     in_flight: int = 0
     previous_bundle: Path | None = None  # what a rollback goes back to
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
-    redis_reads: CommandBatcher | None = None  # shared by the cache and the event store; closed after them
+    redis_reads: ReadPipeline | None = None  # shared by the cache and the event store; closed after them
 
     @property
     def bundle(self) -> Bundle:
@@ -246,29 +246,27 @@ async def open_serving(
     return Serving(pipeline, recommender, live_items)
 
 
-def open_shared_reads(settings: Settings) -> CommandBatcher | None:
-    """One batcher for the reads of the embedding cache and of the event store (a request's two reads, and
-    concurrent requests', in one pipeline), on a client with the longer of their timeouts; each keeps its own
-    deadline. None without Redis, or with RECO_REDIS_BATCH_COMMANDS off."""
-    if not settings.redis_url or not settings.redis_batch_commands:
+def open_shared_reads(settings: Settings) -> ReadPipeline | None:
+    """One read pipeline for the embedding cache and the event store (a request's two reads, and concurrent
+    requests', in one round trip), with the longer of their timeouts; each keeps its own deadline. None without
+    Redis."""
+    if not settings.redis_url:
         return None
-    client = open_client(
+    return ReadPipeline(
         settings.redis_url,
         password=settings.redis_password.get_secret_value() if settings.redis_password else None,
         socket_timeout_s=max(settings.redis_socket_timeout_s, settings.events_redis_timeout_s),
         connect_timeout_s=max(settings.redis_connect_timeout_s, settings.events_redis_timeout_s),
-        pool_size=settings.redis_pool_size,
+        batch=settings.redis_batch_commands,
     )
-    return CommandBatcher(client)
 
 
-async def close_shared_reads(reads: CommandBatcher | None) -> None:
+async def close_shared_reads(reads: ReadPipeline | None) -> None:
     if reads is not None:
-        await reads.close()  # waits for pipelines in flight
-        await reads.client.aclose()
+        await reads.close()  # lets the replies in flight arrive
 
 
-def open_cache(settings: Settings, dim: int, reads: CommandBatcher | None = None) -> EmbeddingCache:
+def open_cache(settings: Settings, dim: int, reads: ReadPipeline | None = None) -> EmbeddingCache:
     if settings.redis_url:
         return RedisEmbeddingCache(
             settings.redis_url,
@@ -285,7 +283,7 @@ def open_cache(settings: Settings, dim: int, reads: CommandBatcher | None = None
     return LocalEmbeddingCache(settings.local_cache_size, settings.cache_ttl_s, dim)
 
 
-def open_event_store(settings: Settings, reads: CommandBatcher | None = None) -> EventStore:
+def open_event_store(settings: Settings, reads: ReadPipeline | None = None) -> EventStore:
     if settings.redis_url:
         return RedisEventStore(
             settings.redis_url,

@@ -92,6 +92,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+REDIS_SERVER = shutil.which("redis-server")
+if REDIS_SERVER is None and os.environ.get("RECO_TEST_REQUIRE_REDIS") == "1":
+    raise RuntimeError("RECO_TEST_REQUIRE_REDIS=1 but redis-server is not installed")
+
+
+def start_redis(port: int, workdir: Path, *options: str) -> subprocess.Popen[bytes]:
+    """A redis-server of the test's own (to pause, kill, restart) on `port`, keeping nothing on disk; `options`
+    are more of its command-line options."""
+    assert REDIS_SERVER is not None
+    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen([*command, "--dir", str(workdir), *options], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("redis-server did not start")
+
+
 @contextlib.contextmanager
 def uvicorn_server(env: dict[str, str], *extra_args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`uvicorn --factory service.main:create_app` in a subprocess with `env` added; yields (url, process)

@@ -1,52 +1,99 @@
-"""CommandBatcher against the real Redis: concurrent commands share one pipeline, each caller gets its own
-answer or its own error, and a caller's deadline does not disturb the others."""
+"""ReadPipeline against the real Redis: concurrent commands share one write, each caller gets its own answer or
+its own error, a caller's deadline does not disturb the others, and a hung, killed or restarted Redis fails the
+callers waiting (within the socket timeout) and is connected to again by the next command."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.redis_batch import CommandBatcher, open_client
+from service.redis_batch import ReadPipeline, open_client, pack_command
 from service.settings import Settings
-from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, redis_available
+from tests.conftest import REDIS_HOST, REDIS_PORT, REDIS_SERVER, free_port, redis_available, start_redis
 
 if os.environ.get("RECO_TEST_REQUIRE_REDIS") == "1" and not redis_available():
     raise RuntimeError("RECO_TEST_REQUIRE_REDIS=1 but no Redis answers at 127.0.0.1:6379")
 needs_redis = pytest.mark.skipif(not redis_available(), reason="no Redis at 127.0.0.1:6379 (.ci/run starts one)")
 DB = 15
 PREFIX = "test:redis_batch:"
+URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB}"
 
 
 def client(port: int = REDIS_PORT) -> aioredis.Redis:
     return aioredis.Redis(host=REDIS_HOST, port=port, db=DB, socket_timeout=1, retry=Retry(NoBackoff(), 0))
 
 
+def reads(url: str = URL, timeout_s: float = 1.0, batch: bool = True) -> ReadPipeline:
+    return ReadPipeline(url, password=None, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s, batch=batch)
+
+
+def test_commands_are_packed_as_resp_arrays_of_bulk_strings() -> None:
+    assert pack_command("get", ("k",)) == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    assert pack_command("lrange", ("é", 0, -1)) == b"*4\r\n$6\r\nLRANGE\r\n$2\r\n\xc3\xa9\r\n$1\r\n0\r\n$2\r\n-1\r\n"
+    with pytest.raises(TypeError, match="NoneType"):
+        pack_command("get", (None,))
+
+
 @needs_redis
 def test_concurrent_commands_go_out_as_one_pipeline_with_each_answer_to_its_caller() -> None:
     async def run() -> None:
-        r = client()
+        r, p = client(), reads()
         try:
             await r.mset({f"{PREFIX}{i}": f"v{i}" for i in range(40)})
             await r.rpush(f"{PREFIX}list", "a", "b")
-            batcher = CommandBatcher(r)
-            gets = [batcher.execute("get", f"{PREFIX}{i}") for i in range(50)]  # 40..49 do not exist
-            results = await asyncio.gather(*gets, batcher.execute("lrange", f"{PREFIX}list", 0, -1))
+            gets = [p.execute("get", f"{PREFIX}{i}") for i in range(50)]  # 40..49 do not exist
+            results = await asyncio.gather(*gets, p.execute("lrange", f"{PREFIX}list", 0, -1))
             assert results[:40] == [f"v{i}".encode() for i in range(40)]
             assert results[40:50] == [None] * 10
             assert results[50] == [b"a", b"b"]
-            assert (batcher.pipelines, batcher.commands) == (1, 51)
-            # One at a time: one pipeline each.
-            assert await batcher.execute("get", f"{PREFIX}0") == b"v0"
-            assert await batcher.execute("get", f"{PREFIX}1") == b"v1"
-            assert batcher.pipelines == 3
+            assert (p.pipelines, p.commands, p.connects) == (1, 51, 1)
+            # One at a time: one write each, on the same connection.
+            assert await p.execute("get", f"{PREFIX}0") == b"v0"
+            assert await p.execute("get", f"{PREFIX}1") == b"v1"
+            assert (p.pipelines, p.connects) == (3, 1)
+            # Unbatched: each command written on its own, answers still in order.
+            q = reads(batch=False)
+            await q.execute("get", f"{PREFIX}0")  # connected (commands that wait for the connect go out together)
+            assert await asyncio.gather(*(q.execute("get", f"{PREFIX}{i}") for i in range(5))) == [
+                f"v{i}".encode() for i in range(5)
+            ]
+            assert (q.pipelines, q.commands) == (6, 6)
+            await q.close()
         finally:
+            await p.close()
             await r.delete(*[f"{PREFIX}{i}" for i in range(40)], f"{PREFIX}list")
+            await r.aclose()
+
+    asyncio.run(run())
+
+
+@needs_redis
+def test_pipelines_in_flight_together_each_get_their_own_answers() -> None:
+    """Several writes outstanding on the one connection at once (max_batch forces a write per 3 commands)."""
+
+    async def run() -> None:
+        r = client()
+        p = ReadPipeline(URL, password=None, socket_timeout_s=1, connect_timeout_s=1, max_batch=3)
+        try:
+            await r.mset({f"{PREFIX}{i}": f"v{i}" for i in range(30)})
+            await p.execute("get", f"{PREFIX}0")  # connected
+            results = await asyncio.gather(*(p.execute("get", f"{PREFIX}{i}") for i in range(30)))
+            assert results == [f"v{i}".encode() for i in range(30)]
+            assert (p.pipelines, p.connects) == (11, 1)
+        finally:
+            await p.close()
+            await r.delete(*[f"{PREFIX}{i}" for i in range(30)])
             await r.aclose()
 
     asyncio.run(run())
@@ -55,35 +102,38 @@ def test_concurrent_commands_go_out_as_one_pipeline_with_each_answer_to_its_call
 @needs_redis
 def test_an_error_of_one_command_reaches_only_its_caller() -> None:
     async def run() -> None:
-        r = client()
+        r, p = client(), reads()
         try:
             await r.set(f"{PREFIX}string", "x")
-            batcher = CommandBatcher(r)
             results = await asyncio.gather(
-                batcher.execute("lrange", f"{PREFIX}string", 0, -1),  # WRONGTYPE
-                batcher.execute("get", f"{PREFIX}string"),
+                p.execute("lrange", f"{PREFIX}string", 0, -1),  # WRONGTYPE
+                p.execute("get", f"{PREFIX}string"),
                 return_exceptions=True,
             )
             assert isinstance(results[0], ResponseError)
             assert results[1] == b"x"
-            assert batcher.pipelines == 1
+            assert p.pipelines == 1
+            assert await p.execute("get", f"{PREFIX}string") == b"x"  # the connection is still good
+            assert p.connects == 1
         finally:
+            await p.close()
             await r.delete(f"{PREFIX}string")
             await r.aclose()
 
     asyncio.run(run())
 
 
-def test_a_failed_pipeline_fails_every_caller_and_the_next_one_tries_again() -> None:
+def test_a_failed_connect_fails_every_caller_and_the_next_one_tries_again() -> None:
     async def run() -> None:
-        r = client(free_port())  # nothing listens there
-        batcher = CommandBatcher(r)
-        results = await asyncio.gather(*(batcher.execute("get", f"k{i}") for i in range(5)), return_exceptions=True)
-        assert all(isinstance(e, (RedisError, OSError)) for e in results), results
-        with pytest.raises((RedisError, OSError)):
-            await batcher.execute("get", "k")
-        assert batcher.pipelines == 2
-        await r.aclose()
+        p = reads(f"redis://{REDIS_HOST}:{free_port()}/0")  # nothing listens there
+        results = await asyncio.gather(*(p.execute("get", f"k{i}") for i in range(5)), return_exceptions=True)
+        assert all(isinstance(e, RedisConnectionError) for e in results), results
+        with pytest.raises(RedisConnectionError):
+            await p.execute("get", "k")
+        assert (p.pipelines, p.connects) == (0, 0)
+        await p.close()
+        with pytest.raises(RedisConnectionError, match="closed"):
+            await p.execute("get", "k")
 
     asyncio.run(run())
 
@@ -91,24 +141,64 @@ def test_a_failed_pipeline_fails_every_caller_and_the_next_one_tries_again() -> 
 @needs_redis
 def test_a_caller_that_stops_waiting_does_not_disturb_the_others() -> None:
     async def run() -> None:
-        r = client()
+        r, p = client(), reads()
         try:
             await r.set(f"{PREFIX}a", "1")
-            batcher = CommandBatcher(r)
+            await p.execute("get", f"{PREFIX}a")  # connected
 
             async def impatient() -> None:
                 async with asyncio.timeout(0):
-                    await batcher.execute("get", f"{PREFIX}a")
+                    await p.execute("get", f"{PREFIX}a")
 
-            results = await asyncio.gather(impatient(), batcher.execute("get", f"{PREFIX}a"), return_exceptions=True)
+            results = await asyncio.gather(impatient(), p.execute("get", f"{PREFIX}a"), return_exceptions=True)
             assert isinstance(results[0], TimeoutError)
             assert results[1] == b"1"
-            await batcher.close()
+            assert await p.execute("get", f"{PREFIX}a") == b"1"
         finally:
+            await p.close()
             await r.delete(f"{PREFIX}a")
             await r.aclose()
 
     asyncio.run(run())
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_a_hung_redis_times_out_the_callers_and_a_killed_one_is_reconnected_to(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_redis(port, tmp_path, "--requirepass", "pw")
+
+    async def run() -> None:
+        nonlocal server
+        p = ReadPipeline(f"redis://127.0.0.1:{port}/3", password="pw", socket_timeout_s=0.2, connect_timeout_s=1)
+        r = aioredis.Redis(host="127.0.0.1", port=port, db=3, password="pw")
+        try:
+            await r.set("k", "v")
+            assert await p.execute("get", "k") == b"v"  # AUTH and SELECT 3 by redis-py's handshake
+            server.send_signal(signal.SIGSTOP)  # hung: the connection stays open, nothing answers
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(p.execute("get", "k") for _ in range(3)), return_exceptions=True)
+            assert all(isinstance(e, RedisTimeoutError) for e in results), results
+            assert 0.15 < time.monotonic() - t0 < 1.0
+            server.send_signal(signal.SIGCONT)
+            assert await p.execute("get", "k") == b"v"  # a new connection: the old one's replies are not trusted
+            assert p.connects == 2
+            server.kill()  # gone: the caller waiting hears of it at once
+            server.wait()
+            with pytest.raises(RedisError):
+                await p.execute("get", "k")
+            server = start_redis(port, tmp_path, "--requirepass", "pw")  # back, empty
+            assert await p.execute("get", "k") is None
+            assert p.connects == 3
+        finally:
+            await p.close()
+            await r.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.kill()
+        server.wait()
 
 
 @needs_redis
@@ -136,7 +226,7 @@ def test_more_concurrent_reads_than_pooled_connections_wait_for_one_instead_of_f
 
 @needs_redis
 def test_a_requests_event_read_and_cache_read_share_one_pipeline(settings: Settings) -> None:
-    """The service gives the cache and the event store one read batcher: one round trip per request."""
+    """The service gives the cache and the event store one read pipeline: one round trip per request."""
     from fastapi.testclient import TestClient
 
     from service.bundle import load_bundle
@@ -153,10 +243,10 @@ def test_a_requests_event_read_and_cache_read_share_one_pipeline(settings: Setti
     with TestClient(
         create_app(settings.model_copy(update={"redis_url": f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB}"}))
     ) as c:
-        reads = c.app.state.reco.redis_reads  # type: ignore[attr-defined]
-        assert reads is not None
+        shared = c.app.state.reco.redis_reads  # type: ignore[attr-defined]
+        assert shared is not None
         assert c.post("/v1/recommendations", json={"user_id": user, "k": 3}).status_code == 200  # caches it
-        before = (reads.pipelines, reads.commands)
+        before = (shared.pipelines, shared.commands)
         assert c.post("/v1/recommendations", json={"user_id": user, "k": 3}).status_code == 200
-        assert (reads.pipelines - before[0], reads.commands - before[1]) == (1, 2)  # LRANGE + GET, one pipeline
+        assert (shared.pipelines - before[0], shared.commands - before[1]) == (1, 2)  # LRANGE + GET, one pipeline
         assert 'reco_cache_requests_total{result="hit"}' in c.get("/metrics").text

@@ -4,11 +4,7 @@ Every request succeeds, latency stays bounded (short timeouts + breaker), cache 
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
 import signal
-import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,26 +17,7 @@ from pydantic import SecretStr
 
 from service.main import create_app
 from service.settings import Settings
-from tests.conftest import free_port
-
-REDIS_SERVER = shutil.which("redis-server")
-if REDIS_SERVER is None and os.environ.get("RECO_TEST_REQUIRE_REDIS") == "1":
-    raise RuntimeError("RECO_TEST_REQUIRE_REDIS=1 but redis-server is not installed")
-
-
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    assert REDIS_SERVER is not None
-    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen([*command, "--dir", str(workdir)], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
+from tests.conftest import REDIS_SERVER, free_port, start_redis
 
 
 def counter(client: TestClient, result: str) -> float:
@@ -119,17 +96,8 @@ def test_requests_survive_redis_pause_kill_and_restart(settings: Settings, tmp_p
 @pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 def test_redis_password_from_its_own_setting(settings: Settings, tmp_path: Path) -> None:
     port = free_port()
-    assert REDIS_SERVER is not None
-    command = [REDIS_SERVER, "--port", str(port), "--save", "", "--requirepass", "s3cret-redis-password"]
-    process = subprocess.Popen([*command, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    process = start_redis(port, tmp_path, "--requirepass", "s3cret-redis-password")
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         url = f"redis://127.0.0.1:{port}/0"
         for password, expect_hits in (("s3cret-redis-password", True), ("wrong-password", False)):
             update = {"redis_url": url, "redis_password": SecretStr(password)}
