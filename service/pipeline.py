@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -257,7 +257,7 @@ class Recommender:
         pipeline: Pipeline,
         cache: EmbeddingCache,
         metrics: Metrics,
-        executor: ThreadPoolExecutor,
+        executor: Executor,
         num_candidates: int,
         events: EventStore | None = None,
         batching: BatchingOptions | None = None,

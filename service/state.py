@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +25,7 @@ from service.pipeline import BatchingOptions, Pipeline, Recommender
 from service.redis_batch import ReadPipeline
 from service.runtime import limit_native_threads, release_free_memory
 from service.settings import Settings
+from service.threads import LifoThreadPool
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class AppState:
     metrics: Metrics
     serving: Serving
     cache: EmbeddingCache
-    executor: ThreadPoolExecutor
+    executor: LifoThreadPool
     events: EventStore
     ready: bool = False  # loaded and warmed up: requests are served
     draining: bool = False  # SIGTERM received: still serving, but /readyz says 503 so traffic moves away
@@ -106,7 +106,7 @@ class AppState:
         reading, session creation) runs in the thread pool, so the event loop stays responsive."""
         # OpenMP's thread count is per calling thread: set in each compute thread (FAISS runs there) too.
         limit_native_threads(settings.faiss_omp_threads)
-        executor = ThreadPoolExecutor(
+        executor = LifoThreadPool(
             settings.worker_threads,
             thread_name_prefix="reco-compute",
             initializer=limit_native_threads,
@@ -215,7 +215,7 @@ async def open_serving(
     bundle: Bundle,
     settings: Settings,
     metrics: Metrics,
-    executor: ThreadPoolExecutor,
+    executor: LifoThreadPool,
     cache: EmbeddingCache,
     events: EventStore,
 ) -> Serving:
