@@ -76,6 +76,9 @@ def pack_command(command: str, args: tuple[Any, ...]) -> bytes:
     return b"".join(parts)
 
 
+_INCOMPLETE = object()  # hiredis: no whole reply buffered yet (its default, False, is also a RESP3 reply)
+
+
 class _Replies(asyncio.Protocol):
     """The reading side of one connection: replies parsed as they arrive, each to the oldest caller waiting."""
 
@@ -83,7 +86,7 @@ class _Replies(asyncio.Protocol):
         self.writer = writer  # held: some Pythons close a stream's transport when its writer is collected
         self.transport = writer.transport
         self.timeout_s = timeout_s
-        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError, notEnoughData=_INCOMPLETE)
         self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # (caller, reply deadline), sent order
         self.failure: RedisError | None = None  # set once the connection is unusable
         self._watchdog: asyncio.TimerHandle | None = None
@@ -117,7 +120,7 @@ class _Replies(asyncio.Protocol):
             except InvalidResponse as e:
                 self.fail(e)
                 return
-            if reply is False:
+            if reply is _INCOMPLETE:
                 return
             if not self.waiting:  # nothing asked for it: the stream can no longer be trusted
                 self.fail(InvalidResponse("Redis sent a reply nobody was waiting for"))
@@ -228,14 +231,21 @@ class ReadPipeline:
                 raise RedisConnectionError("redis-py connected without a stream")
             replies = _Replies(writer, self._timeout_s)
             writer.transport.set_protocol(replies)
-        except (RedisError, OSError, TimeoutError) as e:
-            error = e if isinstance(e, RedisError) else RedisConnectionError(f"connecting to Redis: {e!r}")
+        except BaseException as e:  # every caller queued for this connect hears of it; the next read tries again
+            if isinstance(e, RedisError):
+                error: RedisError = e
+            elif isinstance(e, TimeoutError):
+                error = RedisTimeoutError(f"connecting to Redis took over {self._connect_deadline_s:g} s")
+            else:
+                error = RedisConnectionError(f"connecting to Redis: {e!r}")
             with contextlib.suppress(Exception):
                 await connection.disconnect()
             queued, self._queued = self._queued, []
             for _, future in queued:
                 if not future.done():
                     future.set_exception(error)
+            if not isinstance(e, Exception):  # cancelled (shutdown)
+                raise
             return
         finally:
             self._connecting = None

@@ -138,6 +138,25 @@ def test_a_failed_connect_fails_every_caller_and_the_next_one_tries_again() -> N
     asyncio.run(run())
 
 
+def test_a_server_that_accepts_but_never_answers_times_the_connect_out() -> None:
+    async def run() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+        server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)  # then silence
+        port = server.sockets[0].getsockname()[1]
+        p = ReadPipeline(f"redis://127.0.0.1:{port}/0", password=None, socket_timeout_s=0.1, connect_timeout_s=0.1)
+        t0 = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            await p.execute("get", "k")
+        assert time.monotonic() - t0 < 1.0
+        await p.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(run())
+
+
 @needs_redis
 def test_a_caller_that_stops_waiting_does_not_disturb_the_others() -> None:
     async def run() -> None:
