@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic_core import to_json
 
 from service.bundle import BundleError
 from service.cache import CacheUnavailable
@@ -17,7 +18,6 @@ from service.features import most_similar_in_history
 from service.live_items import ItemConflict, ItemRecord
 from service.logs import UserHasher
 from service.schemas import (
-    Because,
     ErrorResponse,
     EventBatch,
     EventsAccepted,
@@ -26,7 +26,6 @@ from service.schemas import (
     ReadinessResponse,
     RecommendationRequest,
     RecommendationResponse,
-    RecommendedItem,
     Reloaded,
     ReloadRequest,
     SimilarItem,
@@ -74,32 +73,35 @@ async def recommendations_json(
     async with state.admit():
         result = await serving.recommender.recommend(body.user_id, body.k, body.exclude_item_ids)
     recs, bundle = result.recommendations, serving.bundle
-    because: list[Because | None] = [None] * len(recs.items)
+    because: list[dict[str, Any] | None] = [None] * len(recs.items)
     if body.explain and recs.window is not None:
         sources, sims = most_similar_in_history(bundle.item_embeddings, recs.items, recs.window)
         because = [
-            Because(item_id=bundle.item_ids[s], title=bundle.item_titles[s], similarity=float(sim)) if s >= 0 else None
-            for s, sim in zip(sources.tolist(), sims, strict=True)
+            {"item_id": bundle.item_ids[s], "title": bundle.item_titles[s], "similarity": sim} if s >= 0 else None
+            for s, sim in zip(sources.tolist(), sims.tolist(), strict=True)
         ]
-    response = RecommendationResponse(
-        request_id=request_id,
-        bundle_version=bundle.version,
-        user_id=body.user_id,
-        fallback="unknown_user" if result.user_index < 0 and not result.fresh_events else None,
-        items=[
-            RecommendedItem(
-                item_id=bundle.item_ids[i],
-                title=bundle.item_titles[i],
-                retrieval_score=float(r),
-                ranking_score=float(s),
-                because=b,
+    # A RecommendationResponse (Because, RecommendedItem) as plain dicts, serialised by pydantic-core as the
+    # model would serialise itself, without validating what was built here from typed arrays: a third of the
+    # cost (a test checks the bytes equal the model's). NaN and infinities become null, as the model's do.
+    response = {
+        "request_id": request_id,
+        "bundle_version": bundle.version,
+        "user_id": body.user_id,
+        "fallback": "unknown_user" if result.user_index < 0 and not result.fresh_events else None,
+        "items": [
+            {
+                "item_id": bundle.item_ids[i],
+                "title": bundle.item_titles[i],
+                "retrieval_score": r,
+                "ranking_score": s,
+                "because": b,
+            }
+            for i, r, s, b in zip(
+                recs.items.tolist(), recs.retrieval_scores.tolist(), recs.ranking_scores.tolist(), because, strict=True
             )
-            for i, r, s, b in zip(recs.items.tolist(), recs.retrieval_scores, recs.ranking_scores, because, strict=True)
         ],
-    )
-    # Built and validated above: serialised once, by pydantic-core, instead of FastAPI re-validating it and
-    # encoding it again (the response_model still documents it).
-    return response.model_dump_json().encode()
+    }
+    return to_json(response, inf_nan_mode="null")
 
 
 @router.post(

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.bundle import BundleError, load_bundle
 from service.main import create_app
+from service.schemas import RecommendationResponse
 from service.settings import Settings
 
 
@@ -51,6 +52,24 @@ def test_scores_match_the_bundle_embeddings(client: TestClient, tiny_bundle: Pat
     for item in body["items"]:
         expected = float(bundle.item_embeddings[bundle.item_index[item["item_id"]]] @ embedding)
         assert item["retrieval_score"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_response_is_exactly_what_the_response_model_makes(client: TestClient, tiny_bundle: Path) -> None:
+    """The route builds its JSON from plain dicts: the bytes must be the RecommendationResponse model's own, for a
+    known user, with explanations (the user has history), and for the unknown-user fallback (explanations None)."""
+    bundle = load_bundle(tiny_bundle)
+    for body in (
+        {"user_id": bundle.user_ids[0], "k": 10},
+        {"user_id": bundle.user_ids[1], "k": 4, "explain": True},
+        {"user_id": "nobody-knows-me", "k": 3, "explain": True},
+    ):
+        response = client.post("/v1/recommendations", json=body)
+        assert response.status_code == 200, response.text
+        model = RecommendationResponse.model_validate_json(response.content)
+        assert model.model_dump_json().encode() == response.content
+        assert len(model.items) == body["k"]
+        if body.get("explain") and body["user_id"] in bundle.user_index:
+            assert all(item.because is not None for item in model.items)
 
 
 def test_integer_user_id_is_accepted(client: TestClient, tiny_bundle: Path) -> None:
