@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from typing import Any
 
@@ -96,21 +95,23 @@ class _Replies(asyncio.Protocol):
         return self.failure is None and not self.transport.is_closing()
 
     def send(self, data: bytes, futures: list[asyncio.Future[Any]]) -> None:
-        deadline = time.monotonic() + self.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s  # the loop's clock, as call_at's
         self.waiting.extend((f, deadline) for f in futures)
         self.transport.write(data)
         if self._watchdog is None:
-            self._watchdog = asyncio.get_running_loop().call_at(deadline, self._check_deadline)
+            self._watchdog = loop.call_at(deadline, self._check_deadline)
 
     def _check_deadline(self) -> None:
         self._watchdog = None
         if not self.waiting:
             return
+        loop = asyncio.get_running_loop()
         deadline = self.waiting[0][1]
-        if time.monotonic() >= deadline:
+        if loop.time() >= deadline:
             self.fail(RedisTimeoutError(f"no reply from Redis within {self.timeout_s:g} s"))
         else:
-            self._watchdog = asyncio.get_running_loop().call_at(deadline, self._check_deadline)
+            self._watchdog = loop.call_at(deadline, self._check_deadline)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)

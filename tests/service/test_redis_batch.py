@@ -8,10 +8,13 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -28,6 +31,9 @@ needs_redis = pytest.mark.skipif(not redis_available(), reason="no Redis at 127.
 DB = 15
 PREFIX = "test:redis_batch:"
 URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{DB}"
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+# The service runs on uvloop (uvicorn's `standard` extra), whose transports are its own: both loops are tested.
+LOOPS = pytest.mark.parametrize("run_loop", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
 
 
 def client(port: int = REDIS_PORT) -> aioredis.Redis:
@@ -46,7 +52,8 @@ def test_commands_are_packed_as_resp_arrays_of_bulk_strings() -> None:
 
 
 @needs_redis
-def test_concurrent_commands_go_out_as_one_pipeline_with_each_answer_to_its_caller() -> None:
+@LOOPS
+def test_concurrent_commands_go_out_as_one_pipeline_with_each_answer_to_its_caller(run_loop: Runner) -> None:
     async def run() -> None:
         r, p = client(), reads()
         try:
@@ -75,11 +82,12 @@ def test_concurrent_commands_go_out_as_one_pipeline_with_each_answer_to_its_call
             await r.delete(*[f"{PREFIX}{i}" for i in range(40)], f"{PREFIX}list")
             await r.aclose()
 
-    asyncio.run(run())
+    run_loop(run())
 
 
 @needs_redis
-def test_pipelines_in_flight_together_each_get_their_own_answers() -> None:
+@LOOPS
+def test_pipelines_in_flight_together_each_get_their_own_answers(run_loop: Runner) -> None:
     """Several writes outstanding on the one connection at once (max_batch forces a write per 3 commands)."""
 
     async def run() -> None:
@@ -96,11 +104,12 @@ def test_pipelines_in_flight_together_each_get_their_own_answers() -> None:
             await r.delete(*[f"{PREFIX}{i}" for i in range(30)])
             await r.aclose()
 
-    asyncio.run(run())
+    run_loop(run())
 
 
 @needs_redis
-def test_an_error_of_one_command_reaches_only_its_caller() -> None:
+@LOOPS
+def test_an_error_of_one_command_reaches_only_its_caller(run_loop: Runner) -> None:
     async def run() -> None:
         r, p = client(), reads()
         try:
@@ -120,10 +129,11 @@ def test_an_error_of_one_command_reaches_only_its_caller() -> None:
             await r.delete(f"{PREFIX}string")
             await r.aclose()
 
-    asyncio.run(run())
+    run_loop(run())
 
 
-def test_a_failed_connect_fails_every_caller_and_the_next_one_tries_again() -> None:
+@LOOPS
+def test_a_failed_connect_fails_every_caller_and_the_next_one_tries_again(run_loop: Runner) -> None:
     async def run() -> None:
         p = reads(f"redis://{REDIS_HOST}:{free_port()}/0")  # nothing listens there
         results = await asyncio.gather(*(p.execute("get", f"k{i}") for i in range(5)), return_exceptions=True)
@@ -135,10 +145,11 @@ def test_a_failed_connect_fails_every_caller_and_the_next_one_tries_again() -> N
         with pytest.raises(RedisConnectionError, match="closed"):
             await p.execute("get", "k")
 
-    asyncio.run(run())
+    run_loop(run())
 
 
-def test_a_server_that_accepts_but_never_answers_times_the_connect_out() -> None:
+@LOOPS
+def test_a_server_that_accepts_but_never_answers_times_the_connect_out(run_loop: Runner) -> None:
     async def run() -> None:
         accepted: list[asyncio.StreamWriter] = []
         server = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)  # then silence
@@ -154,11 +165,12 @@ def test_a_server_that_accepts_but_never_answers_times_the_connect_out() -> None
         server.close()
         await server.wait_closed()
 
-    asyncio.run(run())
+    run_loop(run())
 
 
 @needs_redis
-def test_a_caller_that_stops_waiting_does_not_disturb_the_others() -> None:
+@LOOPS
+def test_a_caller_that_stops_waiting_does_not_disturb_the_others(run_loop: Runner) -> None:
     async def run() -> None:
         r, p = client(), reads()
         try:
@@ -178,11 +190,14 @@ def test_a_caller_that_stops_waiting_does_not_disturb_the_others() -> None:
             await r.delete(f"{PREFIX}a")
             await r.aclose()
 
-    asyncio.run(run())
+    run_loop(run())
 
 
 @pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
-def test_a_hung_redis_times_out_the_callers_and_a_killed_one_is_reconnected_to(tmp_path: Path) -> None:
+@LOOPS
+def test_a_hung_redis_times_out_the_callers_and_a_killed_one_is_reconnected_to(
+    run_loop: Runner, tmp_path: Path
+) -> None:
     port = free_port()
     server = start_redis(port, tmp_path, "--requirepass", "pw")
 
@@ -213,7 +228,7 @@ def test_a_hung_redis_times_out_the_callers_and_a_killed_one_is_reconnected_to(t
             await r.aclose()
 
     try:
-        asyncio.run(run())
+        run_loop(run())
     finally:
         server.send_signal(signal.SIGCONT)
         server.kill()
