@@ -168,9 +168,8 @@ class RedisEmbeddingCache:
         connect_timeout_s: float,
         pool_size: int,
         breaker: CircuitBreaker,
+        reads: ReadPipeline,
         password: str | None = None,
-        batch_commands: bool = True,
-        reads: ReadPipeline | None = None,
     ) -> None:
         self._client = open_client(
             url,
@@ -184,17 +183,10 @@ class RedisEmbeddingCache:
         self._ttl = ttl_s
         self._dim = dim
         self.breaker = breaker
-        # Concurrent requests' GETs in one pipeline (one round trip); unbatched: one round trip each. `reads`: a
-        # pipeline shared with the event store (its owner closes it), whose timeouts are the longer ones: this
-        # cache's shorter deadline still applies to its own reads (asyncio.timeout below).
-        self._own_reads = reads is None
-        self._reads = reads or ReadPipeline(
-            url,
-            password=password,
-            socket_timeout_s=socket_timeout_s,
-            connect_timeout_s=connect_timeout_s,
-            batch=batch_commands,
-        )
+        # GETs go out through `reads`, the read pipeline shared with the event store (its owner closes it): one
+        # round trip for concurrent requests' reads. Its timeouts are the longer ones: this cache's shorter
+        # deadline still applies to its own reads (asyncio.timeout below).
+        self._reads = reads
 
     async def get(self, key: str) -> tuple[np.ndarray | None, CacheResult]:
         if not self.breaker.allow():
@@ -248,6 +240,4 @@ class RedisEmbeddingCache:
         return "ok"
 
     async def close(self) -> None:
-        if self._own_reads:
-            await self._reads.close()
         await self._client.aclose()

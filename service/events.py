@@ -91,9 +91,8 @@ class RedisEventStore:
         *,
         timeout_s: float,
         pool_size: int,
+        reads: ReadPipeline,
         password: str | None = None,
-        batch_commands: bool = True,
-        reads: ReadPipeline | None = None,
     ) -> None:
         self._client = open_client(
             url, password=password, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s, pool_size=pool_size
@@ -101,12 +100,8 @@ class RedisEventStore:
         self._cap = cap
         self._ttl = ttl_s
         self._deadline_s = 2 * timeout_s
-        # Concurrent requests' LRANGEs in one pipeline (one round trip); unbatched: one round trip each. `reads`: a
-        # pipeline shared with the embedding cache (its owner closes it).
-        self._own_reads = reads is None
-        self._reads = reads or ReadPipeline(
-            url, password=password, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s, batch=batch_commands
-        )
+        # LRANGEs go out through `reads`, the read pipeline shared with the embedding cache (its owner closes it).
+        self._reads = reads
 
     @staticmethod
     def key(user_id: str) -> str:
@@ -141,6 +136,4 @@ class RedisEventStore:
             raise EventStoreUnavailable(f"the event store (Redis) did not take the delete: {e!r}") from e
 
     async def close(self) -> None:
-        if self._own_reads:
-            await self._reads.close()
         await self._client.aclose()

@@ -266,8 +266,9 @@ async def close_shared_reads(reads: ReadPipeline | None) -> None:
         await reads.close()  # lets the replies in flight arrive
 
 
-def open_cache(settings: Settings, dim: int, reads: ReadPipeline | None = None) -> EmbeddingCache:
-    if settings.redis_url:
+def open_cache(settings: Settings, dim: int, reads: ReadPipeline | None) -> EmbeddingCache:
+    """In Redis when the service has Redis (`reads`: `open_shared_reads`), else in process."""
+    if settings.redis_url and reads is not None:
         return RedisEmbeddingCache(
             settings.redis_url,
             settings.cache_ttl_s,
@@ -276,24 +277,23 @@ def open_cache(settings: Settings, dim: int, reads: ReadPipeline | None = None) 
             connect_timeout_s=settings.redis_connect_timeout_s,
             pool_size=settings.redis_pool_size,
             breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
-            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
-            batch_commands=settings.redis_batch_commands,
             reads=reads,
+            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
         )
     return LocalEmbeddingCache(settings.local_cache_size, settings.cache_ttl_s, dim)
 
 
-def open_event_store(settings: Settings, reads: ReadPipeline | None = None) -> EventStore:
-    if settings.redis_url:
+def open_event_store(settings: Settings, reads: ReadPipeline | None) -> EventStore:
+    """In Redis when the service has Redis (`reads`: `open_shared_reads`), else in process."""
+    if settings.redis_url and reads is not None:
         return RedisEventStore(
             settings.redis_url,
             settings.events_per_user,
             settings.events_ttl_s,
             timeout_s=settings.events_redis_timeout_s,
             pool_size=settings.redis_pool_size,
-            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
-            batch_commands=settings.redis_batch_commands,
             reads=reads,
+            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
         )
     return LocalEventStore(settings.events_per_user, settings.events_local_users)
 
