@@ -18,7 +18,7 @@ from model_export.bundle import BundleWriter, code_version
 from model_export.config import ExportConfig
 from model_export.data import Dataset, Interactions, implicit, stratified_random_split, temporal_split, user_histories
 from model_export.evaluate import evaluate
-from model_export.export_onnx import export, parity
+from model_export.export_onnx import ParityError, export, export_fp16, parity
 from model_export.train import (
     embed_items,
     embed_users,
@@ -145,16 +145,25 @@ def build_bundle(
             (files.ITEM_TOWER, item_tower, item_inputs, "item_embedding"),
             (files.RANKER, ranker, ranker_inputs, "score"),
         ]
+        fp16_parities = {}
         for name, module, inputs, output in models:
+            model = name.removesuffix(".onnx")
             export(module, inputs, output, writer.path(name))
-            parities[name.removesuffix(".onnx")] = parity(module, writer.path(name), inputs)
+            parities[model] = parity(module, writer.path(name), inputs)
+            if model in files.FP16_MODELS:  # the per-request models, for the GPU: where float16 holds parity
+                try:
+                    fp16_parities[model] = export_fp16(
+                        module, inputs, output, writer.path(files.variant_name(model, "fp16"))
+                    )
+                except ParityError as e:
+                    log.warning("no float16 %s (float32 serves on the GPU too): %s", model, e)
         if text_model is not None:
             from model_export.text import export_text_encoder
 
             parities["text_encoder"] = export_text_encoder(
                 text_model, [texts[i] for i in sample_items[:256]], writer.tmp
             )
-        log.info("ONNX parity (max abs diff): %s", parities)
+        log.info("ONNX parity (max abs diff): %s; float16 variants: %s", parities, fp16_parities)
 
         # Real user queries tune the index (IVF's nprobe) and measure its recall; the recall is measured on
         # other users than the ones that tuned it.
@@ -239,6 +248,7 @@ def build_bundle(
             },
             "index": index_info,
             "onnx_parity_max_abs_diff": parities,
+            "onnx_fp16_parity_max_abs_diff": fp16_parities,
             "training": {
                 "config": config.to_dict(),
                 "two_tower": tt_history,

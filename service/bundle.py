@@ -40,6 +40,9 @@ USER_IDS = "user_ids.json"
 ITEM_TITLES = "item_titles.json"
 TEXT_ENCODER = "text_encoder.onnx"  # with TOKENIZER, present when dims.text_dim > 0
 TOKENIZER = "tokenizer.json"
+# The models run per request, exported in float16 too (`variant_name`: the same inputs and outputs) where their
+# parity held; the manifest's onnx_fp16_parity_max_abs_diff names the ones a bundle has.
+FP16_MODELS = ("user_tower", "ranker")
 REQUIRED_FILES = (
     USER_TOWER,
     ITEM_TOWER,
@@ -118,6 +121,9 @@ class Manifest(_Strict):
     index: IndexInfo
     files: dict[str, FileEntry]
     onnx_parity_max_abs_diff: dict[str, float]
+    # model (user_tower, ranker) -> its float16 variant's max abs diff from the float32 PyTorch model; a model
+    # missing here has no float16 variant (bundles before them have none at all).
+    onnx_fp16_parity_max_abs_diff: dict[str, float] = Field(default_factory=dict)
     training: dict[str, Any]
     metrics: dict[str, Any]
 
@@ -188,8 +194,14 @@ def read_manifest(path: Path) -> Manifest:
         raise BundleError(f"{manifest_path}: invalid manifest: {problems}") from e
 
 
+def variant_name(model: str, precision: str = "fp16") -> str:
+    """The file of `model` (user_tower, ranker) in `precision` (fp32, fp16)."""
+    return f"{model}.onnx" if precision == "fp32" else f"{model}.{precision}.onnx"
+
+
 def verify_files(path: Path, manifest: Manifest) -> None:
     required = REQUIRED_FILES + ((TEXT_ENCODER, TOKENIZER) if manifest.dims.text_dim else ())
+    required += tuple(variant_name(model) for model in manifest.onnx_fp16_parity_max_abs_diff)
     missing = [name for name in required if name not in manifest.files]
     if missing:
         raise BundleError(f"{path / MANIFEST}: files lists no entry for {', '.join(missing)}")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -14,7 +16,7 @@ from fastapi.testclient import TestClient
 from model_export.build_index import build_index, recall_vs_exact
 from model_export.config import IndexConfig
 from model_export.evaluate import bootstrap_interval, coverage, per_user_metrics
-from model_export.export_onnx import ParityError, export, parity
+from model_export.export_onnx import FP16_TOLERANCE, HalfPrecision, ParityError, export, export_fp16, parity
 from service.bundle import MANIFEST, load_bundle
 from service.main import create_app
 from service.settings import Settings
@@ -29,6 +31,10 @@ def test_manifest_records_everything(tiny_bundle: Path) -> None:
     assert manifest["bundle_version"] == tiny_bundle.name
     assert set(manifest["onnx_parity_max_abs_diff"]) == {"user_tower", "item_tower", "ranker", "text_encoder"}
     assert all(0 <= d <= 1e-4 for d in manifest["onnx_parity_max_abs_diff"].values())
+    # The per-request models in float16 too, within the float16 tolerance of float32 PyTorch, their files listed.
+    assert set(manifest["onnx_fp16_parity_max_abs_diff"]) == {"user_tower", "ranker"}
+    assert all(0 <= d <= FP16_TOLERANCE for d in manifest["onnx_fp16_parity_max_abs_diff"].values())
+    assert {"user_tower.fp16.onnx", "ranker.fp16.onnx"} <= set(manifest["files"])
     assert manifest["index"]["type"] == "IndexFlatIP"
     assert manifest["index"]["recall_vs_exact"] == 1.0
     assert manifest["training"]["config"]["preset"] == "tiny"
@@ -59,10 +65,53 @@ def test_parity_check_fails_when_onnx_and_torch_disagree(tmp_path: Path) -> None
     with pytest.raises(ParityError, match=r"m\.onnx: ONNX Runtime differs from PyTorch by"):
         parity(model, path, inputs)
     # Dynamic batch axis: another batch size runs.
-    import onnxruntime as ort
-
     out = ort.InferenceSession(str(path)).run(None, {"x": np.zeros((3, 4), np.float32)})[0]
     assert out.shape == (3, 3)
+
+
+class _Scorer(torch.nn.Module):
+    """A ranker's shape: an id embedding, a BatchNorm over raw dense features, an MLP, a sigmoid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids = torch.nn.Embedding(10, 4)
+        self.norm = torch.nn.BatchNorm1d(3)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(7, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+
+    def forward(self, idx: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.mlp(torch.cat([self.ids(idx), self.norm(dense)], 1))).squeeze(-1)
+
+
+def test_float16_export_keeps_parity_where_it_holds(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _Scorer().eval()
+    rng = np.random.default_rng(0)
+    with torch.no_grad():  # features around 1,000 with a spread of 0.1: float16's steps there are 0.5
+        model.norm.running_mean.fill_(1000.0)
+        model.norm.running_var.fill_(0.01)
+    inputs = {
+        "idx": rng.integers(0, 10, 256).astype(np.int64),
+        "dense": (1000.0 + 0.1 * rng.normal(size=(256, 3))).astype(np.float32),
+    }
+    path = tmp_path / "m.fp16.onnx"
+    diff = export_fp16(model, inputs, "p", path)
+    assert 0 < diff <= FP16_TOLERANCE  # float16 inside (not exactly float32), float32 in and out
+    session = ort.InferenceSession(str(path))
+    assert [i.type for i in session.get_inputs()] == ["tensor(int64)", "tensor(float)"]
+    assert session.get_outputs()[0].type == "tensor(float)"
+    assert not any(p.dtype != torch.float32 for p in model.parameters())  # the float32 model is left as it was
+    # The BatchNorm kept in float32 is what holds parity: the whole model in float16 rounds the raw features.
+    naive = copy.deepcopy(model).half()
+    with torch.no_grad():
+        rounded = naive(torch.from_numpy(inputs["idx"]), torch.from_numpy(inputs["dense"]).half()).float().numpy()
+        expected = model(*(torch.from_numpy(v) for v in inputs.values())).numpy()
+    assert np.abs(rounded - expected).max() > FP16_TOLERANCE
+    assert HalfPrecision(model).module.norm.weight.dtype == torch.float32
+    assert HalfPrecision(model).module.mlp[0].weight.dtype == torch.float16
+    # Where parity does not hold, nothing is written.
+    with pytest.raises(ParityError, match=r"m\.fp16\.onnx: ONNX Runtime differs"):
+        export_fp16(model, inputs, "p", path, tolerance=1e-7)
+    assert not path.exists()
 
 
 def test_index_exact_and_approximate() -> None:
