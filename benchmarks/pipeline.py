@@ -1,10 +1,13 @@
 """In-process pipeline latency per stage (no HTTP), on the CPU and, where there is one, on the GPU.
 
     python -m benchmarks.pipeline --bundle bundles/current [--requests 500] [--json out.json]
+        [--precisions fp32 fp16] [--io-binding off on]
 
 Per request: user encoding (ONNX user tower, cache bypassed), retrieval (FAISS), filtering, ranking (ONNX
 ranker) and the total, as p50/p95/p99 in milliseconds over `--requests` users after a warm-up; one
-row per device this machine offers (cpu always; cuda when ONNX Runtime and FAISS see a GPU).
+row per device this machine offers (cpu always; cuda when ONNX Runtime and FAISS see a GPU), ONNX precision
+(float16 where the bundle has the variants) and IO binding on or off. The answers of every variant are compared
+with the first's: the share of the top k they agree on is printed beside the timings.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ from service.pipeline import Pipeline
 from service.runtime import faiss_gpus, onnx_providers
 
 
-def measure(pipeline: Pipeline, users: np.ndarray, k: int, num_candidates: int) -> dict[str, dict[str, float]]:
+def measure(
+    pipeline: Pipeline, users: np.ndarray, k: int, num_candidates: int
+) -> tuple[dict[str, dict[str, float]], list[np.ndarray]]:
+    """Per-stage percentiles (ms), and each user's recommended items."""
+    answers = []
     samples: dict[str, list[float]] = {
         "user_encoding": [],
         "retrieval": [],
@@ -44,7 +51,9 @@ def measure(pipeline: Pipeline, users: np.ndarray, k: int, num_candidates: int) 
         for stage, seconds in recs.timings.items():
             samples[stage].append(seconds)
         samples["total"].append(t2 - t0)
-    return {stage: {f"p{q}": float(np.percentile(v, q) * 1e3) for q in (50, 95, 99)} for stage, v in samples.items()}
+        answers.append(recs.items)
+    stats = {stage: {f"p{q}": float(np.percentile(v, q) * 1e3) for q in (50, 95, 99)} for stage, v in samples.items()}
+    return stats, answers
 
 
 def main() -> None:
@@ -54,6 +63,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--candidates", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "fp16"], default=["fp32", "fp16"])
+    parser.add_argument("--io-binding", nargs="+", choices=["off", "on"], default=["off", "on"])
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -77,13 +88,33 @@ def main() -> None:
         f"bundle {bundle.version}: {bundle.manifest.dims.n_items} items, index {bundle.manifest.index.type}, "
         f"k={args.k} from {args.candidates} candidates, {args.requests} requests, {os.cpu_count()} CPUs"
     )
-    print(f"{'device':<6} {'stage':<14} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    precisions = [p for p in args.precisions if p == "fp32" or bundle.manifest.onnx_fp16_parity_max_abs_diff]
+    header = f"{'device':<6} {'onnx':<5} {'bind':<4} {'stage':<14} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+    print(header + "  top-k agreement")
+    reference: list[np.ndarray] | None = None
     for device in devices:
-        pipeline = Pipeline.open(bundle, device=device, intra_op_threads=args.threads)
-        stats = measure(pipeline, users, args.k, args.candidates)
-        results["devices"][device] = {"onnx": pipeline.onnx_providers[0], "faiss": pipeline.retriever.device, **stats}
-        for stage, s in stats.items():
-            print(f"{device:<6} {stage:<14} {s['p50']:>8.3f} {s['p95']:>8.3f} {s['p99']:>8.3f}")
+        for precision in precisions:
+            for io_binding in args.io_binding:
+                pipeline = Pipeline.open(
+                    bundle, device=device, intra_op_threads=args.threads, precision=precision, io_binding=io_binding
+                )
+                stats, answers = measure(pipeline, users, args.k, args.candidates)
+                reference = reference or answers
+                shared = [len(np.intersect1d(a, r)) / max(len(r), 1) for a, r in zip(answers, reference, strict=True)]
+                agreement = float(np.mean(shared))
+                results["devices"][f"{device}-{precision}-binding-{io_binding}"] = {
+                    "onnx": pipeline.onnx_providers[0],
+                    "faiss": pipeline.retriever.device,
+                    "precision": precision,
+                    "io_binding": io_binding,
+                    "top_k_agreement": agreement,
+                    **stats,
+                }
+                for stage, st in stats.items():
+                    print(
+                        f"{device:<6} {precision:<5} {io_binding:<4} {stage:<14} {st['p50']:>8.3f} {st['p95']:>8.3f} "
+                        f"{st['p99']:>8.3f}" + (f"  {agreement:.4f}" if stage == "total" else "")
+                    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -301,6 +301,7 @@ async def readyz(request: Request) -> JSONResponse:
         ready=ready,
         bundle_version=state.bundle.version,
         onnx_providers=state.pipeline.onnx_providers,
+        onnx_precisions=state.pipeline.onnx_precisions,
         faiss_device=state.pipeline.retriever.device,
         cache_backend=state.cache.backend,
         cache_status=await state.cache.status(),

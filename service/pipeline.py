@@ -16,9 +16,10 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
+import onnxruntime as ort
 
 from service.batching import MicroBatcher
-from service.bundle import Bundle
+from service.bundle import Bundle, variant_name
 from service.cache import CacheResult, EmbeddingCache
 from service.events import DISLIKE_PREFIX, EventStore, EventStoreUnavailable
 from service.features import history_window
@@ -26,7 +27,7 @@ from service.filtering import filter_candidates, top_k
 from service.metrics import Metrics
 from service.ranking import Ranker
 from service.retrieval import Retriever
-from service.runtime import faiss_gpus, onnx_providers, open_session
+from service.runtime import faiss_gpus, model_precisions, onnx_providers, open_session
 from service.user_encoder import UNKNOWN_USER, UserEncoder
 
 T = TypeVar("T")
@@ -66,9 +67,11 @@ class Pipeline:
         retriever: Retriever,
         ranker: Ranker,
         onnx_providers: list[str] | None = None,
+        onnx_precisions: dict[str, str] | None = None,
     ) -> None:
         self.bundle = bundle
         self.onnx_providers = onnx_providers or ["CPUExecutionProvider"]
+        self.onnx_precisions = onnx_precisions or {"user_tower": "fp32", "ranker": "fp32"}
         self.encoder = encoder
         self.retriever = retriever
         self.ranker = ranker
@@ -76,17 +79,32 @@ class Pipeline:
         self.unknown_user_embedding = encoder.encode(np.array([UNKNOWN_USER]))[0]
 
     @classmethod
-    def open(cls, bundle: Bundle, *, device: str = "auto", intra_op_threads: int = 1) -> Pipeline:
+    def open(
+        cls,
+        bundle: Bundle,
+        *,
+        device: str = "auto",
+        intra_op_threads: int = 1,
+        precision: str = "auto",
+        io_binding: str = "auto",
+    ) -> Pipeline:
+        """The pipeline on `device` (auto | cpu | cuda), its ONNX models in `precision` (auto | fp32 | fp16, see
+        runtime.model_precisions) and called through IO binding per `io_binding` (auto: on CUDA | on | off)."""
         providers = onnx_providers(device)
-        user_session = open_session(bundle.file("user_tower.onnx"), providers, intra_op_threads)
-        ranker_session = open_session(bundle.file("ranker.onnx"), providers, intra_op_threads)
+        precisions = model_precisions(bundle, providers, precision)
+
+        def session(model: str) -> ort.InferenceSession:
+            return open_session(bundle.file(variant_name(model, precisions[model])), providers, intra_op_threads)
+
+        user_session, ranker_session = session("user_tower"), session("ranker")
         retriever = Retriever(bundle, faiss_gpus(device))
         return cls(
             bundle,
-            UserEncoder(bundle, user_session),
+            UserEncoder(bundle, user_session, io_binding),
             retriever,
-            Ranker(bundle, ranker_session),
+            Ranker(bundle, ranker_session, io_binding),
             onnx_providers=user_session.get_providers(),
+            onnx_precisions=precisions,
         )
 
     def user_index(self, user_id: str) -> int:

@@ -9,6 +9,7 @@ import onnxruntime as ort
 
 from service.bundle import Bundle
 from service.features import ItemNeighbourIndex, content_profiles, history_similarity, ranker_dense_features
+from service.runtime import io_binding_device, run_onnx
 from service.user_encoder import check_inputs
 
 
@@ -18,7 +19,7 @@ class Ranker:
     bundle: Bundle  # replaced (never mutated) when items are added live
     CHUNK_ROWS = 2048
 
-    def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
+    def __init__(self, bundle: Bundle, session: ort.InferenceSession, io_binding: str = "auto") -> None:
         dims = bundle.manifest.dims
         expected = {
             "user_idx": 1,
@@ -30,6 +31,7 @@ class Ranker:
         self.bundle = bundle
         self._session = session
         self._output = session.get_outputs()[0].name
+        self._bind = io_binding_device(session, io_binding)
         self._oov = dims.n_users
         self._trained_items = dims.n_items  # indices from here on are items added live: the unknown-item row
         self._n_cat = len(dims.user_categorical_cardinalities)
@@ -101,5 +103,5 @@ class Ranker:
     def _run(self, requests: Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
         if not sum(len(r[2]) for r in requests):
             return np.zeros(0, dtype=np.float32)
-        out = self._session.run([self._output], self.inputs_batch(requests))[0]
+        out = run_onnx(self._session, self._output, self.inputs_batch(requests), self._bind)
         return np.asarray(out, dtype=np.float32).reshape(-1)

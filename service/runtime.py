@@ -17,6 +17,8 @@ import faiss
 import onnxruntime as ort
 from threadpoolctl import threadpool_limits
 
+from service.bundle import FP16_MODELS, Bundle, BundleError
+
 log = logging.getLogger(__name__)
 _dlls_preloaded = False
 
@@ -56,6 +58,50 @@ def open_session(path: Path, providers: list[str], intra_op_threads: int) -> ort
     if providers[0] not in active:
         log.warning("%s: asked for %s, running on %s", path.name, providers[0], active)
     return session
+
+
+def io_binding_device(session: ort.InferenceSession, io_binding: str) -> str | None:
+    """Where `run_onnx` binds `session`'s outputs with IO binding (auto: on CUDA; on: on whatever device the
+    session runs, the CPU included; off), or None: no IO binding."""
+    on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
+    if io_binding == "off" or (io_binding == "auto" and not on_cuda):
+        return None
+    return "cuda" if on_cuda else "cpu"
+
+
+def run_onnx(session: ort.InferenceSession, output: str, inputs: dict[str, Any], bind_device: str | None) -> Any:
+    """`session`'s `output` for `inputs` (numpy arrays). With `bind_device` (io_binding_device), through IO
+    binding: each input copied to the session's device once, before the run, rather than by copy nodes inside
+    it, and the output allocated on `bind_device`, then copied out. A binding per call: calls from several
+    threads do not share one."""
+    if bind_device is None:
+        return session.run([output], inputs)[0]
+    binding = session.io_binding()
+    for name, value in inputs.items():
+        binding.bind_cpu_input(name, value)
+    binding.bind_output(output, bind_device)
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[0]
+
+
+def model_precisions(bundle: Bundle, providers: list[str], precision: str) -> dict[str, str]:
+    """The precision (fp32, fp16) each per-request model (FP16_MODELS) runs in: auto: float16 on CUDA where the
+    bundle has the model's float16 variant (on the CPU it pays nothing: ONNX Runtime's float16 kernels there are
+    no faster, and the casts cost);
+    fp16: float16 everywhere, refused if the bundle lacks a variant; fp32: float32."""
+    has_fp16 = bundle.manifest.onnx_fp16_parity_max_abs_diff
+    if precision == "fp16":
+        missing = [m for m in FP16_MODELS if m not in has_fp16]
+        if missing:
+            raise BundleError(
+                f"{bundle.path}: onnx_precision=fp16 but the bundle has no float16 {', '.join(missing)} (built before "
+                "float16 variants, or their parity with float32 failed at export; see onnx_fp16_parity_max_abs_diff)"
+            )
+    on_cuda = providers[0] == "CUDAExecutionProvider"
+    return {
+        m: "fp16" if precision == "fp16" or (precision == "auto" and on_cuda and m in has_fp16) else "fp32"
+        for m in FP16_MODELS
+    }
 
 
 def limit_native_threads(faiss_omp_threads: int) -> None:

@@ -143,6 +143,7 @@ class ReadinessResponse(BaseModel):
     ready: bool
     bundle_version: str | None
     onnx_providers: list[str]
+    onnx_precisions: dict[str, str] = Field(default_factory=dict, description="model -> fp32 | fp16")
     faiss_device: str | None
     cache_backend: str | None
     cache_status: str | None

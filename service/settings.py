@@ -107,6 +107,16 @@ class Settings(BaseSettings):
     ort_intra_op_threads: int = Field(
         1, ge=0, description="ONNX Runtime intra-op threads per session (0 = ORT's choice)."
     )
+    onnx_precision: Literal["auto", "fp32", "fp16"] = Field(
+        "auto",
+        description="Precision of the user tower and the ranker. auto: float16 on CUDA where the bundle has a float16 "
+        "variant (exported where it kept parity), float32 on the CPU; fp16 refuses a bundle without them.",
+    )
+    ort_io_binding: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Call the user tower and the ranker through ONNX Runtime's IO binding (inputs copied to the "
+        "device before the run, the output allocated there). auto: on CUDA.",
+    )
     faiss_omp_threads: int = Field(
         1,
         ge=0,

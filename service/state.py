@@ -44,6 +44,13 @@ class Serving:
         return self.pipeline.bundle
 
 
+def precision_label(precisions: dict[str, str]) -> str:
+    """e.g. "fp32", or "user_tower=fp16,ranker=fp32" when the models differ."""
+    if len(set(precisions.values())) == 1:
+        return next(iter(precisions.values()))
+    return ",".join(f"{model}={p}" for model, p in precisions.items())
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -144,15 +151,17 @@ class AppState:
                 "schema_version": str(bundle.manifest.schema_version),
                 "created_at": bundle.manifest.created_at.isoformat(),
                 "onnx_provider": pipeline.onnx_providers[0],
+                "onnx_precision": precision_label(pipeline.onnx_precisions),
                 "faiss_device": pipeline.retriever.device,
             }
         )
         log.info(
-            "serving bundle %s (%d items, %d users) on %s / faiss %s",
+            "serving bundle %s (%d items, %d users) on %s (%s) / faiss %s",
             bundle.version,
             bundle.manifest.dims.n_items,
             bundle.manifest.dims.n_users,
             pipeline.onnx_providers[0],
+            precision_label(pipeline.onnx_precisions),
             pipeline.retriever.device,
         )
 
@@ -224,7 +233,13 @@ async def open_serving(
     k, n = min(10, settings.max_k), settings.num_candidates
 
     def build() -> tuple[Pipeline, LiveItems]:
-        pipeline = Pipeline.open(bundle, device=settings.device, intra_op_threads=settings.ort_intra_op_threads)
+        pipeline = Pipeline.open(
+            bundle,
+            device=settings.device,
+            intra_op_threads=settings.ort_intra_op_threads,
+            precision=settings.onnx_precision,
+            io_binding=settings.ort_io_binding,
+        )
         encoder = ItemEncoder(bundle, pipeline.onnx_providers, settings.ort_intra_op_threads)
         live = LiveItems(pipeline, encoder, delta)
         replayed = live.sync()

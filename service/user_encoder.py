@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 from service.bundle import Bundle, BundleError
 from service.features import PAD, history_windows
-from service.runtime import session_signature
+from service.runtime import io_binding_device, run_onnx, session_signature
 
 UNKNOWN_USER = -1
 
@@ -19,7 +19,7 @@ class UserEncoder:
 
     bundle: Bundle  # replaced (never mutated) when items are added live
 
-    def __init__(self, bundle: Bundle, session: ort.InferenceSession) -> None:
+    def __init__(self, bundle: Bundle, session: ort.InferenceSession, io_binding: str = "auto") -> None:
         dims = bundle.manifest.dims
         expected = {
             "user_idx": 1,
@@ -36,6 +36,7 @@ class UserEncoder:
         self.bundle = bundle
         self._session = session
         self._output = output.name
+        self._bind = io_binding_device(session, io_binding)
         self.history_length = dims.history_length
         self._oov = dims.n_users
         self._trained_items = dims.n_items
@@ -58,7 +59,7 @@ class UserEncoder:
         }
 
     def encode(self, users: np.ndarray, histories: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        out = self._session.run([self._output], self.inputs(users, histories))[0]
+        out = run_onnx(self._session, self._output, self.inputs(users, histories), self._bind)
         return np.ascontiguousarray(out, dtype=np.float32)  # (B, E)
 
 

@@ -157,6 +157,9 @@ def test_health_and_readiness(client: TestClient, tiny_bundle: Path) -> None:
     # device=auto: the GPU wherever this process has one (the GPU machine), the CPU elsewhere.
     assert body["onnx_providers"][0] == ("CUDAExecutionProvider" if cuda_onnx() else "CPUExecutionProvider")
     assert body["faiss_device"] == ("cuda" if faiss.get_num_gpus() > 0 else "cpu")
+    # float16 models on CUDA (the test bundle has them), float32 on the CPU.
+    precision = "fp16" if cuda_onnx() else "fp32"
+    assert body["onnx_precisions"] == {"user_tower": precision, "ranker": precision}
     assert body["cache_backend"] == "local"
 
 
