@@ -74,13 +74,16 @@ class HalfPrecision(nn.Module):
 
     def __init__(self, module: nn.Module, keep_fp32: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)):
         super().__init__()
-        self.module = copy.deepcopy(module).eval().half()
+        self.module = copy.deepcopy(module).eval()
         for layer in self.module.modules():
-            if isinstance(layer, keep_fp32):
-                layer.float()
+            if isinstance(layer, keep_fp32):  # its weights and statistics as they are (no round trip to float16)
                 layer.register_forward_pre_hook(lambda _, args: tuple(_cast(a, torch.float32) for a in args))
                 layer.register_forward_hook(lambda _, __, out: _cast(out, torch.float16))
-            elif any(True for _ in layer.parameters(recurse=False)):
+                continue
+            tensors = [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]
+            for tensor in tensors:  # this layer's own, not its children's (a child may be kept float32)
+                tensor.data = _cast(tensor.data, torch.float16)
+            if tensors:
                 layer.register_forward_pre_hook(lambda _, args: tuple(_cast(a, torch.float16) for a in args))
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:

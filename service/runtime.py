@@ -87,8 +87,7 @@ def run_onnx(session: ort.InferenceSession, output: str, inputs: dict[str, Any],
 def model_precisions(bundle: Bundle, providers: list[str], precision: str) -> dict[str, str]:
     """The precision (fp32, fp16) each per-request model (FP16_MODELS) runs in: auto: float16 on CUDA where the
     bundle has the model's float16 variant (on the CPU it pays nothing: ONNX Runtime's float16 kernels there are
-    no faster, and the casts cost);
-    fp16: float16 everywhere, refused if the bundle lacks a variant; fp32: float32."""
+    no faster, and the casts cost); fp16: float16 everywhere, refused if the bundle lacks a variant; fp32: float32."""
     has_fp16 = bundle.manifest.onnx_fp16_parity_max_abs_diff
     if precision == "fp16":
         missing = [m for m in FP16_MODELS if m not in has_fp16]

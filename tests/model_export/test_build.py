@@ -86,12 +86,13 @@ def test_float16_export_keeps_parity_where_it_holds(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = _Scorer().eval()
     rng = np.random.default_rng(0)
+    mean = np.array([1000.2, 999.9, 1000.1], np.float32)
     with torch.no_grad():  # features around 1,000 with a spread of 0.1: float16's steps there are 0.5
-        model.norm.running_mean.fill_(1000.0)
+        model.norm.running_mean.copy_(torch.from_numpy(mean))
         model.norm.running_var.fill_(0.01)
     inputs = {
         "idx": rng.integers(0, 10, 256).astype(np.int64),
-        "dense": (1000.0 + 0.1 * rng.normal(size=(256, 3))).astype(np.float32),
+        "dense": (mean + 0.1 * rng.normal(size=(256, 3))).astype(np.float32),
     }
     path = tmp_path / "m.fp16.onnx"
     diff = export_fp16(model, inputs, "p", path)
@@ -107,6 +108,7 @@ def test_float16_export_keeps_parity_where_it_holds(tmp_path: Path) -> None:
         expected = model(*(torch.from_numpy(v) for v in inputs.values())).numpy()
     assert np.abs(rounded - expected).max() > FP16_TOLERANCE
     assert HalfPrecision(model).module.norm.weight.dtype == torch.float32
+    torch.testing.assert_close(HalfPrecision(model).module.norm.running_mean, model.norm.running_mean, rtol=0, atol=0)
     assert HalfPrecision(model).module.mlp[0].weight.dtype == torch.float16
     # Where parity does not hold, nothing is written.
     with pytest.raises(ParityError, match=r"m\.fp16\.onnx: ONNX Runtime differs"):
