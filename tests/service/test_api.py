@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
+from model_export.export_onnx import FP16_TOLERANCE
 from service.bundle import BundleError, load_bundle
 from service.main import create_app
 from service.schemas import RecommendationResponse
@@ -186,12 +187,15 @@ def test_device_cuda_without_a_gpu_fails_clearly(settings: Settings) -> None:
 
 
 def test_gpu_and_cpu_agree(settings: Settings, tiny_bundle: Path) -> None:
-    """Where a GPU serves, its recommendations match the CPU's (same items, scores within float tolerance)."""
+    """Where a GPU serves, its recommendations match the CPU's (same items, scores within float tolerance: float32's,
+    or float16's where the GPU runs the float16 models)."""
     bundle = load_bundle(tiny_bundle)
     with (
         TestClient(create_app(settings)) as auto,
         TestClient(create_app(settings.model_copy(update={"device": "cpu"}))) as cpu,
     ):
+        half = "fp16" in auto.get("/readyz").json()["onnx_precisions"].values()
+        tolerance = FP16_TOLERANCE if half else 1e-4
         for user in range(0, 60, 6):
             a = recommend(auto, user_id=bundle.user_ids[user], k=10)["items"]
             b = recommend(cpu, user_id=bundle.user_ids[user], k=10)["items"]
@@ -200,7 +204,7 @@ def test_gpu_and_cpu_agree(settings: Settings, tiny_bundle: Path) -> None:
             scores_b = {i["item_id"]: i["ranking_score"] for i in b}
             for item in a:
                 if item["item_id"] in scores_b:
-                    assert item["ranking_score"] == pytest.approx(scores_b[item["item_id"]], abs=1e-4)
+                    assert item["ranking_score"] == pytest.approx(scores_b[item["item_id"]], abs=tolerance)
 
 
 def test_bad_bundle_is_refused_at_startup(tiny_bundle: Path, tmp_path: Path, settings: Settings) -> None:
