@@ -115,13 +115,7 @@ def in_process(bundle_path: Path, settings: Settings, users: np.ndarray, k: int)
     """The pipeline alone, one request at a time, with the service's settings (ms)."""
     bundle = load_bundle(bundle_path)
     limit_native_threads(settings.faiss_omp_threads)  # as the service does at start-up
-    pipeline = Pipeline.open(
-        bundle,
-        device=settings.device,
-        intra_op_threads=settings.ort_intra_op_threads,
-        precision=settings.onnx_precision,
-        io_binding=settings.ort_io_binding,
-    )
+    pipeline = Pipeline.configured(bundle, settings)
     n = settings.num_candidates
     embeddings = pipeline.encode(users)
     for u in users[:50]:

@@ -28,6 +28,7 @@ from service.metrics import Metrics
 from service.ranking import Ranker
 from service.retrieval import Retriever
 from service.runtime import faiss_gpus, model_precisions, onnx_providers, open_session
+from service.settings import Settings
 from service.user_encoder import UNKNOWN_USER, UserEncoder
 
 T = TypeVar("T")
@@ -105,6 +106,17 @@ class Pipeline:
             Ranker(bundle, ranker_session, io_binding),
             onnx_providers=user_session.get_providers(),
             onnx_precisions=precisions,
+        )
+
+    @classmethod
+    def configured(cls, bundle: Bundle, settings: Settings) -> Pipeline:
+        """`open` as the service's settings say (device, ONNX Runtime threads, precision, IO binding)."""
+        return cls.open(
+            bundle,
+            device=settings.device,
+            intra_op_threads=settings.ort_intra_op_threads,
+            precision=settings.onnx_precision,
+            io_binding=settings.ort_io_binding,
         )
 
     def user_index(self, user_id: str) -> int:

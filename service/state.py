@@ -233,13 +233,7 @@ async def open_serving(
     k, n = min(10, settings.max_k), settings.num_candidates
 
     def build() -> tuple[Pipeline, LiveItems]:
-        pipeline = Pipeline.open(
-            bundle,
-            device=settings.device,
-            intra_op_threads=settings.ort_intra_op_threads,
-            precision=settings.onnx_precision,
-            io_binding=settings.ort_io_binding,
-        )
+        pipeline = Pipeline.configured(bundle, settings)
         encoder = ItemEncoder(bundle, pipeline.onnx_providers, settings.ort_intra_op_threads)
         live = LiveItems(pipeline, encoder, delta)
         replayed = live.sync()
