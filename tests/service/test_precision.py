@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ def test_precision_per_device_and_setting(tiny_bundle: Path) -> None:
     assert model_precisions(bundle, CPU, "fp16") == fp16
     # A model whose float16 variant failed parity at export stays float32 on the GPU.
     partial = bundle.manifest.model_copy(update={"onnx_fp16_parity_max_abs_diff": {"user_tower": 1e-3}})
-    mixed = type(bundle)(**{**{f: getattr(bundle, f) for f in bundle.__slots__}, "manifest": partial})
+    mixed = replace(bundle, manifest=partial)
     assert model_precisions(mixed, CUDA, "auto") == {"user_tower": "fp16", "ranker": "fp32"}
     with pytest.raises(BundleError, match=r"onnx_precision=fp16 but the bundle has no float16 ranker"):
         model_precisions(mixed, CPU, "fp16")
