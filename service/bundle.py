@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # what the exporter writes
+# Schemas this service reads: 2 is 3 before the float16 variants (no onnx_fp16_parity_max_abs_diff: none).
+READABLE_SCHEMAS = (2, 3)
 MANIFEST = "manifest.json"
 
 # Files every bundle of this schema holds; the manifest may list more.
@@ -182,11 +184,13 @@ def read_manifest(path: Path) -> Manifest:
         raw = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{manifest_path}: not valid JSON ({e})") from e
-    if isinstance(raw, dict) and raw.get("schema_version") != SCHEMA_VERSION:
+    if isinstance(raw, dict) and raw.get("schema_version") not in READABLE_SCHEMAS:
         raise BundleError(
             f"{manifest_path}: schema_version {raw.get('schema_version')!r} is not supported "
-            f"(this service reads schema {SCHEMA_VERSION})"
+            f"(this service reads schemas {', '.join(map(str, READABLE_SCHEMAS))})"
         )
+    if isinstance(raw, dict) and raw.get("schema_version") == 2 and "onnx_fp16_parity_max_abs_diff" in raw:
+        raise BundleError(f"{manifest_path}: onnx_fp16_parity_max_abs_diff needs schema_version 3, not 2")
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:

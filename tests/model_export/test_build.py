@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_manifest_records_everything(tiny_bundle: Path) -> None:
     manifest = json.loads((tiny_bundle / MANIFEST).read_text())
-    assert manifest["schema_version"] == 2
+    assert manifest["schema_version"] == 3
     assert manifest["bundle_version"] == tiny_bundle.name
     assert set(manifest["onnx_parity_max_abs_diff"]) == {"user_tower", "item_tower", "ranker", "text_encoder"}
     assert all(0 <= d <= 1e-4 for d in manifest["onnx_parity_max_abs_diff"].values())

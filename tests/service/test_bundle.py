@@ -70,9 +70,9 @@ def test_schema_and_manifest_errors(bundle_copy: Path, tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "nope")
     edit_manifest(bundle_copy, {"schema_version": 99})
-    with pytest.raises(BundleError, match="schema_version 99 is not supported"):
+    with pytest.raises(BundleError, match=r"schema_version 99 is not supported \(this service reads schemas 2, 3\)"):
         load_bundle(bundle_copy)
-    edit_manifest(bundle_copy, {"schema_version": 2, "bundle_version": "../escape"})
+    edit_manifest(bundle_copy, {"schema_version": 3, "bundle_version": "../escape"})
     with pytest.raises(BundleError, match="invalid manifest: bundle_version"):
         load_bundle(bundle_copy)
     (bundle_copy / MANIFEST).write_text("{not json")

@@ -23,7 +23,7 @@ def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 def test_metrics_after_traffic(client: TestClient, tiny_bundle: Path) -> None:
     bundle = load_bundle(tiny_bundle)
-    user_id = bundle.user_ids[-1]  # "300": not a value any label legitimately takes (schema_version "2" is one)
+    user_id = bundle.user_ids[-1]  # "300": not a value any label legitimately takes (schema_version "3" is one)
     for _ in range(3):
         assert client.post("/v1/recommendations", json={"user_id": user_id, "k": 5}).status_code == 200
     assert client.post("/v1/recommendations", json={"user_id": "stranger", "k": 5}).status_code == 200

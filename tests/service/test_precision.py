@@ -97,15 +97,21 @@ def test_a_float16_variant_listed_but_missing_is_refused(tiny_bundle: Path, tmp_
 
 
 def test_a_bundle_without_float16_variants_serves_float32(tiny_bundle: Path, tmp_path: Path) -> None:
-    """Bundles built before the float16 variants: the field is absent; auto serves float32, fp16 is refused."""
+    """Bundles built before the float16 variants (schema 2, without the field) still load: auto serves float32,
+    fp16 is refused. A schema 2 manifest that names variants is not a schema 2 manifest."""
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
     manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["schema_version"] = 2
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="onnx_fp16_parity_max_abs_diff needs schema_version 3, not 2"):
+        load_bundle(copy)
     del manifest["onnx_fp16_parity_max_abs_diff"]
     for name in ("user_tower.fp16.onnx", "ranker.fp16.onnx"):
         del manifest["files"][name]
         (copy / name).unlink()
     (copy / MANIFEST).write_text(json.dumps(manifest))
     bundle = load_bundle(copy)
+    assert bundle.manifest.schema_version == 2
     assert model_precisions(bundle, CUDA, "auto") == {"user_tower": "fp32", "ranker": "fp32"}
     with pytest.raises(BundleError, match="onnx_precision=fp16 but the bundle has no float16 user_tower, ranker"):
         Pipeline.open(bundle, device="cpu", precision="fp16")
