@@ -28,7 +28,7 @@ import numpy as np
 from model_export.baselines import interaction_matrix, top_unseen
 from model_export.build import build_bundle
 from model_export.config import preset
-from model_export.data import Dataset, chronological, implicit, load_movielens, temporal_split
+from model_export.data import Dataset, chronological, implicit, load_movielens, positives, temporal_split, unseen
 from model_export.evaluate import relevant_sets
 from model_export.text import item_texts
 from service.bundle import load_bundle
@@ -49,12 +49,23 @@ def run_seed(raw: Dataset, seed: int, args: argparse.Namespace) -> tuple[dict[st
     inter = dataset.interactions
     cold_items = rng.choice(dataset.n_items, int(args.item_share * dataset.n_items), replace=False)
     new_users = rng.choice(dataset.n_users, int(args.user_share * dataset.n_users), replace=False)
-    train, test = temporal_split(inter, 0.2)
-    keep = ~np.isin(train.item, cold_items) & ~np.isin(train.user, new_users)
-    train_warm = train.take(np.flatnonzero(keep))
+    # The split over every rating; cold items and new users taken out of the training part.
+    raw_train, raw_test = temporal_split(raw.interactions, 0.2)
+    keep = ~np.isin(raw_train.item, cold_items) & ~np.isin(raw_train.user, new_users)
+    raw_train_warm = raw_train.take(np.flatnonzero(keep))
+    train_warm = positives(raw_train_warm, dataset.n_items, config.min_rating)
+    test = unseen(positives(raw_test, dataset.n_items, config.min_rating), raw_train_warm, dataset.n_items)
 
     with tempfile.TemporaryDirectory() as work:
-        result = build_bundle(raw, config, Path(work), progress=False, split=(train_warm, test), evaluate_bundle=False)
+        result = build_bundle(
+            raw,
+            config,
+            Path(work),
+            progress=False,
+            split=(raw_train_warm, raw_test),
+            evaluate_bundle=False,
+            fit="split",
+        )
         bundle = load_bundle(result.path)
         pipeline = Pipeline.open(bundle, device="cpu", intra_op_threads=0)
         encoder = ItemEncoder(bundle, ["CPUExecutionProvider"], 0)
@@ -67,7 +78,7 @@ def run_seed(raw: Dataset, seed: int, args: argparse.Namespace) -> tuple[dict[st
         cold_test = test.take(np.flatnonzero(np.isin(test.item, cold_items) & ~np.isin(test.user, new_users)))
         relevant = relevant_sets(cold_test, dataset.n_users)
         users = np.array([u for u in range(dataset.n_users) if len(relevant[u])], dtype=np.int64)
-        seen_m = interaction_matrix(train_warm, dataset.n_users, dataset.n_items)
+        seen_m = interaction_matrix(raw_train_warm, dataset.n_users, dataset.n_items)
         seen = [seen_m[u].indices for u in users]
         query = pipeline.encode(users)
         model_lists = top_unseen(query @ embeddings.T, seen_m, users, K)

@@ -89,7 +89,7 @@ def serving_bundle(n_items: int, root: Path, n_users: int) -> Path:
     print(f"building a synthetic bundle with {n_items} items into {out} ...", flush=True)
     t0 = time.perf_counter()
     result = build_bundle(
-        generate_synthetic(config.synthetic, seed=0), config, out, progress=False, evaluate_bundle=False
+        generate_synthetic(config.synthetic, seed=0), config, out, progress=False, evaluate_bundle=False, fit="split"
     )
     print(f"built {result.version} in {time.perf_counter() - t0:.0f}s", flush=True)
     return out / "current"

@@ -30,6 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         help="two-tower training histories: the events before each one (default; logs whose order matters) "
         "or other events of the user at random (data whose order does not predict what comes next)",
     )
+    parser.add_argument(
+        "--fit",
+        choices=["all", "split"],
+        default="all",
+        help="all (default): select settings on the temporal hold-out, then refit on every interaction, so the "
+        "bundle serves from all the data; split: the bundle is the model fitted without the hold-out "
+        "(evaluation-only: the held-out interactions are unknown to it)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--if-missing",
@@ -61,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from model_export.build import build_bundle  # imports torch: after argument errors are reported
 
-    result = build_bundle(raw, config, args.out, progress=not args.no_progress)
+    result = build_bundle(raw, config, args.out, progress=not args.no_progress, fit=args.fit)
     print(f"\nbundle {result.version} -> {result.path}")
     users = result.metrics["pipeline"]["users"]
-    print(f"validation ({raw.name}, temporal hold-out, seen items excluded, full ranking, {users} users)")
+    fitted = "then refitted on all data" if args.fit == "all" else "the bundle as written"
+    print(f"validation ({raw.name}, temporal hold-out, seen items excluded, full ranking, {users} users; the model")
+    print(f"selected on the split, {fitted})")
     columns = ["recall@10", "ndcg@10", "recall@100", "hit_rate@10", "coverage@10"]
     print(f"{'model':<14}" + "".join(f"{c:>13}" for c in columns))
     for name, m in result.metrics.items():

@@ -16,21 +16,34 @@ from torch import nn
 from model_export.build_index import build_index, recall_vs_exact
 from model_export.bundle import BundleWriter, code_version
 from model_export.config import ExportConfig
-from model_export.data import Dataset, Interactions, implicit, stratified_random_split, temporal_split, user_histories
+from model_export.data import (
+    Dataset,
+    Interactions,
+    implicit,
+    negative_feedback,
+    positives,
+    stratified_random_split,
+    temporal_split,
+    unseen,
+    user_histories,
+)
 from model_export.evaluate import evaluate
 from model_export.export_onnx import ParityError, export, export_fp16, parity
+from model_export.ranker import DCNRanker
 from model_export.train import (
+    RankerExamples,
     embed_items,
     embed_users,
-    item_neighbours,
     item_popularity,
+    neighbour_weights,
     ranker_examples,
     seed_everything,
     train_ranker,
     train_two_tower,
 )
+from model_export.two_tower import ItemTower, UserTower
 from service import bundle as files
-from service.bundle import load_bundle
+from service.bundle import Bundle, load_bundle
 from service.features import RANKER_CONTEXT_FEATURES, history_windows
 from service.pipeline import Pipeline
 
@@ -44,8 +57,73 @@ class BuildResult:
     metrics: dict[str, Any]
 
 
+@dataclass
+class Models:
+    """The three trained models, with what the manifest records of their training."""
+
+    user_tower: UserTower
+    item_tower: ItemTower
+    ranker: DCNRanker
+    examples: RankerExamples  # the ranker's training examples (parity inputs, dense width)
+    training: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ServingData:
+    """The interactions a bundle serves from besides its models: its histories, seen sets and item statistics."""
+
+    positives: Interactions  # histories, popularity, co-occurrence neighbours
+    negatives: Interactions  # negative feedback only: seen (never recommended), not history
+
+
+FIT_MODES = ("all", "split")
+
+
 def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(n, size), replace=False))
+
+
+def _window(train: Interactions, config: ExportConfig) -> tuple[Interactions, Interactions]:
+    """(two-tower data, ranker label events) of `train`: the latest `window_fraction` of each user's events (a
+    random share for shuffled histories) are the ranker's labels, which the two-tower model never sees."""
+    if config.two_tower.history_sampling == "sequential":
+        return temporal_split(train, config.ranker.window_fraction)
+    return stratified_random_split(train, 1.0 - config.ranker.window_fraction, config.seed)
+
+
+def _ranker_then_refit(
+    dataset: Dataset,
+    data: Interactions,
+    rank_events: Interactions,
+    towers: tuple[UserTower, ItemTower],
+    towers_saw: Interactions,
+    seen: Interactions,
+    config: ExportConfig,
+    epochs: int,
+    progress: bool,
+) -> Models:
+    """The ranker learns on `rank_events` (part of `data`) with the scores of `towers`, which never saw them (they
+    saw `towers_saw`, whose popularity and neighbours are the features' as of before the labels); then the
+    two-tower model is retrained on all of `data` for `epochs` (serving wants one that saw the latest events)."""
+    user_tower, item_tower = towers
+    examples = ranker_examples(
+        dataset,
+        data,
+        rank_events,
+        user_tower,
+        embed_items(item_tower, dataset),
+        item_popularity(towers_saw, dataset.n_items),
+        neighbour_weights(towers_saw, dataset.n_users, dataset.n_items, config.ranker),
+        config,
+        seen=seen,
+    )
+    ranker, ranker_losses = train_ranker(dataset, examples, examples.dense.shape[1], config, progress)
+    info: dict[str, Any] = {"ranker_loss": ranker_losses, "ranker_examples": len(examples.label)}
+    if config.two_tower.refit:
+        seed_everything(config.seed)
+        user_tower, item_tower, refit = train_two_tower(dataset, data, config, progress, epochs=epochs)
+        info["two_tower_refit_loss"] = refit["loss"]
+    return Models(user_tower, item_tower, ranker, examples, info)
 
 
 def build_bundle(
@@ -55,9 +133,19 @@ def build_bundle(
     progress: bool = True,
     split: tuple[Interactions, Interactions] | None = None,
     evaluate_bundle: bool = True,
+    fit: str = "all",
 ) -> BuildResult:
-    """Train, export and write a bundle. `split` (train, held out) of `implicit(raw, config.min_rating)` replaces
-    the default temporal split; the held-out part is only used for the validation metrics in the manifest."""
+    """Train, export and write a bundle from `raw` (every interaction, whatever its rating).
+
+    Model selection: each user's latest `holdout_fraction` of interactions (`split`, (train, held out) of
+    `raw.interactions`, replaces that temporal split) is held out; the two-tower model early-stops on a validation
+    window of the rest, the ranker learns on that window, and the resulting pipeline is scored on the held-out
+    positives (the manifest's validation metrics). `fit="all"` (the default): the models are then refitted on
+    every interaction with the chosen settings (epochs) and the bundle's histories, seen sets and item statistics
+    cover all of them: what is served learns from everything it is given. `fit="split"`: the bundle is the
+    model-selection fit itself, for evaluation-only bundles (the held-out part is then unknown to it)."""
+    if fit not in FIT_MODES:
+        raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
     started = time.perf_counter()
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -68,209 +156,252 @@ def build_bundle(
 
         text_model, texts = load_encoder(), item_texts(dataset)
         dataset = replace(dataset, item_text=embed_texts(text_model, texts))
-    train, heldout = split or temporal_split(dataset.interactions, config.holdout_fraction)
-    if config.two_tower.history_sampling == "sequential":
-        tt_train, rank_events = temporal_split(train, config.ranker.window_fraction)
-    else:
-        tt_train, rank_events = stratified_random_split(train, 1.0 - config.ranker.window_fraction, config.seed)
+    n_items = dataset.n_items
+    raw_train, raw_heldout = split or temporal_split(raw.interactions, config.holdout_fraction)
+    train = positives(raw_train, n_items, config.min_rating)
+    # Held-out positives the user had not already met in training (those are filtered out as seen).
+    heldout = unseen(positives(raw_heldout, n_items, config.min_rating), raw_train, n_items)
     log.info(
-        "%s: %d users, %d items, %d positives (%d train, %d held out)",
+        "%s: %d users, %d items, %d interactions, %d positives (%d train, %d held out)",
         dataset.name,
         dataset.n_users,
-        dataset.n_items,
+        n_items,
+        len(raw.interactions),
         len(dataset.interactions),
         len(train),
         len(heldout),
     )
 
+    # Model selection on the split.
+    tt_train, rank_events = _window(train, config)
     user_tower, item_tower, tt_history = train_two_tower(dataset, tt_train, config, progress, validation=rank_events)
-    item_embeddings = embed_items(item_tower, dataset)
-    # Popularity as known before the ranker's labels (tt_train), so labels are not counted in their features.
-    examples = ranker_examples(
-        dataset,
-        train,
-        rank_events,
-        user_tower,
-        item_embeddings,
-        item_popularity(tt_train, dataset.n_items),
-        item_neighbours(tt_train, dataset.n_users, dataset.n_items, config.ranker.neighbours),
-        config,
+    recalls = tt_history["validation_recall@50"]
+    best_epochs = int(np.argmax(recalls)) + 1 if recalls else config.two_tower.epochs
+    towers_saw = tt_train
+    selection = _ranker_then_refit(
+        dataset, train, rank_events, (user_tower, item_tower), tt_train, raw_train, config, best_epochs, progress
     )
-    # What the service sees: statistics of all training data.
-    popularity = item_popularity(train, dataset.n_items)
-    neighbours = item_neighbours(train, dataset.n_users, dataset.n_items, config.ranker.neighbours)
-    ranker, ranker_losses = train_ranker(dataset, examples, examples.dense.shape[1], config, progress)
-    if config.two_tower.refit and len(rank_events):
-        # The ranker needed a two-tower model that never saw its labels; serving wants one that saw the most
-        # recent interactions too. Retrain on all training data for the epochs validation chose.
-        recalls = tt_history["validation_recall@50"]
-        best_epochs = int(np.argmax(recalls)) + 1 if recalls else config.two_tower.epochs
-        seed_everything(config.seed)
-        user_tower, item_tower, refit_history = train_two_tower(dataset, train, config, progress, epochs=best_epochs)
-        tt_history["refit_loss"] = refit_history["loss"]
-        item_embeddings = embed_items(item_tower, dataset)
+    selection.training = {"two_tower": tt_history, "best_epochs": best_epochs, **selection.training}
+    if config.two_tower.refit:
+        towers_saw = train
+    selection_data = ServingData(train, negative_feedback(raw_train, n_items, config.min_rating))
 
-    offsets, history = user_histories(train, dataset.n_users)
-    L = config.two_tower.history_length
+    final, final_data = selection, selection_data
+    if fit == "all" and len(heldout):
+        # Refit on everything: the ranker learns on the held-out window's events, scored by the model-selection
+        # two-tower (which never saw them), then the two-tower model is retrained on all positives.
+        final = _ranker_then_refit(
+            dataset,
+            dataset.interactions,
+            heldout,
+            (selection.user_tower, selection.item_tower),
+            towers_saw,
+            raw.interactions,
+            config,
+            best_epochs,
+            progress,
+        )
+        final_data = ServingData(dataset.interactions, negative_feedback(raw.interactions, n_items, config.min_rating))
+
+    metrics: dict[str, Any] = {}
+    fields_extra = {
+        "n_ratings": len(raw.interactions),
+        "n_positives": len(dataset.interactions),
+        "n_train": len(train),
+        "n_heldout": len(heldout),
+        "split": f"per user, latest {config.holdout_fraction:.0%} of interactions held out for model selection",
+        "fit": fit if final is not selection else "split",
+        "served_positives": len(final_data.positives),
+        "served_negative_feedback": len(final_data.negatives),
+    }
+    if evaluate_bundle and final is not selection:
+        # The manifest's validation metrics: the model-selection pipeline, exported and run as the service runs it,
+        # on the held-out positives. A temporary bundle (no float16 variants or text encoder: not served).
+        scratch = BundleWriter(out_dir)
+        try:
+            _write(scratch, dataset, selection, selection_data, config, rng, fields_extra, None, [], variants=False)
+            metrics = _evaluate(load_bundle(scratch.tmp, verify_checksums=False), heldout, config, progress)
+        finally:
+            scratch.abort()
     writer = BundleWriter(out_dir)
     try:
-        # ONNX export and parity on real inputs: users with their real histories, real items, real examples.
-        def windows_of(users: np.ndarray) -> np.ndarray:
-            return history_windows([history[offsets[u] : offsets[u + 1]] for u in users], L)  # (U, L)
-
-        sample_users = _sample(dataset.n_users, 512, rng)
-        user_inputs = {
-            "user_idx": sample_users,
-            "history": windows_of(sample_users),
-            "user_categorical": dataset.user_categorical[sample_users],
+        fields = _write(writer, dataset, final, final_data, config, rng, fields_extra, text_model, texts)
+        fields["training"] |= {
+            "model_selection": selection.training,
+            "final": final.training if final is not selection else "the model-selection fit (fit=split)",
+            "seconds": round(time.perf_counter() - started, 1),
         }
-        sample_items = _sample(dataset.n_items, 4096, rng)
-        # Real items by id, and some through the unknown-item row (content only, as for an item added live).
-        item_inputs = {
-            "item_idx": np.r_[sample_items, np.full(16, dataset.n_items)],
-            "item_dense": dataset.item_dense[np.r_[sample_items, sample_items[:16]]],
-        }
-        if dataset.text_dim:
-            item_inputs["item_text"] = dataset.text_of(np.r_[sample_items, sample_items[:16]])
-        rows = _sample(len(examples.label), 2048, rng)
-        ranker_inputs = {
-            "user_idx": examples.user_idx[rows],
-            "item_idx": examples.item_idx[rows],
-            "user_categorical": examples.user_categorical[rows],
-            "dense": examples.dense[rows],
-        }
-        parities = {}
-        models: list[tuple[str, nn.Module, dict[str, np.ndarray], str]] = [
-            (files.USER_TOWER, user_tower, user_inputs, "user_embedding"),
-            (files.ITEM_TOWER, item_tower, item_inputs, "item_embedding"),
-            (files.RANKER, ranker, ranker_inputs, "score"),
-        ]
-        fp16_parities = {}
-        for name, module, inputs, output in models:
-            model = name.removesuffix(".onnx")
-            export(module, inputs, output, writer.path(name))
-            parities[model] = parity(module, writer.path(name), inputs)
-            if model in files.FP16_MODELS:  # the per-request models, for the GPU: where float16 holds parity
-                try:
-                    fp16_parities[model] = export_fp16(
-                        module, inputs, output, writer.path(files.variant_name(model, "fp16"))
-                    )
-                except ParityError as e:
-                    log.warning("no float16 %s (float32 serves on the GPU too): %s", model, e)
-        if text_model is not None:
-            from model_export.text import export_text_encoder
-
-            parities["text_encoder"] = export_text_encoder(
-                text_model, [texts[i] for i in sample_items[:256]], writer.tmp
-            )
-        log.info("ONNX parity (max abs diff): %s; float16 variants: %s", parities, fp16_parities)
-
-        # Real user queries tune the index (IVF's nprobe) and measure its recall; the recall is measured on
-        # other users than the ones that tuned it.
-        query_users = _sample(dataset.n_users, 2 * config.index.recall_queries, rng)
-        queries = embed_users(user_tower, query_users, windows_of(query_users), dataset.user_categorical[query_users])
-        tune, check = queries[0::2], queries[1::2]
-        index, index_info = build_index(item_embeddings, config.index, tune)
-        index_info["recall_at"] = min(config.index.recall_at, dataset.n_items)
-        index_info["recall_vs_exact"] = recall_vs_exact(index, item_embeddings, check, config.index.recall_at)
-        faiss.write_index(index, str(writer.path(files.INDEX)))
-
-        writer.array(files.ITEM_EMBEDDINGS, item_embeddings)
-        writer.array(files.ITEM_DENSE, dataset.item_dense)
-        writer.array(files.ITEM_LOG_POPULARITY, popularity.overall)
-        writer.array(files.ITEM_RECENT_POPULARITY, popularity.recent)
-        writer.array(files.ITEM_NEIGHBOURS, neighbours.items)
-        writer.array(files.ITEM_NEIGHBOUR_WEIGHTS, neighbours.weights)
-        writer.array(files.USER_CATEGORICAL, dataset.user_categorical)
-        writer.array(files.HISTORY_OFFSETS, offsets)
-        writer.array(files.HISTORY_ITEMS, history)
-        writer.json(files.ITEM_IDS, dataset.item_ids)
-        writer.json(files.USER_IDS, dataset.user_ids)
-        writer.json(files.ITEM_TITLES, dataset.item_titles)
-
-        created = datetime.now(UTC).replace(microsecond=0)
-        version = f"{dataset.name}-{created:%Y%m%dT%H%M%SZ}-{writer.content_hash()}"
-        fields: dict[str, Any] = {
-            "bundle_version": version,
-            "created_at": created,
-            "code_version": code_version(),
-            "dataset": {
-                "name": dataset.name,
-                "n_users": dataset.n_users,
-                "n_items": dataset.n_items,
-                "n_ratings": len(raw.interactions),
-                "n_positives": len(dataset.interactions),
-                "n_train": len(train),
-                "n_heldout": len(heldout),
-                "split": f"per user, latest {config.holdout_fraction:.0%} of positives held out",
-            },
-            "dims": {
-                "n_users": dataset.n_users,
-                "n_items": dataset.n_items,
-                "embedding_dim": config.two_tower.embedding_dim,
-                "history_length": L,
-                "user_categorical_cardinalities": dataset.user_categorical_cardinalities,
-                "item_dense_dim": dataset.item_dense.shape[1],
-                "ranker_dense_dim": examples.dense.shape[1],
-                "item_neighbours": config.ranker.neighbours,
-                "text_dim": dataset.text_dim,
-            },
-            "feature_spec": {
-                "positive_rule": dataset.positive_rule,
-                "user_categorical": dataset.user_categorical_names,
-                "item_dense": dataset.item_dense_names,
-                "ranker_dense": dataset.item_dense_names + list(RANKER_CONTEXT_FEATURES),
-                "user_tower_inputs": {
-                    "user_idx": "int64 (B,): user index; n_users = unknown user",
-                    "history": f"int64 (B, {L}): latest items, oldest first, -1 padded",
-                    "user_categorical": "int64 (B, U): 0 = unknown",
-                },
-                "item_tower_inputs": {
-                    "item_idx": "int64 (B,): item index; n_items = an item added after training (content only)",
-                    "item_dense": "float32 (B, item_dense_dim)",
-                }
-                | (
-                    {"item_text": "float32 (B, text_dim): text_encoder.onnx of the item's text"}
-                    if dataset.text_dim
-                    else {}
-                ),
-                "item_text": "model_export.text.item_texts: '<title>. Genres: <g1>, <g2>.'; text_encoder.onnx "
-                "(input_ids, attention_mask from tokenizer.json, truncated to 128 tokens) -> L2-normalised"
-                if dataset.text_dim
-                else "none",
-                "ranker_inputs": {
-                    "user_idx": "int64 (N,)",
-                    "item_idx": "int64 (N,)",
-                    "user_categorical": "int64 (N, U)",
-                    "dense": "float32 (N, ranker_dense_dim): service.features.ranker_dense_features",
-                },
-                "unknown_user": "user tower with user_idx = n_users, empty history, unknown categoricals",
-            },
-            "index": index_info,
-            "onnx_parity_max_abs_diff": parities,
-            "onnx_fp16_parity_max_abs_diff": fp16_parities,
-            "training": {
-                "config": config.to_dict(),
-                "two_tower": tt_history,
-                "ranker_loss": ranker_losses,
-                "ranker_examples": len(examples.label),
-                "seconds": round(time.perf_counter() - started, 1),
-            },
-            "metrics": {},
-        }
+        if evaluate_bundle and final is selection:
+            metrics = _evaluate(load_bundle(writer.tmp, verify_checksums=False), heldout, config, progress)
+        if metrics:
+            fields["metrics"] = {
+                "validation": metrics,
+                "protocol": "held-out positives, seen items excluded, full ranking over the catalogue",
+                "model": "the model-selection fit (trained without the held-out part), exported and served as the "
+                "service runs it"
+                + ("; the bundle is that model refitted on all interactions" if final is not selection else ""),
+            }
         writer.write_manifest(fields)
-
-        # Evaluate the bundle as the service will run it (ONNX Runtime + FAISS, CPU), then record the metrics.
-        metrics: dict[str, Any] = {}
-        if evaluate_bundle:
-            pipeline = Pipeline.open(load_bundle(writer.tmp), device="cpu", intra_op_threads=0)
-            metrics = evaluate(pipeline, heldout, config.num_candidates, progress)
-            protocol = "held-out positives, seen items excluded, full ranking over the catalogue"
-            fields["metrics"] = {"validation": metrics, "protocol": protocol}
-            writer.write_manifest(fields)
-        path = writer.finish(version)
+        path = writer.finish(fields["bundle_version"])
     except BaseException:
         writer.abort()
         raise
     log.info("wrote bundle %s in %.1fs", path, time.perf_counter() - started)
-    return BuildResult(path=path, version=version, metrics=metrics)
+    return BuildResult(path=path, version=fields["bundle_version"], metrics=metrics)
+
+
+def _evaluate(bundle: Bundle, heldout: Interactions, config: ExportConfig, progress: bool) -> dict[str, Any]:
+    pipeline = Pipeline.open(bundle, device="cpu", intra_op_threads=0)
+    return evaluate(pipeline, heldout, config.num_candidates, progress)
+
+
+def _write(
+    writer: BundleWriter,
+    dataset: Dataset,
+    models: Models,
+    data: ServingData,
+    config: ExportConfig,
+    rng: np.random.Generator,
+    dataset_fields: dict[str, Any],
+    text_model: Any,
+    texts: list[str],
+    variants: bool = True,
+) -> dict[str, Any]:
+    """Export `models` and write every bundle file into `writer`, then its manifest (without metrics); returns the
+    manifest's fields. `variants`: also the float16 variants; the text encoder is exported when `text_model` is."""
+    user_tower, item_tower, ranker, examples = models.user_tower, models.item_tower, models.ranker, models.examples
+    item_embeddings = embed_items(item_tower, dataset)
+    popularity = item_popularity(data.positives, dataset.n_items)
+    neighbours = neighbour_weights(data.positives, dataset.n_users, dataset.n_items, config.ranker)
+    offsets, history = user_histories(data.positives, dataset.n_users)
+    negative_offsets, negative_items = user_histories(data.negatives, dataset.n_users)
+    L = config.two_tower.history_length
+
+    # ONNX export and parity on real inputs: users with their real histories, real items, real examples.
+    def windows_of(users: np.ndarray) -> np.ndarray:
+        return history_windows([history[offsets[u] : offsets[u + 1]] for u in users], L)  # (U, L)
+
+    sample_users = _sample(dataset.n_users, 512, rng)
+    user_inputs = {
+        "user_idx": sample_users,
+        "history": windows_of(sample_users),
+        "user_categorical": dataset.user_categorical[sample_users],
+    }
+    sample_items = _sample(dataset.n_items, 4096, rng)
+    # Real items by id, and some through the unknown-item row (content only, as for an item added live).
+    item_inputs = {
+        "item_idx": np.r_[sample_items, np.full(16, dataset.n_items)],
+        "item_dense": dataset.item_dense[np.r_[sample_items, sample_items[:16]]],
+    }
+    if dataset.text_dim:
+        item_inputs["item_text"] = dataset.text_of(np.r_[sample_items, sample_items[:16]])
+    rows = _sample(len(examples.label), 2048, rng)
+    ranker_inputs = {
+        "user_idx": examples.user_idx[rows],
+        "item_idx": examples.item_idx[rows],
+        "user_categorical": examples.user_categorical[rows],
+        "dense": examples.dense[rows],
+    }
+    parities = {}
+    exports: list[tuple[str, nn.Module, dict[str, np.ndarray], str]] = [
+        (files.USER_TOWER, user_tower, user_inputs, "user_embedding"),
+        (files.ITEM_TOWER, item_tower, item_inputs, "item_embedding"),
+        (files.RANKER, ranker, ranker_inputs, "score"),
+    ]
+    fp16_parities = {}
+    for name, module, inputs, output in exports:
+        model = name.removesuffix(".onnx")
+        export(module, inputs, output, writer.path(name))
+        parities[model] = parity(module, writer.path(name), inputs)
+        if variants and model in files.FP16_MODELS:  # the per-request models, for the GPU: where float16 holds parity
+            try:
+                fp16_parities[model] = export_fp16(
+                    module, inputs, output, writer.path(files.variant_name(model, "fp16"))
+                )
+            except ParityError as e:
+                log.warning("no float16 %s (float32 serves on the GPU too): %s", model, e)
+    if text_model is not None and variants:
+        from model_export.text import export_text_encoder
+
+        parities["text_encoder"] = export_text_encoder(text_model, [texts[i] for i in sample_items[:256]], writer.tmp)
+    log.info("ONNX parity (max abs diff): %s; float16 variants: %s", parities, fp16_parities)
+
+    # Real user queries tune the index (IVF's nprobe) and measure its recall; the recall is measured on
+    # other users than the ones that tuned it.
+    query_users = _sample(dataset.n_users, 2 * config.index.recall_queries, rng)
+    queries = embed_users(user_tower, query_users, windows_of(query_users), dataset.user_categorical[query_users])
+    tune, check = queries[0::2], queries[1::2]
+    index, index_info = build_index(item_embeddings, config.index, tune)
+    index_info["recall_at"] = min(config.index.recall_at, dataset.n_items)
+    index_info["recall_vs_exact"] = recall_vs_exact(index, item_embeddings, check, config.index.recall_at)
+    faiss.write_index(index, str(writer.path(files.INDEX)))
+
+    writer.array(files.ITEM_EMBEDDINGS, item_embeddings)
+    writer.array(files.ITEM_DENSE, dataset.item_dense)
+    writer.array(files.ITEM_LOG_POPULARITY, popularity.overall)
+    writer.array(files.ITEM_RECENT_POPULARITY, popularity.recent)
+    writer.array(files.ITEM_NEIGHBOURS, neighbours.items)
+    writer.array(files.ITEM_NEIGHBOUR_WEIGHTS, neighbours.weights)
+    writer.array(files.USER_CATEGORICAL, dataset.user_categorical)
+    writer.array(files.HISTORY_OFFSETS, offsets)
+    writer.array(files.HISTORY_ITEMS, history)
+    writer.json(files.ITEM_IDS, dataset.item_ids)
+    writer.json(files.USER_IDS, dataset.user_ids)
+    writer.json(files.ITEM_TITLES, dataset.item_titles)
+    writer.array(files.NEGATIVE_OFFSETS, negative_offsets)
+    writer.array(files.NEGATIVE_ITEMS, negative_items)
+
+    created = datetime.now(UTC).replace(microsecond=0)
+    fields: dict[str, Any] = {
+        "bundle_version": f"{dataset.name}-{created:%Y%m%dT%H%M%SZ}-{writer.content_hash()}",
+        "created_at": created,
+        "code_version": code_version(),
+        "dataset": {"name": dataset.name, "n_users": dataset.n_users, "n_items": dataset.n_items} | dataset_fields,
+        "dims": {
+            "n_users": dataset.n_users,
+            "n_items": dataset.n_items,
+            "embedding_dim": config.two_tower.embedding_dim,
+            "history_length": L,
+            "user_categorical_cardinalities": dataset.user_categorical_cardinalities,
+            "item_dense_dim": dataset.item_dense.shape[1],
+            "ranker_dense_dim": examples.dense.shape[1],
+            "item_neighbours": config.ranker.neighbours,
+            "text_dim": dataset.text_dim,
+        },
+        "feature_spec": {
+            "positive_rule": dataset.positive_rule,
+            "user_categorical": dataset.user_categorical_names,
+            "item_dense": dataset.item_dense_names,
+            "ranker_dense": dataset.item_dense_names + list(RANKER_CONTEXT_FEATURES),
+            "user_tower_inputs": {
+                "user_idx": "int64 (B,): user index; n_users = unknown user",
+                "history": f"int64 (B, {L}): latest items, oldest first, -1 padded",
+                "user_categorical": "int64 (B, U): 0 = unknown",
+            },
+            "item_tower_inputs": {
+                "item_idx": "int64 (B,): item index; n_items = an item added after training (content only)",
+                "item_dense": "float32 (B, item_dense_dim)",
+            }
+            | (
+                {"item_text": "float32 (B, text_dim): text_encoder.onnx of the item's text"} if dataset.text_dim else {}
+            ),
+            "item_text": "model_export.text.item_texts: '<title>. Genres: <g1>, <g2>.'; text_encoder.onnx "
+            "(input_ids, attention_mask from tokenizer.json, truncated to 128 tokens) -> L2-normalised"
+            if dataset.text_dim
+            else "none",
+            "ranker_inputs": {
+                "user_idx": "int64 (N,)",
+                "item_idx": "int64 (N,)",
+                "user_categorical": "int64 (N, U)",
+                "dense": "float32 (N, ranker_dense_dim): service.features.ranker_dense_features",
+            },
+            "unknown_user": "user tower with user_idx = n_users, empty history, unknown categoricals",
+        },
+        "index": index_info,
+        "onnx_parity_max_abs_diff": parities,
+        "onnx_fp16_parity_max_abs_diff": fp16_parities,
+        "training": {"config": config.to_dict()},
+        "metrics": {},
+    }
+    writer.write_manifest(fields)
+    return fields

@@ -56,7 +56,14 @@ class RankerConfig:
     categorical_dim: int = 2
     cross_layers: int = 2
     hidden_dims: tuple[int, ...] = (256, 128)
-    neighbours: int = 100  # co-occurrence neighbours kept per item for the neighbour_score features
+    neighbours: int = 100  # neighbours kept per item for the neighbour_score features
+    # Where the neighbour features' item-item weights come from: "ease" (EASE's positive weights, Steck 2019) or
+    # "cosine" (ItemKNN's co-occurrence cosine). ml-100k, the exporter's validation (model selection, never the
+    # test part), pipeline NDCG@10: cosine 0.1900, ease (lambda 100) 0.1964.
+    neighbour_weights: Literal["ease", "cosine"] = "ease"
+    # lambda 100: the EASE baseline's best on a validation split of ml-100k (benchmarks.api_quality).
+    ease_regularization: float = 100.0
+    ease_max_items: int = 10_000  # EASE over the most interacted items only (it inverts an items x items matrix)
     window_fraction: float = 0.2  # share of each user's training events held out of two-tower training as labels
     # Negatives mostly come from where serving candidates come from (the two-tower's top `hard_pool`, the
     # candidate count), so the ranker learns to order retrieved items rather than to tell them from random

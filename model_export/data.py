@@ -1,8 +1,9 @@
 """Interaction data: MovieLens loaders, a synthetic generator, the implicit-feedback rule and the split.
 
 Positive rule (implicit feedback): an explicit rating at or above `min_rating` (4 of 5 stars by default)
-is a positive interaction; lower ratings are dropped, and unobserved items are unlabelled, not negatives.
-Every item of the catalogue stays recommendable whether or not it has positives.
+is a positive interaction; a lower rating is negative feedback (the item counts as seen: never recommended
+to that user, but it is not part of their history); unobserved items are unlabelled, not negatives. Every
+item of the catalogue stays recommendable whether or not it has positives.
 
 Users and items are re-indexed to 0..n-1 in order of first appearance in the id lists; raw ids are strings.
 """
@@ -340,6 +341,29 @@ def load_movielens(directory: Path) -> Dataset:
     )
 
 
+def write_movielens_csv(dataset: Dataset, interactions: Interactions, directory: Path) -> None:
+    """`interactions` (indices into `dataset`) as a MovieLens download in the csv layout (`ratings.csv`,
+    `movies.csv`, as ml-latest-small; no user features), which `load_movielens` reads back."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    genre_columns = [
+        (j, n.removeprefix("genre:")) for j, n in enumerate(dataset.item_dense_names) if n.startswith("genre:")
+    ]
+    with (directory / "movies.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["movieId", "title", "genres"])
+        for i, (item_id, title) in enumerate(zip(dataset.item_ids, dataset.item_titles, strict=True)):
+            genres = "|".join(g for j, g in genre_columns if dataset.item_dense[i, j] > 0) or "(no genres listed)"
+            writer.writerow([item_id, title, genres])
+    with (directory / "ratings.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["userId", "movieId", "rating", "timestamp"])
+        for u, i, r, t in zip(
+            interactions.user, interactions.item, interactions.rating, interactions.timestamp, strict=True
+        ):
+            writer.writerow([dataset.user_ids[u], dataset.item_ids[i], f"{r:g}", int(t)])
+
+
 # --------------------------------------------------------------------------- synthetic data
 
 
@@ -434,18 +458,41 @@ def generate_synthetic(config: SyntheticConfig, seed: int = 0) -> Dataset:
 # --------------------------------------------------------------------------- implicit feedback and splits
 
 
+def pair_codes(interactions: Interactions, n_items: int) -> np.ndarray:
+    """One int64 code per (user, item) row: user * n_items + item. (N,)"""
+    codes: np.ndarray = interactions.user * n_items + interactions.item
+    return codes
+
+
+def positives(interactions: Interactions, n_items: int, min_rating: float) -> Interactions:
+    """Rows with rating >= min_rating, de-duplicated per (user, item) keeping the first (by time), in log order."""
+    keep = np.flatnonzero(interactions.rating >= min_rating)
+    order = keep[np.lexsort((keep, interactions.timestamp[keep], interactions.user[keep]))]
+    _, first = np.unique(pair_codes(interactions.take(order), n_items), return_index=True)
+    return interactions.take(order[np.sort(first)])
+
+
+def negative_feedback(interactions: Interactions, n_items: int, min_rating: float) -> Interactions:
+    """The (user, item) pairs of `interactions` with no positive among them (every rating below `min_rating`):
+    negative feedback, as the service's `dislike` event: never recommended, not part of the history. One row per
+    pair (its first), in log order."""
+    positive = np.unique(pair_codes(positives(interactions, n_items, min_rating), n_items))
+    rest = interactions.take(np.flatnonzero(~np.isin(pair_codes(interactions, n_items), positive)))
+    return positives(rest, n_items, -np.inf)
+
+
+def unseen(interactions: Interactions, seen: Interactions, n_items: int) -> Interactions:
+    """The rows of `interactions` whose (user, item) does not occur in `seen`."""
+    return interactions.take(np.flatnonzero(~np.isin(pair_codes(interactions, n_items), pair_codes(seen, n_items))))
+
+
 def implicit(dataset: Dataset, min_rating: float) -> Dataset:
     """Keep positives only (rating >= min_rating), de-duplicated per (user, item) keeping the first."""
-    inter = dataset.interactions
-    keep = np.flatnonzero(inter.rating >= min_rating)
-    order = keep[np.lexsort((keep, inter.timestamp[keep], inter.user[keep]))]
-    pairs = inter.user[order] * dataset.n_items + inter.item[order]
-    _, first = np.unique(pairs, return_index=True)
-    rows = order[np.sort(first)]
     return replace(
         dataset,
-        interactions=inter.take(rows),
-        positive_rule=f"explicit rating >= {min_rating:g} is a positive; lower ratings are dropped",
+        interactions=positives(dataset.interactions, dataset.n_items, min_rating),
+        positive_rule=f"explicit rating >= {min_rating:g} is a positive; a lower rating is negative feedback "
+        "(never recommended, not history)",
     )
 
 

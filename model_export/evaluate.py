@@ -74,7 +74,7 @@ def popularity_recommendations(pipeline: Pipeline, users: np.ndarray, depth: int
     """The most-popular baseline under the same protocol (seen items excluded), from the bundle's popularity."""
     bundle = pipeline.bundle
     ranked = np.argsort(-bundle.item_log_popularity, kind="stable")
-    return pad([ranked[~np.isin(ranked, bundle.history(int(u)))] for u in users], depth)
+    return pad([ranked[~np.isin(ranked, bundle.seen(int(u)))] for u in users], depth)
 
 
 def pipeline_recommendations(

@@ -133,6 +133,45 @@ def item_neighbours(interactions: Interactions, n_users: int, n_items: int, k: i
     return ItemNeighbours(items, weights)
 
 
+def item_ease(
+    interactions: Interactions, n_users: int, n_items: int, k: int, regularization: float, max_items: int
+) -> ItemNeighbours:
+    """EASE's item-item weights (Steck, WWW 2019) in the neighbour layout: for each item c, the `k` items h with
+    the largest positive weight B[h, c], so that a history's summed weights over c's list is EASE's score of c
+    (its positive part). Over the `max_items` most interacted items (the closed form inverts an items x items
+    matrix); other items have no list and are on none."""
+    items = np.full((n_items, k), -1, dtype=np.int32)
+    weights = np.zeros((n_items, k), dtype=np.float32)
+    if not len(interactions) or not k:
+        return ItemNeighbours(items, weights)
+    from model_export.baselines import interaction_matrix
+
+    counts = np.bincount(interactions.item, minlength=n_items)
+    kept = np.sort(np.argsort(-counts, kind="stable")[: min(max_items, int((counts > 0).sum()))])
+    x = interaction_matrix(interactions, n_users, n_items)[:, kept]
+    gram = (x.T @ x).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += regularization
+    inverse = np.linalg.inv(gram)
+    b = -inverse / np.diag(inverse)[None, :]  # b[h, c]
+    np.fill_diagonal(b, 0.0)
+    depth = min(k, len(kept) - 1)
+    top = np.argsort(-b, axis=0, kind="stable")[:depth].T  # (n_kept, depth): column c's largest rows
+    top_weights = np.take_along_axis(b.T, top, axis=1)
+    positive = top_weights > 0
+    items[kept, :depth] = np.where(positive, kept[top], -1)
+    weights[kept, :depth] = np.where(positive, top_weights, 0.0)
+    return ItemNeighbours(items, weights)
+
+
+def neighbour_weights(interactions: Interactions, n_users: int, n_items: int, config: RankerConfig) -> ItemNeighbours:
+    """The ranker's item-item neighbours as `config.neighbour_weights` says (EASE or cosine)."""
+    if config.neighbour_weights == "ease":
+        return item_ease(
+            interactions, n_users, n_items, config.neighbours, config.ease_regularization, config.ease_max_items
+        )
+    return item_neighbours(interactions, n_users, n_items, config.neighbours)
+
+
 @dataclass
 class TrainedModels:
     user_tower: UserTower
@@ -316,10 +355,11 @@ def ranker_examples(
     popularity: ItemPopularity,
     neighbours: ItemNeighbours,
     config: ExportConfig,
+    seen: Interactions | None = None,
 ) -> RankerExamples:
     """Positives are the rank-window events; negatives are uniform items and hard negatives from the two-tower
-    top `hard_pool`, never items the user interacted with in training. Features come from the history before
-    each event, built by the same functions the service uses."""
+    top `hard_pool`, never items the user interacted with (in `train`, or in `seen`: every interaction, whatever
+    its rating). Features come from the history before each event, built by the same functions the service uses."""
     cfg, length = config.ranker, config.two_tower.history_length
     rng = np.random.default_rng(config.seed + 1)
     event_codes = rank_events.user * dataset.n_items + rank_events.item
@@ -336,6 +376,8 @@ def ranker_examples(
         n_before = (offsets[users + 1] - offsets[users]).astype(np.int64)
     user_emb = embed_users(user_tower, users, windows, dataset.user_categorical[users])  # (E, d)
     seen_codes = np.unique(train.user * dataset.n_items + train.item)
+    if seen is not None:
+        seen_codes = np.union1d(seen_codes, seen.user * dataset.n_items + seen.item)
 
     n_neg = cfg.uniform_negatives + cfg.hard_negatives
     candidates = np.empty((len(users), 1 + n_neg), dtype=np.int64)

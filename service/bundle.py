@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 3  # what the exporter writes
-# Schemas this service reads: 2 is 3 before the float16 variants (no onnx_fp16_parity_max_abs_diff: none).
-READABLE_SCHEMAS = (2, 3)
+SCHEMA_VERSION = 4  # what the exporter writes
+# Schemas this service reads: 3 is 4 before negative feedback (no NEGATIVE_* files: no user has any), 2 is 3
+# before the float16 variants (no onnx_fp16_parity_max_abs_diff: none).
+READABLE_SCHEMAS = (2, 3, 4)
 MANIFEST = "manifest.json"
 
 # Files every bundle of this schema holds; the manifest may list more.
@@ -37,6 +38,10 @@ ITEM_NEIGHBOUR_WEIGHTS = "item_neighbour_weights.npy"
 USER_CATEGORICAL = "user_categorical.npy"
 HISTORY_OFFSETS = "history_offsets.npy"
 HISTORY_ITEMS = "history_items.npy"
+# Schema 4: each user's items with negative feedback only (rated below the positive rule): seen, never
+# recommended, not history. CSR like the history.
+NEGATIVE_OFFSETS = "negative_offsets.npy"
+NEGATIVE_ITEMS = "negative_items.npy"
 ITEM_IDS = "item_ids.json"
 USER_IDS = "user_ids.json"
 ITEM_TITLES = "item_titles.json"
@@ -150,6 +155,8 @@ class Bundle:
     user_categorical: np.ndarray  # (n_users, n_user_categorical) int64, 0 = unknown
     history_offsets: np.ndarray  # (n_users + 1,) int64, CSR offsets into history_items
     history_items: np.ndarray  # (nnz,) int64, each user's interactions oldest first
+    negative_offsets: np.ndarray  # (n_users + 1,) int64, CSR offsets into negative_items
+    negative_items: np.ndarray  # (nnz,) int64, each user's items with only negative feedback
 
     @property
     def version(self) -> str:
@@ -159,11 +166,22 @@ class Bundle:
         return self.path / name
 
     def history(self, user: int) -> np.ndarray:
-        """All training interactions of user index `user`, oldest first (also the 'already seen' set); empty for
-        an unknown user (index -1)."""
+        """The positive interactions of user index `user` in the bundle's data, oldest first (the user tower's
+        and the ranker's history); empty for an unknown user (index -1)."""
         if user < 0:
             return self.history_items[:0]
         return self.history_items[self.history_offsets[user] : self.history_offsets[user + 1]]
+
+    def negatives(self, user: int) -> np.ndarray:
+        """The items user index `user` gave only negative feedback in the bundle's data (seen, not history)."""
+        if user < 0:
+            return self.negative_items[:0]
+        return self.negative_items[self.negative_offsets[user] : self.negative_offsets[user + 1]]
+
+    def seen(self, user: int) -> np.ndarray:
+        """Every item the user interacted with in the bundle's data, whatever the rating: never recommended."""
+        negatives = self.negatives(user)
+        return self.history(user) if not len(negatives) else np.concatenate([self.history(user), negatives])
 
 
 def sha256_file(path: Path) -> str:
@@ -205,6 +223,7 @@ def variant_name(model: str, precision: str = "fp16") -> str:
 
 def verify_files(path: Path, manifest: Manifest) -> None:
     required = REQUIRED_FILES + ((TEXT_ENCODER, TOKENIZER) if manifest.dims.text_dim else ())
+    required += (NEGATIVE_OFFSETS, NEGATIVE_ITEMS) if manifest.schema_version >= 4 else ()
     required += tuple(variant_name(model) for model in manifest.onnx_fp16_parity_max_abs_diff)
     missing = [name for name in required if name not in manifest.files]
     if missing:
@@ -274,12 +293,11 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
 
     item_ids = _load_str_list(path / ITEM_IDS, dims.n_items)
     user_ids = _load_str_list(path / USER_IDS, dims.n_users)
-    offsets = _load_array(path / HISTORY_OFFSETS, np.int64, (dims.n_users + 1,))
-    history = _load_array(path / HISTORY_ITEMS, np.int64, (None,))
-    if offsets[0] != 0 or offsets[-1] != len(history) or np.any(np.diff(offsets) < 0):
-        raise BundleError(f"{path / HISTORY_OFFSETS}: offsets are not a valid CSR index into {HISTORY_ITEMS}")
-    if len(history) and (history.min() < 0 or history.max() >= dims.n_items):
-        raise BundleError(f"{path / HISTORY_ITEMS}: item indices outside [0, {dims.n_items})")
+    offsets, history = _load_csr(path, HISTORY_OFFSETS, HISTORY_ITEMS, dims)
+    if manifest.schema_version >= 4:
+        negative_offsets, negatives = _load_csr(path, NEGATIVE_OFFSETS, NEGATIVE_ITEMS, dims)
+    else:
+        negative_offsets, negatives = np.zeros(dims.n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
     neighbours = _load_array(path / ITEM_NEIGHBOURS, np.int32, (dims.n_items, dims.item_neighbours))
     if neighbours.size and (neighbours.min() < -1 or neighbours.max() >= dims.n_items):
         raise BundleError(f"{path / ITEM_NEIGHBOURS}: item indices outside [-1, {dims.n_items})")
@@ -307,4 +325,17 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         user_categorical=user_cat,
         history_offsets=offsets,
         history_items=history,
+        negative_offsets=negative_offsets,
+        negative_items=negatives,
     )
+
+
+def _load_csr(path: Path, offsets_name: str, items_name: str, dims: Dimensions) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user item lists: (offsets (n_users + 1,), items (nnz,)), validated."""
+    offsets = _load_array(path / offsets_name, np.int64, (dims.n_users + 1,))
+    items = _load_array(path / items_name, np.int64, (None,))
+    if offsets[0] != 0 or offsets[-1] != len(items) or np.any(np.diff(offsets) < 0):
+        raise BundleError(f"{path / offsets_name}: offsets are not a valid CSR index into {items_name}")
+    if len(items) and (items.min() < 0 or items.max() >= dims.n_items):
+        raise BundleError(f"{path / items_name}: item indices outside [0, {dims.n_items})")
+    return offsets, items

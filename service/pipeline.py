@@ -69,8 +69,12 @@ class Pipeline:
         ranker: Ranker,
         onnx_providers: list[str] | None = None,
         onnx_precisions: dict[str, str] | None = None,
+        allow_repeats: bool = False,
     ) -> None:
         self.bundle = bundle
+        # False: every item of the user's data (any rating) and fresh events is filtered as already seen; True:
+        # only negative feedback and exclusions are (repeats make sense for re-purchases, music).
+        self.allow_repeats = allow_repeats
         self.onnx_providers = onnx_providers or ["CPUExecutionProvider"]
         self.onnx_precisions = onnx_precisions or {"user_tower": "fp32", "ranker": "fp32"}
         self.encoder = encoder
@@ -88,6 +92,7 @@ class Pipeline:
         intra_op_threads: int = 1,
         precision: str = "auto",
         io_binding: str = "auto",
+        allow_repeats: bool = False,
     ) -> Pipeline:
         """The pipeline on `device` (auto | cpu | cuda), its ONNX models in `precision` (auto | fp32 | fp16, see
         runtime.model_precisions) and called through IO binding per `io_binding` (auto: on CUDA | on | off)."""
@@ -106,6 +111,7 @@ class Pipeline:
             Ranker(bundle, ranker_session, io_binding),
             onnx_providers=user_session.get_providers(),
             onnx_precisions=precisions,
+            allow_repeats=allow_repeats,
         )
 
     @classmethod
@@ -117,6 +123,7 @@ class Pipeline:
             intra_op_threads=settings.ort_intra_op_threads,
             precision=settings.onnx_precision,
             io_binding=settings.ort_io_binding,
+            allow_repeats=settings.allow_repeats,
         )
 
     def user_index(self, user_id: str) -> int:
@@ -131,6 +138,14 @@ class Pipeline:
         """The user's history, oldest first: the bundle's training history, then `fresh` events (item indices)."""
         history = self.bundle.history(user)
         return history if fresh is None or not len(fresh) else np.concatenate([history, fresh])
+
+    def blocked(self, user: int, history: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+        """The items never to recommend to `user` whose history (the bundle's, then fresh events) is `history`:
+        the user's negative feedback, `exclude`, and (unless repeats are allowed) the history."""
+        parts = [self.bundle.negatives(user), exclude if exclude is not None else history[:0]]
+        if not self.allow_repeats:
+            parts.append(history)
+        return np.concatenate(parts) if any(len(p) for p in parts) else history[:0]
 
     def encode(self, users: np.ndarray, histories: list[np.ndarray] | None = None) -> np.ndarray:
         return self.encoder.encode(users, histories)  # (B, E)
@@ -163,10 +178,7 @@ class Pipeline:
                 embeddings[j] = encoded[row]
         t1 = time.perf_counter()
         # Ask for enough candidates that filtering the seen items still leaves num_candidates to rank.
-        blocked = [
-            h if q.exclude is None or not len(q.exclude) else np.concatenate([h, q.exclude])
-            for q, h in zip(queries, histories, strict=True)
-        ]
+        blocked = [self.blocked(q.user, h, q.exclude) for q, h in zip(queries, histories, strict=True)]
         wanted = [q.num_candidates + len(b) for q, b in zip(queries, blocked, strict=True)]
         scores, items = self.retriever.search(np.stack(embeddings), max(wanted))
         t2 = time.perf_counter()
@@ -177,7 +189,7 @@ class Pipeline:
         windows = [history_window(h, self.encoder.history_length) for h in histories]
         t3 = time.perf_counter()
         rankings = self.ranker.score_batch(
-            [(q.user, w, c, s) for q, w, (c, s) in zip(queries, windows, kept, strict=True)]
+            [(q.user, h, c, s) for q, h, (c, s) in zip(queries, histories, kept, strict=True)]
         )
         out = []
         for row, (q, (c, s), ranking, window, n) in enumerate(
@@ -239,11 +251,11 @@ class Pipeline:
 
     def retrieve(self, users: np.ndarray, embeddings: np.ndarray, k: int) -> list[np.ndarray]:
         """Retrieval stage alone for a batch (for evaluation): top k by two-tower score, seen items removed."""
-        longest = max((len(self.bundle.history(int(u))) for u in users), default=0)
-        _, items = self.retriever.search(embeddings, k + longest)
+        blocked = [self.blocked(int(u), self.bundle.history(int(u))) for u in users]
+        _, items = self.retriever.search(embeddings, k + max((len(b) for b in blocked), default=0))
         out = []
-        for row, u in enumerate(users):
-            kept, _ = filter_candidates(items[row], np.zeros(len(items[row]), np.float32), self.bundle.history(int(u)))
+        for row, b in enumerate(blocked):
+            kept, _ = filter_candidates(items[row], np.zeros(len(items[row]), np.float32), b)
             out.append(kept[:k])
         return out
 

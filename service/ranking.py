@@ -8,13 +8,23 @@ import numpy as np
 import onnxruntime as ort
 
 from service.bundle import Bundle
-from service.features import ItemNeighbourIndex, content_profiles, history_similarity, ranker_dense_features
+from service.features import (
+    ItemNeighbourIndex,
+    content_profiles,
+    history_similarity,
+    history_windows,
+    ranker_dense_features,
+)
 from service.runtime import io_binding_device, run_onnx
-from service.user_encoder import check_inputs
+from service.user_encoder import check_inputs, feed
 
 
 class Ranker:
-    """numpy in (one user's candidates and retrieval scores), numpy out ((n,) float32 probabilities)."""
+    """numpy in (one user's history, candidates and retrieval scores), numpy out ((n,) float32 scores).
+
+    A request is (user index or -1, the user's whole history as the pipeline sees it (the bundle's, then fresh
+    events; item indices oldest first), candidates (n,), their retrieval scores (n,)). Every history feature
+    comes from that one history, as training builds them from the events before each label."""
 
     bundle: Bundle  # replaced (never mutated) when items are added live
     CHUNK_ROWS = 2048
@@ -27,7 +37,7 @@ class Ranker:
             "user_categorical": len(dims.user_categorical_cardinalities),
             "dense": dims.ranker_dense_dim,
         }
-        check_inputs(session, expected, bundle, "ranker.onnx")
+        self._feeds = check_inputs(session, expected, bundle, "ranker.onnx")
         self.bundle = bundle
         self._session = session
         self._output = session.get_outputs()[0].name
@@ -35,26 +45,27 @@ class Ranker:
         self._oov = dims.n_users
         self._trained_items = dims.n_items  # indices from here on are items added live: the unknown-item row
         self._n_cat = len(dims.user_categorical_cardinalities)
+        self._history_length = dims.history_length
         # Items added live have no neighbours and are nobody's: the index built here stays right as they come.
         self._neighbours = ItemNeighbourIndex(bundle.item_neighbours, bundle.item_neighbour_weights)
 
     def inputs(
-        self, user: int, window: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray
+        self, user: int, history: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray
     ) -> dict[str, np.ndarray]:
-        """user: index or -1; window: the user tower's history window (L,); candidates, retrieval_scores (n,)."""
-        return self.inputs_batch([(user, window, candidates, retrieval_scores)])
+        """user: index or -1; history: item indices, oldest first; candidates, retrieval_scores (n,)."""
+        return self.inputs_batch([(user, history, candidates, retrieval_scores)])
 
     def inputs_batch(self, requests: Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
         """The ranker's inputs for several users' candidates, rows grouped by request in order: each feature is
         computed for the whole batch at once (numpy's per-call cost is paid per batch, not per request)."""
         b = self.bundle
         users = np.array([r[0] for r in requests], dtype=np.int64)  # (B,)
-        windows = np.stack([r[1] for r in requests])  # (B, L)
+        windows = history_windows([r[1] for r in requests], self._history_length)  # (B, L)
         lengths = [len(r[2]) for r in requests]
         rows = np.repeat(np.arange(len(requests)), lengths)  # (N,) the request of each row
         candidates = np.concatenate([r[2] for r in requests]).astype(np.int64, copy=False)  # (N,)
         scores = np.concatenate([r[3] for r in requests]).astype(np.float32, copy=False)
-        history_lengths = np.array([len(b.history(int(u))) for u in users], dtype=np.float32)
+        history_lengths = np.array([len(r[1]) for r in requests], dtype=np.float32)  # training's n_before
         known = users >= 0
         categorical = np.zeros((len(requests), self._n_cat), dtype=np.int64)
         categorical[known] = b.user_categorical[users[known]]
@@ -75,8 +86,8 @@ class Ranker:
             "dense": dense,  # (N, F)
         }
 
-    def score(self, user: int, window: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray) -> np.ndarray:
-        return self.score_batch([(user, window, candidates, retrieval_scores)])[0]
+    def score(self, user: int, history: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray) -> np.ndarray:
+        return self.score_batch([(user, history, candidates, retrieval_scores)])[0]
 
     def score_batch(self, requests: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         """`score` for several users' candidates in one ONNX Runtime call: the rows are concatenated (each row's
@@ -103,5 +114,5 @@ class Ranker:
     def _run(self, requests: Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
         if not sum(len(r[2]) for r in requests):
             return np.zeros(0, dtype=np.float32)
-        out = run_onnx(self._session, self._output, self.inputs_batch(requests), self._bind)
+        out = run_onnx(self._session, self._output, feed(self.inputs_batch(requests), self._feeds), self._bind)
         return np.asarray(out, dtype=np.float32).reshape(-1)

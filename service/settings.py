@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     num_candidates: int = Field(500, ge=1, description="Candidates retrieved from FAISS before filtering and ranking.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; beyond it, 413.")
     max_exclusions: int = Field(1000, ge=0, description="Largest `exclude_item_ids` list a request may send.")
+    allow_repeats: bool = Field(
+        False,
+        description="Recommend items the user already interacted with positively (re-purchase, re-listening); "
+        "false: every item in the user's data or fresh events is never recommended. Negative feedback (low "
+        "ratings, dislikes) and exclusions are never recommended either way.",
+    )
 
     # Embedding cache. No URL: an in-process bounded LRU cache.
     redis_url: str | None = Field(

@@ -26,7 +26,7 @@ class UserEncoder:
             "history": dims.history_length,
             "user_categorical": len(dims.user_categorical_cardinalities),
         }
-        check_inputs(session, expected, bundle, "user_tower.onnx")
+        self._feeds = check_inputs(session, expected, bundle, "user_tower.onnx")
         output = session.get_outputs()[0]
         if output.shape[-1] != dims.embedding_dim:
             raise BundleError(
@@ -59,19 +59,32 @@ class UserEncoder:
         }
 
     def encode(self, users: np.ndarray, histories: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        out = run_onnx(self._session, self._output, self.inputs(users, histories), self._bind)
+        out = run_onnx(self._session, self._output, feed(self.inputs(users, histories), self._feeds), self._bind)
         return np.ascontiguousarray(out, dtype=np.float32)  # (B, E)
 
 
-def check_inputs(session: ort.InferenceSession, expected: dict[str, int], bundle: Bundle, name: str) -> None:
-    """Each expected input exists and its last dimension (1 = a vector input) matches the manifest."""
+def check_inputs(
+    session: ort.InferenceSession, expected: dict[str, int], bundle: Bundle, name: str
+) -> frozenset[str] | None:
+    """Each expected input exists and its last dimension (1 = a vector input) matches the manifest. An input of
+    width 0 (no user features in the data) may be absent: the ONNX exporter drops an input the graph never reads.
+    Returns the inputs to feed when that happened (`feed`), else None (feed them all)."""
     signature = session_signature(session)
-    if set(signature) != set(expected):
+    absent = set(expected) - set(signature)
+    if set(signature) - set(expected) or any(expected[n] for n in absent):
         raise BundleError(f"{bundle.path / name}: inputs {sorted(signature)} != expected {sorted(expected)}")
     for input_name, width in expected.items():
+        if input_name in absent:
+            continue
         shape = signature[input_name]
         declared = shape[-1] if len(shape) > 1 else 1
         if isinstance(declared, int) and declared != width:
             raise BundleError(
                 f"{bundle.path / name}: input {input_name!r} has width {declared}, the manifest implies {width}"
             )
+    return frozenset(signature) if absent else None
+
+
+def feed(inputs: dict[str, np.ndarray], names: frozenset[str] | None) -> dict[str, np.ndarray]:
+    """`inputs` restricted to `names` (what `check_inputs` returned; None: all)."""
+    return inputs if names is None else {k: v for k, v in inputs.items() if k in names}

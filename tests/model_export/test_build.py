@@ -27,8 +27,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_manifest_records_everything(tiny_bundle: Path) -> None:
     manifest = json.loads((tiny_bundle / MANIFEST).read_text())
-    assert manifest["schema_version"] == 3
+    assert manifest["schema_version"] == 4
     assert manifest["bundle_version"] == tiny_bundle.name
+    assert {"negative_offsets.npy", "negative_items.npy"} <= set(manifest["files"])
+    # Fitted on everything: the served histories hold every positive, the held-out ones included.
+    assert manifest["dataset"]["fit"] == "all"
+    assert manifest["dataset"]["served_positives"] == manifest["dataset"]["n_positives"]
+    assert manifest["dataset"]["n_heldout"] > 0
+    assert "refitted on all interactions" in manifest["metrics"]["model"]
     assert set(manifest["onnx_parity_max_abs_diff"]) == {"user_tower", "item_tower", "ranker", "text_encoder"}
     assert all(0 <= d <= 1e-4 for d in manifest["onnx_parity_max_abs_diff"].values())
     # The per-request models in float16 too, within the float16 tolerance of float32 PyTorch, their files listed.
@@ -201,7 +207,8 @@ def test_cli_trains_on_ml100k_beats_most_popular_and_is_served(tmp_path: Path) -
         assert r.status_code == 200
         titles = [it["title"] for it in r.json()["items"]]
         assert len(set(titles)) == 10
-        seen = {bundle.item_titles[i] for i in bundle.history(bundle.user_index["1"])}
+        seen = {bundle.item_titles[i] for i in bundle.seen(bundle.user_index["1"])}
+        assert len(bundle.negatives(bundle.user_index["1"])) > 0  # user 1 rated some films below 4
         assert not seen & set(titles)
 
 

@@ -15,8 +15,12 @@ from model_export.data import (
     load_ml100k,
     load_ml_csv,
     load_movielens,
+    negative_feedback,
+    positives,
     temporal_split,
+    unseen,
     user_histories,
+    write_movielens_csv,
 )
 from tests.conftest import ML100K
 
@@ -109,6 +113,45 @@ def test_implicit_rule_and_dedup(tmp_path: Path) -> None:
     assert list(zip(pos.interactions.user.tolist(), pos.interactions.item.tolist(), strict=True)) == [(0, 1), (1, 0)]
     assert pos.interactions.timestamp.tolist() == [100, 50]  # the first of the duplicate pair is kept
     assert "rating >= 4" in pos.positive_rule
+
+
+def test_negative_feedback_is_every_pair_without_a_positive() -> None:
+    inter = Interactions(
+        user=np.array([0, 0, 0, 0, 1, 1]),
+        item=np.array([1, 2, 2, 3, 1, 1]),
+        rating=np.array([5, 2, 4, 1, 3, 2], dtype=np.float32),
+        timestamp=np.array([1, 2, 3, 4, 5, 6]),
+    )
+    pos = positives(inter, 4, 4.0)
+    assert list(zip(pos.user.tolist(), pos.item.tolist(), strict=True)) == [(0, 1), (0, 2)]
+    # Item 2 of user 0 was rated 2, then 4: a positive, not negative feedback; item 1 of user 1 twice, once.
+    neg = negative_feedback(inter, 4, 4.0)
+    assert list(zip(neg.user.tolist(), neg.item.tolist(), strict=True)) == [(0, 3), (1, 1)]
+    left = unseen(pos, inter.take(np.array([0, 4])), 4)
+    assert list(zip(left.user.tolist(), left.item.tolist(), strict=True)) == [(0, 2)]
+
+
+def test_csv_layout_round_trip(tmp_path: Path) -> None:
+    ds = generate_synthetic(SyntheticConfig(n_users=20, n_items=30, n_genres=3, n_clusters=2), seed=1)
+    write_movielens_csv(ds, ds.interactions, tmp_path)
+    back = load_movielens(tmp_path)
+    assert back.name == "movielens-csv"
+    assert back.item_ids == ds.item_ids
+    assert back.item_titles == ds.item_titles
+    assert back.user_categorical.shape == (ds.n_users, 0)
+    assert sorted(back.user_ids, key=int) == sorted(ds.user_ids, key=int)
+    genres = [n for n in ds.item_dense_names if n.startswith("genre:")]
+    assert [n for n in back.item_dense_names if n.startswith("genre:")] == genres
+    assert np.array_equal(back.item_dense[:, : len(genres)], ds.item_dense[:, : len(genres)])
+    rows = {
+        (ds.user_ids[u], ds.item_ids[i], float(r), int(t))
+        for u, i, r, t in zip(*vars(ds.interactions).values(), strict=True)
+    }
+    back_rows = {
+        (back.user_ids[u], back.item_ids[i], float(r), int(t))
+        for u, i, r, t in zip(*vars(back.interactions).values(), strict=True)
+    }
+    assert rows == back_rows
 
 
 def test_temporal_split_exact() -> None:

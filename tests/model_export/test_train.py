@@ -9,6 +9,7 @@ from model_export.config import preset
 from model_export.data import generate_synthetic, implicit, temporal_split
 from model_export.train import (
     embed_items,
+    item_ease,
     item_neighbours,
     item_popularity,
     ranker_examples,
@@ -81,6 +82,39 @@ def test_item_neighbours_match_itemknn() -> None:
     scores = neighbour_scores(nb.items, nb.weights, np.arange(n_items), history)
     np.testing.assert_allclose(np.expm1(scores[:, 0]), knn.sim[[1, 2, 3, 5]].sum(axis=0), atol=1e-5)
     np.testing.assert_allclose(scores[:, 1], knn.sim[[1, 2, 3, 5]].max(axis=0), atol=1e-6)
+
+
+def test_ease_neighbours_give_eases_scores() -> None:
+    # The neighbour layout of EASE's weights: a history's summed weights over a candidate's list is the EASE
+    # baseline's score of it (its positive part, when every positive weight fits the list).
+    from model_export.baselines import EASE, interaction_matrix
+    from model_export.data import Interactions
+    from service.features import ItemNeighbourIndex
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, n = 200, 30, 3000
+    inter = Interactions(
+        user=rng.integers(0, n_users, n),
+        item=rng.zipf(1.3, n) % n_items,
+        rating=np.ones(n, np.float32),
+        timestamp=np.arange(n),
+    )
+    nb = item_ease(inter, n_users, n_items, n_items, 10.0, max_items=n_items)
+    assert not (nb.items == np.arange(n_items)[:, None]).any()
+    assert (nb.weights >= 0).all()
+    ease = EASE(10.0)
+    ease.fit(interaction_matrix(inter, n_users, n_items), 0)
+    history = np.array([1, 2, 3, 5, -1])
+    scores = ItemNeighbourIndex(nb.items, nb.weights).scores(np.arange(n_items), history)
+    positive = np.clip(ease.weights[[1, 2, 3, 5]], 0, None)
+    np.testing.assert_allclose(np.expm1(scores[:, 0]), positive.sum(axis=0), atol=1e-5)
+    np.testing.assert_allclose(scores[:, 1], positive.max(axis=0), atol=1e-6)
+    # Over the most interacted items only: the others have no list and are on none.
+    top = item_ease(inter, n_users, n_items, 8, 10.0, max_items=10)
+    counts = np.bincount(inter.item, minlength=n_items)
+    rest = np.argsort(-counts, kind="stable")[10:]
+    assert (top.items[rest] == -1).all()
+    assert not np.isin(top.items, rest).any()
 
 
 @pytest.mark.parametrize(("loss", "history_sampling"), [("bce", "sequential"), ("listwise", "shuffled")])

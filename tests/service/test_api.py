@@ -82,8 +82,11 @@ def test_integer_user_id_is_accepted(client: TestClient, tiny_bundle: Path) -> N
 
 def test_seen_and_excluded_items_never_returned(client: TestClient, tiny_bundle: Path) -> None:
     bundle = load_bundle(tiny_bundle)
-    for user in range(0, bundle.manifest.dims.n_users, 7):
-        seen = {bundle.item_ids[i] for i in bundle.history(user)}
+    users = range(0, bundle.manifest.dims.n_users, 7)
+    # Seen is every rating: the low ones (negative feedback) too, which most of these users have.
+    assert sum(len(bundle.negatives(u)) > 0 for u in users) > len(users) // 2
+    for user in users:
+        seen = {bundle.item_ids[i] for i in bundle.seen(user)}
         first = [it["item_id"] for it in recommend(client, user_id=bundle.user_ids[user], k=20)["items"]]
         assert not seen & set(first)
         exclude = [*first[:5], "no-such-item"]
@@ -92,6 +95,18 @@ def test_seen_and_excluded_items_never_returned(client: TestClient, tiny_bundle:
         assert not ids & set(exclude)
         assert not ids & seen
         assert len(ids) == 20
+
+
+def test_repeats_when_allowed_but_never_negative_feedback(tiny_bundle: Path, settings: Settings) -> None:
+    bundle = load_bundle(tiny_bundle)
+    repeats = settings.model_copy(update={"allow_repeats": True})
+    returned_positives = 0
+    with TestClient(create_app(repeats)) as c:
+        for user in range(0, bundle.manifest.dims.n_users, 7):
+            ids = {it["item_id"] for it in recommend(c, user_id=bundle.user_ids[user], k=50)["items"]}
+            assert not ids & {bundle.item_ids[i] for i in bundle.negatives(user)}
+            returned_positives += len(ids & {bundle.item_ids[i] for i in bundle.history(user)})
+    assert returned_positives > 0
 
 
 def test_unknown_user_gets_fallback(client: TestClient) -> None:
@@ -107,7 +122,7 @@ def test_k_larger_than_catalogue_after_filtering(tiny_bundle: Path, settings: Se
     with TestClient(create_app(wide)) as c:
         user = int(np.argmax(np.diff(bundle.history_offsets)))
         items = recommend(c, user_id=bundle.user_ids[user], k=1000)["items"]
-        assert len(items) == n_items - len(bundle.history(user))
+        assert len(items) == n_items - len(bundle.seen(user))  # every rating counts as seen
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,7 @@ def test_events_shift_the_next_list_toward_their_genre(client: TestClient, tiny_
     for user in range(12):
         user_id = bundle.user_ids[user]
         before = [it["item_id"] for it in recommend(client, user_id=user_id, k=20)["items"]]
-        seen = set(bundle.history(user).tolist())
+        seen = set(bundle.seen(user).tolist())
         candidates = [g for g in range(n_genres) if len(genre_items(bundle, g, seen)) >= 15]
         genre = min(candidates, key=lambda g: genre_share(bundle, before, g))
         clicked = genre_items(bundle, genre, seen)[:10]
