@@ -93,10 +93,32 @@ def pipeline_recommendations(
     return retrieval, full
 
 
+NEW_USER_EVENTS = 5
+NEW_USERS = 300
+
+
+def new_user_lists(
+    pipeline: Pipeline, users: np.ndarray, depth: int, num_candidates: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pipeline, most popular) lists for `users` as brand-new users would get them: unknown to the bundle, known
+    by their first NEW_USER_EVENTS positives as fresh events (the service's path for a new id with events)."""
+    bundle = pipeline.bundle
+    ranked = np.argsort(-bundle.item_log_popularity, kind="stable")
+    full, popular = [], []
+    for u in users:
+        events = bundle.history(int(u))[:NEW_USER_EVENTS]
+        embedding = pipeline.encode(np.array([-1]), [events])[0]
+        full.append(pipeline.recommend(-1, embedding, depth, max(num_candidates, depth), history=events).items)
+        popular.append(ranked[~np.isin(ranked, events)])
+    return pad(full, depth), pad(popular, depth)
+
+
 def evaluate(
     pipeline: Pipeline, heldout: Interactions, num_candidates: int, progress: bool = True
 ) -> dict[str, dict[str, float]]:
-    """Mean metrics of the most-popular baseline, the retrieval stage alone and the full pipeline."""
+    """Mean metrics of the most-popular baseline, the retrieval stage alone and the full pipeline; and of the
+    pipeline and most popular for up to NEW_USERS of those users as brand-new users with NEW_USER_EVENTS events
+    (`new_user_pipeline`, `new_user_most_popular`; scored on the same held-out items)."""
     n_users, n_items = pipeline.bundle.manifest.dims.n_users, pipeline.bundle.manifest.dims.n_items
     relevant = relevant_sets(heldout, n_users)
     users = np.array([u for u in range(n_users) if len(relevant[u])], dtype=np.int64)
@@ -111,4 +133,17 @@ def evaluate(
     for name, recs in lists.items():
         metrics = {k: float(v.mean()) for k, v in per_user_metrics(recs, rel).items()}
         out[name] = {**metrics, f"coverage@{COVERAGE_AT}": coverage(recs, n_items), "users": len(users)}
+    bundle = pipeline.bundle
+    eligible = np.flatnonzero([len(bundle.history(int(u))) >= NEW_USER_EVENTS for u in users])
+    rows = np.random.default_rng(0).permutation(eligible)[:NEW_USERS]
+    new = dict(
+        zip(
+            ("new_user_pipeline", "new_user_most_popular"),
+            new_user_lists(pipeline, users[rows], DEPTH, num_candidates),
+            strict=True,
+        )
+    )
+    for name, recs in new.items():
+        metrics = {k: float(v.mean()) for k, v in per_user_metrics(recs, [rel[r] for r in rows]).items()}
+        out[name] = {**metrics, f"coverage@{COVERAGE_AT}": coverage(recs, n_items), "users": len(rows)}
     return out

@@ -336,6 +336,18 @@ def embed_users(
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, user_tower.embedding_dim), np.float32)
 
 
+def latest_items(windows: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each window (B, L) (oldest first, -1 padded at the end) cut to its latest `counts` (B,) items, left-justified
+    as `history_window` lays them out. Returns (windows, the counts kept)."""
+    length = windows.shape[1]
+    present = (windows >= 0).sum(axis=1)
+    counts = np.minimum(counts, present)
+    columns = np.arange(length)[None, :]
+    source = np.clip((present - counts)[:, None] + columns, 0, length - 1)
+    cut = np.where(columns < counts[:, None], np.take_along_axis(windows, source, axis=1), -1)
+    return cut.astype(np.int64), counts.astype(np.int64)
+
+
 @dataclass(frozen=True)
 class RankerExamples:
     user_idx: np.ndarray  # (M,) int64
@@ -374,7 +386,15 @@ def ranker_examples(
         users, positives = rank_events.user, rank_events.item
         windows = history_windows([items[offsets[u] : offsets[u + 1]] for u in users], length)
         n_before = (offsets[users + 1] - offsets[users]).astype(np.int64)
-    user_emb = embed_users(user_tower, users, windows, dataset.user_categorical[users])  # (E, d)
+    # Some events as a brand-new user would be met: unknown, known by their latest few items only.
+    as_new = rng.random(len(users)) < cfg.new_user_share
+    if as_new.any():
+        known = rng.integers(1, cfg.new_user_max_events + 1, size=int(as_new.sum()))
+        windows[as_new], n_before[as_new] = latest_items(windows[as_new], np.minimum(known, n_before[as_new]))
+    tower_users = np.where(as_new, dataset.n_users, users)  # the OOV rows of both models
+    categorical = dataset.user_categorical[users]
+    categorical[as_new] = 0
+    user_emb = embed_users(user_tower, tower_users, windows, categorical)  # (E, d)
     seen_codes = np.unique(train.user * dataset.n_items + train.item)
     if seen is not None:
         seen_codes = np.union1d(seen_codes, seen.user * dataset.n_items + seen.item)
@@ -422,7 +442,7 @@ def ranker_examples(
         n_before[rows],
         neighbour,
     )
-    user_idx = users[rows].copy()
+    user_idx = tower_users[rows].copy()
     dropped = rng.random(len(user_idx)) < config.two_tower.user_id_dropout
     user_idx[dropped] = dataset.n_users  # teaches the ranker's unknown-user row
     cand_idx = cand.copy()
@@ -430,7 +450,7 @@ def ranker_examples(
     groups = np.full(candidates.shape, -1, dtype=np.int64)
     groups[keep] = np.arange(int(keep.sum()))
     groups = groups[keep[:, 0]]  # events whose positive was kept
-    return RankerExamples(user_idx, cand_idx, dataset.user_categorical[users[rows]], dense, labels[keep], groups)
+    return RankerExamples(user_idx, cand_idx, categorical[rows], dense, labels[keep], groups)
 
 
 def train_ranker(

@@ -58,7 +58,7 @@ def test_serving_features_equal_the_training_examples(tiny_bundle: Path, fresh_s
     item_emb /= np.linalg.norm(item_emb, axis=1, keepdims=True)
     popularity = item_popularity(tt_train, dataset.n_items)
     neighbours = item_neighbours(tt_train, dataset.n_users, dataset.n_items, config.ranker.neighbours)
-    config = replace(config, ranker=replace(config.ranker, retrieved_positives_only=False))
+    config = replace(config, ranker=replace(config.ranker, retrieved_positives_only=False, new_user_share=0.0))
     examples = ranker_examples(dataset, train, events, user_tower, item_emb, popularity, neighbours, config)
 
     bundle = load_bundle(tiny_bundle)

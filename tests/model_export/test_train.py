@@ -12,6 +12,7 @@ from model_export.train import (
     item_ease,
     item_neighbours,
     item_popularity,
+    latest_items,
     ranker_examples,
     sequence_windows,
     shuffled_windows,
@@ -82,6 +83,13 @@ def test_item_neighbours_match_itemknn() -> None:
     scores = neighbour_scores(nb.items, nb.weights, np.arange(n_items), history)
     np.testing.assert_allclose(np.expm1(scores[:, 0]), knn.sim[[1, 2, 3, 5]].sum(axis=0), atol=1e-5)
     np.testing.assert_allclose(scores[:, 1], knn.sim[[1, 2, 3, 5]].max(axis=0), atol=1e-6)
+
+
+def test_latest_items_cuts_windows_as_the_service_lays_them_out() -> None:
+    windows = np.array([[1, 2, 3, 4], [5, 6, -1, -1], [-1, -1, -1, -1]])
+    cut, counts = latest_items(windows, np.array([2, 5, 1]))
+    assert cut.tolist() == [[3, 4, -1, -1], [5, 6, -1, -1], [-1, -1, -1, -1]]
+    assert counts.tolist() == [2, 2, 0]
 
 
 def test_ease_neighbours_give_eases_scores() -> None:
