@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"validation ({raw.name}, temporal hold-out, seen items excluded, full ranking, {users} users; the model")
     print(f"selected on the split, {fitted})")
     columns = ["recall@10", "ndcg@10", "recall@100", "hit_rate@10", "coverage@10"]
-    print(f"{'model':<14}" + "".join(f"{c:>13}" for c in columns))
+    print(f"{'model':<22}" + "".join(f"{c:>13}" for c in columns))
     for name, m in result.metrics.items():
-        print(f"{name:<14}" + "".join(f"{m[c]:>13.4f}" for c in columns))
+        print(f"{name:<22}" + "".join(f"{m[c]:>13.4f}" for c in columns))
     print(json.dumps({"bundle": str(result.path), "version": result.version}))
     return 0
 

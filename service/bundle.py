@@ -150,8 +150,8 @@ class Bundle:
     item_dense: np.ndarray  # (n_items, item_dense_dim) float32
     item_log_popularity: np.ndarray  # (n_items,) float32, log1p(count) / max, over the training data
     item_recent_popularity: np.ndarray  # (n_items,) float32, the same over its latest 10 %
-    item_neighbours: np.ndarray  # (n_items, item_neighbours) int32, most co-occurring items first, -1 padded
-    item_neighbour_weights: np.ndarray  # (n_items, item_neighbours) float32, their cosine similarities
+    item_neighbours: np.ndarray  # (n_items, item_neighbours) int32, strongest first, -1 padded
+    item_neighbour_weights: np.ndarray  # (n_items, item_neighbours) float32 >= 0: EASE weights or cosines
     user_categorical: np.ndarray  # (n_users, n_user_categorical) int64, 0 = unknown
     history_offsets: np.ndarray  # (n_users + 1,) int64, CSR offsets into history_items
     history_items: np.ndarray  # (nnz,) int64, each user's interactions oldest first
@@ -303,7 +303,9 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         raise BundleError(f"{path / ITEM_NEIGHBOURS}: item indices outside [-1, {dims.n_items})")
     neighbour_weights = _load_array(path / ITEM_NEIGHBOUR_WEIGHTS, np.float32, (dims.n_items, dims.item_neighbours))
     if neighbour_weights.size and not neighbour_weights.min() >= 0:  # NaN fails too
-        raise BundleError(f"{path / ITEM_NEIGHBOUR_WEIGHTS}: weights must be non-negative cosines")
+        raise BundleError(
+            f"{path / ITEM_NEIGHBOUR_WEIGHTS}: weights must be non-negative (cosines, EASE's positive part)"
+        )
     user_cat = _load_array(path / USER_CATEGORICAL, np.int64, (dims.n_users, n_cat))
     for j, card in enumerate(dims.user_categorical_cardinalities):
         if len(user_cat) and (user_cat[:, j].min() < 0 or user_cat[:, j].max() >= card):

@@ -70,7 +70,7 @@ def test_schema_and_manifest_errors(bundle_copy: Path, tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "nope")
     edit_manifest(bundle_copy, {"schema_version": 99})
-    with pytest.raises(BundleError, match=r"schema_version 99 is not supported \(this service reads schemas 2, 3\)"):
+    with pytest.raises(BundleError, match=r"schema_version 99 is not supported \(this service reads schemas 2, 3, 4\)"):
         load_bundle(bundle_copy)
     edit_manifest(bundle_copy, {"schema_version": 3, "bundle_version": "../escape"})
     with pytest.raises(BundleError, match="invalid manifest: bundle_version"):
@@ -108,7 +108,7 @@ def test_onnx_signature_checked_against_manifest(bundle_copy: Path) -> None:
 
 
 def test_negative_neighbour_weights_are_refused(bundle_copy: Path) -> None:
-    """The ranker's neighbour features assume cosines of interaction columns (never negative)."""
+    """The ranker's neighbour features assume non-negative weights (cosines, or EASE's positive part)."""
     path = bundle_copy / "item_neighbour_weights.npy"
     weights = np.load(path, allow_pickle=False)
     weights[0, 0] = -0.5
@@ -117,4 +117,40 @@ def test_negative_neighbour_weights_are_refused(bundle_copy: Path) -> None:
     manifest["files"][path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"item_neighbour_weights\.npy: weights must be non-negative"):
+        load_bundle(bundle_copy)
+
+
+def _rewrite(bundle: Path, name: str, array: np.ndarray) -> None:
+    np.save(bundle / name, array)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"][name] = {"sha256": sha256_file(bundle / name), "bytes": (bundle / name).stat().st_size}
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_negative_feedback_files_checked_and_older_schemas_have_none(bundle_copy: Path) -> None:
+    bundle = load_bundle(bundle_copy)
+    assert len(bundle.negative_items) > 0
+    user = int(np.argmax(np.diff(bundle.negative_offsets)))
+    assert set(bundle.seen(user)) == set(bundle.history(user)) | set(bundle.negatives(user))
+    assert not set(bundle.history(user)) & set(bundle.negatives(user))
+    # Schema 4 requires the files.
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    del manifest["files"]["negative_items.npy"]
+    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"files lists no entry for negative_items\.npy"):
+        load_bundle(bundle_copy)
+    # A schema 3 bundle (before negative feedback) loads with none.
+    edit_manifest(bundle_copy, {"schema_version": 3})
+    old = load_bundle(bundle_copy)
+    assert len(old.negative_items) == 0
+    assert (old.seen(user) == old.history(user)).all()
+    # Invalid CSR offsets or item indices are refused, naming the file.
+    edit_manifest(bundle_copy, {"schema_version": 4})
+    _rewrite(bundle_copy, "negative_items.npy", bundle.negative_items)
+    _rewrite(bundle_copy, "negative_offsets.npy", bundle.negative_offsets[::-1].copy())
+    with pytest.raises(BundleError, match=r"negative_offsets\.npy: offsets are not a valid CSR index"):
+        load_bundle(bundle_copy)
+    _rewrite(bundle_copy, "negative_offsets.npy", bundle.negative_offsets)
+    _rewrite(bundle_copy, "negative_items.npy", np.full_like(bundle.negative_items, bundle.manifest.dims.n_items))
+    with pytest.raises(BundleError, match=r"negative_items\.npy: item indices outside"):
         load_bundle(bundle_copy)
