@@ -136,14 +136,10 @@ def evaluate(
     bundle = pipeline.bundle
     eligible = np.flatnonzero([len(bundle.history(int(u))) >= NEW_USER_EVENTS for u in users])
     rows = np.random.default_rng(0).permutation(eligible)[:NEW_USERS]
-    new = dict(
-        zip(
-            ("new_user_pipeline", "new_user_most_popular"),
-            new_user_lists(pipeline, users[rows], DEPTH, num_candidates),
-            strict=True,
-        )
-    )
-    for name, recs in new.items():
+    if not len(rows):
+        return out
+    new_lists = new_user_lists(pipeline, users[rows], DEPTH, num_candidates)
+    for name, recs in zip(("new_user_pipeline", "new_user_most_popular"), new_lists, strict=True):
         metrics = {k: float(v.mean()) for k, v in per_user_metrics(recs, [rel[r] for r in rows]).items()}
         out[name] = {**metrics, f"coverage@{COVERAGE_AT}": coverage(recs, n_items), "users": len(rows)}
     return out
