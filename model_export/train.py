@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from model_export.config import ExportConfig, RankerConfig
+from model_export.config import ExportConfig, RankerConfig, TwoTowerConfig
 from model_export.data import Dataset, Interactions, chronological, user_histories
 from model_export.ranker import DCNRanker
 from model_export.two_tower import ItemTower, RetrievalTask, UserTower
@@ -211,6 +211,20 @@ def validation_recall(
     return float(np.mean([np.isin(top[row], relevant[u]).sum() / len(relevant[u]) for row, u in enumerate(users)]))
 
 
+def new_user_tower(dataset: Dataset, cfg: TwoTowerConfig) -> UserTower:
+    """An untrained user tower for `dataset` as `cfg` shapes it."""
+    return UserTower(
+        dataset.n_users,
+        dataset.n_items,
+        dataset.user_categorical_cardinalities,
+        cfg.id_dim,
+        cfg.categorical_dim,
+        cfg.hidden_dim,
+        cfg.embedding_dim,
+        cfg.history_length,
+    )
+
+
 def train_two_tower(
     dataset: Dataset,
     train: Interactions,
@@ -223,16 +237,7 @@ def train_two_tower(
     validation Recall@50 and stop after `early_stopping_patience` epochs without improvement."""
     cfg = config.two_tower
     ordered, windows, _ = sequence_windows(train, cfg.history_length)
-    user_tower = UserTower(
-        dataset.n_users,
-        dataset.n_items,
-        dataset.user_categorical_cardinalities,
-        cfg.id_dim,
-        cfg.categorical_dim,
-        cfg.hidden_dim,
-        cfg.embedding_dim,
-        cfg.history_length,
-    )
+    user_tower = new_user_tower(dataset, cfg)
     item_tower = ItemTower(
         dataset.n_items, dataset.item_dense.shape[1], cfg.id_dim, cfg.hidden_dim, cfg.embedding_dim, dataset.text_dim
     )

@@ -15,8 +15,7 @@ import pytest
 
 from model_export.config import preset
 from model_export.data import generate_synthetic, implicit, temporal_split
-from model_export.train import item_neighbours, item_popularity, ranker_examples, seed_everything
-from model_export.two_tower import UserTower
+from model_export.train import item_neighbours, item_popularity, new_user_tower, ranker_examples, seed_everything
 from service.bundle import Bundle, load_bundle
 from service.features import RANKER_CONTEXT_FEATURES
 from service.pipeline import Pipeline
@@ -43,16 +42,7 @@ def test_serving_features_equal_the_training_examples(tiny_bundle: Path, fresh_s
     tt_train, events = temporal_split(train, config.ranker.window_fraction)
     seed_everything(0)
     cfg = config.two_tower
-    user_tower = UserTower(
-        dataset.n_users,
-        dataset.n_items,
-        dataset.user_categorical_cardinalities,
-        cfg.id_dim,
-        cfg.categorical_dim,
-        cfg.hidden_dim,
-        cfg.embedding_dim,
-        cfg.history_length,
-    ).eval()
+    user_tower = new_user_tower(dataset, cfg).eval()
     rng = np.random.default_rng(0)
     item_emb = rng.normal(size=(dataset.n_items, cfg.embedding_dim)).astype(np.float32)
     item_emb /= np.linalg.norm(item_emb, axis=1, keepdims=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model_export.config import preset
-from model_export.data import generate_synthetic, implicit, temporal_split
+from model_export.data import Interactions, generate_synthetic, implicit, temporal_split
 from model_export.train import (
     embed_items,
     item_ease,
@@ -22,7 +22,6 @@ from model_export.train import (
 
 
 def test_sequence_windows_hold_only_the_past() -> None:
-    from model_export.data import Interactions
 
     inter = Interactions(
         user=np.array([1, 0, 0, 0]),
@@ -37,7 +36,6 @@ def test_sequence_windows_hold_only_the_past() -> None:
 
 
 def test_shuffled_windows_hold_other_items_of_the_same_user_once() -> None:
-    from model_export.data import Interactions
 
     rng = np.random.default_rng(0)
     user = np.repeat(np.arange(4), [1, 3, 6, 12])
@@ -60,19 +58,23 @@ def test_shuffled_windows_hold_other_items_of_the_same_user_once() -> None:
     assert not np.array_equal(windows, shuffled_windows(ordered, 5, rng))
 
 
-def test_item_neighbours_match_itemknn() -> None:
-    from model_export.baselines import ItemKNN, interaction_matrix
-    from model_export.data import Interactions
-    from service.features import neighbour_scores
-
+def zipf_interactions(n_users: int, n_items: int, n: int = 3000) -> Interactions:
+    """Random interactions with Zipf-distributed item popularity, one per time step."""
     rng = np.random.default_rng(0)
-    n_users, n_items, n = 200, 40, 3000
-    inter = Interactions(
+    return Interactions(
         user=rng.integers(0, n_users, n),
         item=rng.zipf(1.3, n) % n_items,
         rating=np.ones(n, np.float32),
         timestamp=np.arange(n),
     )
+
+
+def test_item_neighbours_match_itemknn() -> None:
+    from model_export.baselines import ItemKNN, interaction_matrix
+    from service.features import neighbour_scores
+
+    n_users, n_items = 200, 40
+    inter = zipf_interactions(n_users, n_items)
     nb = item_neighbours(inter, n_users, n_items, 8)
     assert nb.items.shape == nb.weights.shape == (n_items, 8)
     assert (np.diff(nb.weights, axis=1) <= 1e-7).all()  # most similar first
@@ -96,17 +98,10 @@ def test_ease_neighbours_give_eases_scores() -> None:
     # The neighbour layout of EASE's weights: a history's summed weights over a candidate's list is the EASE
     # baseline's score of it (its positive part, when every positive weight fits the list).
     from model_export.baselines import EASE, interaction_matrix
-    from model_export.data import Interactions
     from service.features import ItemNeighbourIndex
 
-    rng = np.random.default_rng(0)
-    n_users, n_items, n = 200, 30, 3000
-    inter = Interactions(
-        user=rng.integers(0, n_users, n),
-        item=rng.zipf(1.3, n) % n_items,
-        rating=np.ones(n, np.float32),
-        timestamp=np.arange(n),
-    )
+    n_users, n_items = 200, 30
+    inter = zipf_interactions(n_users, n_items)
     nb = item_ease(inter, n_users, n_items, n_items, 10.0, max_items=n_items)
     assert not (nb.items == np.arange(n_items)[:, None]).any()
     assert (nb.weights >= 0).all()
