@@ -163,6 +163,39 @@ def test_ranker_examples_and_training(loss: str, history_sampling: str) -> None:
     assert ((probs > 0) & (probs < 1)).all()
 
 
+def test_ranker_examples_as_brand_new_users() -> None:
+    # With new_user_share, that share of the label events is seen as an unknown user (OOV rows, no user features)
+    # knowing at most new_user_max_events items: the state the service meets for a new id with a few events.
+    config = preset("tiny")
+    config = replace(
+        config,
+        ranker=replace(config.ranker, new_user_share=0.5, new_user_max_events=3),
+        two_tower=replace(config.two_tower, user_id_dropout=0.0),
+    )
+    dataset = implicit(generate_synthetic(config.synthetic, seed=0), config.min_rating)
+    tt_train, rank_events = temporal_split(dataset.interactions, config.ranker.window_fraction)
+    user_tower, item_tower, _ = train_two_tower(dataset, tt_train, config, False)
+    examples = ranker_examples(
+        dataset,
+        dataset.interactions,
+        rank_events,
+        user_tower,
+        embed_items(item_tower, dataset),
+        item_popularity(tt_train, dataset.n_items),
+        item_neighbours(tt_train, dataset.n_users, dataset.n_items, config.ranker.neighbours),
+        config,
+    )
+    new = examples.user_idx == dataset.n_users
+    assert 0.3 < new.mean() < 0.7
+    assert (examples.user_categorical[new] == 0).all()
+    assert (examples.user_categorical[~new] > 0).any()
+    from service.features import RANKER_CONTEXT_FEATURES
+
+    log_length = examples.dense[:, len(dataset.item_dense_names) + RANKER_CONTEXT_FEATURES.index("log_history_length")]
+    assert np.expm1(log_length[new]).max() <= 3 + 1e-5
+    assert np.expm1(log_length[~new]).max() > 3
+
+
 def test_content_distillation_brings_content_only_embeddings_to_the_trained_ones() -> None:
     # An item added after training is embedded from its content alone (the unknown-item row); the distillation
     # term pulls those embeddings toward the trained ones, which is what makes a cold item rank like a warm one.
