@@ -150,7 +150,6 @@ def fit_baselines(dataset: Dataset, split: Split, seed: int) -> tuple[dict[str, 
     inner_relevant = relevant_sets(inner_heldout, n_users)
     val_users = np.array([u for u in range(n_users) if len(inner_relevant[u])], dtype=np.int64)
     val_seen = interaction_matrix(inner_train, n_users, n_items)
-    seen = interaction_matrix(split.train, n_users, n_items)
     fitted: dict[str, Baseline] = {}
     chosen: dict[str, dict[str, Any]] = {}
     for name, options in _candidates().items():
@@ -168,7 +167,6 @@ def fit_baselines(dataset: Dataset, split: Split, seed: int) -> tuple[dict[str, 
         fitted[name] = model
         chosen[name] = {"input": rule, **params, "validation_ndcg@10": round(score, 4)}
         log.info("baseline %s: %s", name, chosen[name])
-    del seen
     return fitted, chosen
 
 

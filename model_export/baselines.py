@@ -79,6 +79,17 @@ class ItemKNN:
         return np.asarray(rows @ self.sim)
 
 
+def ease_weights(x: sp.csr_matrix, regularization: float) -> np.ndarray:
+    """EASE's closed form (Steck, WWW 2019): B = argmin ||X - XB||^2 + lambda ||B||^2 with diag(B) = 0, from the
+    inverse of X^T X + lambda I. (I, I) float64, B[h, c] the weight of item h towards item c."""
+    gram = (x.T @ x).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += regularization
+    inverse = np.linalg.inv(gram)
+    weights: np.ndarray = -inverse / np.diag(inverse)[None, :]
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
 class EASE:
     """Embarrassingly shallow autoencoder (Steck, WWW 2019): item-item weights B = argmin ||X - XB||^2 +
     lambda ||B||^2 with diag(B) = 0, in closed form from the inverse of X^T X + lambda I. A user's score for an
@@ -91,12 +102,7 @@ class EASE:
         self.regularization = regularization
 
     def fit(self, train: sp.csr_matrix, seed: int) -> None:
-        gram = (train.T @ train).toarray().astype(np.float64)
-        gram[np.diag_indices_from(gram)] += self.regularization
-        inverse = np.linalg.inv(gram)
-        weights = -inverse / np.diag(inverse)[None, :]
-        np.fill_diagonal(weights, 0.0)
-        self.weights = weights.astype(np.float32)
+        self.weights = ease_weights(train, self.regularization).astype(np.float32)
         self.train = train
 
     def scores(self, users: np.ndarray) -> np.ndarray:

@@ -31,6 +31,8 @@ from model_export.evaluate import evaluate
 from model_export.export_onnx import ParityError, export, export_fp16, parity
 from model_export.ranker import DCNRanker
 from model_export.train import (
+    ItemNeighbours,
+    ItemPopularity,
     RankerExamples,
     embed_items,
     embed_users,
@@ -69,11 +71,27 @@ class Models:
 
 
 @dataclass(frozen=True)
+class ItemStats:
+    """The ranker's item statistics over some interactions: popularity and neighbours."""
+
+    popularity: ItemPopularity
+    neighbours: ItemNeighbours
+
+
+def _item_stats(interactions: Interactions, dataset: Dataset, config: ExportConfig) -> ItemStats:
+    return ItemStats(
+        item_popularity(interactions, dataset.n_items),
+        neighbour_weights(interactions, dataset.n_users, dataset.n_items, config.ranker),
+    )
+
+
+@dataclass(frozen=True)
 class ServingData:
     """The interactions a bundle serves from besides its models: its histories, seen sets and item statistics."""
 
-    positives: Interactions  # histories, popularity, co-occurrence neighbours
+    positives: Interactions  # histories
     negatives: Interactions  # negative feedback only: seen (never recommended), not history
+    stats: ItemStats  # of `positives`
 
 
 FIT_MODES = ("all", "split")
@@ -96,15 +114,15 @@ def _ranker_then_refit(
     data: Interactions,
     rank_events: Interactions,
     towers: tuple[UserTower, ItemTower],
-    towers_saw: Interactions,
+    features_as_of: ItemStats,
     seen: Interactions,
     config: ExportConfig,
     epochs: int,
     progress: bool,
 ) -> Models:
-    """The ranker learns on `rank_events` (part of `data`) with the scores of `towers`, which never saw them (they
-    saw `towers_saw`, whose popularity and neighbours are the features' as of before the labels); then the
-    two-tower model is retrained on all of `data` for `epochs` (serving wants one that saw the latest events)."""
+    """The ranker learns on `rank_events` (part of `data`) with the scores of `towers`, which never saw them, and
+    `features_as_of`: the item statistics of what the towers saw (as of before the labels); then the two-tower
+    model is retrained on all of `data` for `epochs` (serving wants one that saw the latest events)."""
     user_tower, item_tower = towers
     examples = ranker_examples(
         dataset,
@@ -112,8 +130,8 @@ def _ranker_then_refit(
         rank_events,
         user_tower,
         embed_items(item_tower, dataset),
-        item_popularity(towers_saw, dataset.n_items),
-        neighbour_weights(towers_saw, dataset.n_users, dataset.n_items, config.ranker),
+        features_as_of.popularity,
+        features_as_of.neighbours,
         config,
         seen=seen,
     )
@@ -177,14 +195,14 @@ def build_bundle(
     user_tower, item_tower, tt_history = train_two_tower(dataset, tt_train, config, progress, validation=rank_events)
     recalls = tt_history["validation_recall@50"]
     best_epochs = int(np.argmax(recalls)) + 1 if recalls else config.two_tower.epochs
-    towers_saw = tt_train
+    tt_stats = _item_stats(tt_train, dataset, config)
     selection = _ranker_then_refit(
-        dataset, train, rank_events, (user_tower, item_tower), tt_train, raw_train, config, best_epochs, progress
+        dataset, train, rank_events, (user_tower, item_tower), tt_stats, raw_train, config, best_epochs, progress
     )
     selection.training = {"two_tower": tt_history, "best_epochs": best_epochs, **selection.training}
-    if config.two_tower.refit:
-        towers_saw = train
-    selection_data = ServingData(train, negative_feedback(raw_train, n_items, config.min_rating))
+    selection_data = ServingData(
+        train, negative_feedback(raw_train, n_items, config.min_rating), _item_stats(train, dataset, config)
+    )
 
     final, final_data = selection, selection_data
     if fit == "all" and len(heldout):
@@ -195,13 +213,17 @@ def build_bundle(
             dataset.interactions,
             heldout,
             (selection.user_tower, selection.item_tower),
-            towers_saw,
+            selection_data.stats if config.two_tower.refit else tt_stats,  # what the selection towers saw
             raw.interactions,
             config,
             best_epochs,
             progress,
         )
-        final_data = ServingData(dataset.interactions, negative_feedback(raw.interactions, n_items, config.min_rating))
+        final_data = ServingData(
+            dataset.interactions,
+            negative_feedback(raw.interactions, n_items, config.min_rating),
+            _item_stats(dataset.interactions, dataset, config),
+        )
 
     metrics: dict[str, Any] = {}
     fields_extra = {
@@ -271,8 +293,7 @@ def _write(
     manifest's fields. `variants`: also the float16 variants; the text encoder is exported when `text_model` is."""
     user_tower, item_tower, ranker, examples = models.user_tower, models.item_tower, models.ranker, models.examples
     item_embeddings = embed_items(item_tower, dataset)
-    popularity = item_popularity(data.positives, dataset.n_items)
-    neighbours = neighbour_weights(data.positives, dataset.n_users, dataset.n_items, config.ranker)
+    popularity, neighbours = data.stats.popularity, data.stats.neighbours
     offsets, history = user_histories(data.positives, dataset.n_users)
     negative_offsets, negative_items = user_histories(data.negatives, dataset.n_users)
     L = config.two_tower.history_length

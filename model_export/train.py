@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model_export.config import ExportConfig, RankerConfig, TwoTowerConfig
-from model_export.data import Dataset, Interactions, chronological, user_histories
+from model_export.data import Dataset, Interactions, chronological, pair_codes, user_histories
 from model_export.ranker import DCNRanker
 from model_export.two_tower import ItemTower, RetrievalTask, UserTower
 from service.features import (
@@ -144,16 +144,11 @@ def item_ease(
     weights = np.zeros((n_items, k), dtype=np.float32)
     if not len(interactions) or not k:
         return ItemNeighbours(items, weights)
-    from model_export.baselines import interaction_matrix
+    from model_export.baselines import ease_weights, interaction_matrix
 
     counts = np.bincount(interactions.item, minlength=n_items)
     kept = np.sort(np.argsort(-counts, kind="stable")[: min(max_items, int((counts > 0).sum()))])
-    x = interaction_matrix(interactions, n_users, n_items)[:, kept]
-    gram = (x.T @ x).toarray().astype(np.float64)
-    gram[np.diag_indices_from(gram)] += regularization
-    inverse = np.linalg.inv(gram)
-    b = -inverse / np.diag(inverse)[None, :]  # b[h, c]
-    np.fill_diagonal(b, 0.0)
+    b = ease_weights(interaction_matrix(interactions, n_users, n_items)[:, kept], regularization)  # b[h, c]
     depth = min(k, len(kept) - 1)
     top = np.argsort(-b, axis=0, kind="stable")[:depth].T  # (n_kept, depth): column c's largest rows
     top_weights = np.take_along_axis(b.T, top, axis=1)
@@ -402,7 +397,7 @@ def ranker_examples(
     user_emb = embed_users(user_tower, tower_users, windows, categorical)  # (E, d)
     seen_codes = np.unique(train.user * dataset.n_items + train.item)
     if seen is not None:
-        seen_codes = np.union1d(seen_codes, seen.user * dataset.n_items + seen.item)
+        seen_codes = np.union1d(seen_codes, pair_codes(seen, dataset.n_items))
 
     n_neg = cfg.uniform_negatives + cfg.hard_negatives
     candidates = np.empty((len(users), 1 + n_neg), dtype=np.int64)
