@@ -87,17 +87,28 @@ def make_split(dataset: Dataset, test_fraction: float = 0.2) -> Split:
     return Split(train, users, [relevant_all[u] for u in users], (inner_train, inner_relevant))
 
 
-def write_copy(dataset: Dataset, train: Interactions, source: Path | None, layout: str, directory: Path) -> None:
+def write_copy(
+    dataset: Dataset,
+    train: Interactions,
+    source: Path | None,
+    layout: str,
+    directory: Path,
+    drop_items: np.ndarray | None = None,
+) -> None:
     """The training part as a MovieLens download: `same` (ml-100k: u.data of the training ratings beside the
-    source's u.item and u.user) or `csv` (ratings.csv + movies.csv)."""
+    source's u.item and u.user) or `csv` (ratings.csv + movies.csv). `drop_items`: item indices left out of the
+    item file (their ratings must not be in `train`): items the bundle will not know."""
     directory.mkdir(parents=True)
+    dropped = np.zeros(0, np.int64) if drop_items is None else drop_items
     if layout == "csv":
-        write_movielens_csv(dataset, train, directory)
+        write_movielens_csv(dataset, train, directory, np.setdiff1d(np.arange(dataset.n_items), dropped))
         return
     if source is None or not (source / "u.data").is_file():
         raise SystemExit("--layout same needs an ml-100k source directory (u.data); use --layout csv")
-    for name in ("u.item", "u.user"):
-        shutil.copyfile(source / name, directory / name)
+    shutil.copyfile(source / "u.user", directory / "u.user")
+    dropped_ids = {dataset.item_ids[i] for i in dropped}
+    with (source / "u.item").open(encoding="latin-1") as f, (directory / "u.item").open("w", encoding="latin-1") as out:
+        out.writelines(line for line in f if line.split("|", 1)[0] not in dropped_ids)
     with (directory / "u.data").open("w", encoding="latin-1") as f:
         for u, i, r, t in zip(train.user, train.item, train.rating, train.timestamp, strict=True):
             f.write(f"{dataset.user_ids[u]}\t{dataset.item_ids[i]}\t{int(r)}\t{int(t)}\n")

@@ -27,7 +27,7 @@ from model_export.data import (
     unseen,
     user_histories,
 )
-from model_export.evaluate import evaluate
+from model_export.evaluate import choose_similarity, evaluate
 from model_export.export_onnx import ParityError, export, export_fp16, parity
 from model_export.ranker import DCNRanker
 from model_export.train import (
@@ -46,6 +46,7 @@ from model_export.train import (
 from model_export.two_tower import ItemTower, UserTower
 from service import bundle as files
 from service.bundle import Bundle, load_bundle
+from service.content import ContentWeights, content_vectors, mapped_embeddings, nearest_by_content
 from service.features import RANKER_CONTEXT_FEATURES, history_windows
 from service.pipeline import Pipeline
 
@@ -226,6 +227,7 @@ def build_bundle(
         )
 
     metrics: dict[str, Any] = {}
+    similarity: dict[str, Any] | None = None
     fields_extra = {
         "n_ratings": len(raw.interactions),
         "n_positives": len(dataset.interactions),
@@ -242,7 +244,8 @@ def build_bundle(
         scratch = BundleWriter(out_dir)
         try:
             _write(scratch, dataset, selection, selection_data, config, rng, fields_extra, None, [], variants=False)
-            metrics = _evaluate(load_bundle(scratch.tmp, verify_checksums=False), heldout, config, progress)
+            scratch_bundle = load_bundle(scratch.tmp, verify_checksums=False)
+            metrics, similarity = _evaluate(scratch_bundle, train, heldout, config, progress)
         finally:
             scratch.abort()
     writer = BundleWriter(out_dir)
@@ -254,7 +257,10 @@ def build_bundle(
             "seconds": round(time.perf_counter() - started, 1),
         }
         if evaluate_bundle and final is selection:
-            metrics = _evaluate(load_bundle(writer.tmp, verify_checksums=False), heldout, config, progress)
+            metrics, similarity = _evaluate(
+                load_bundle(writer.tmp, verify_checksums=False), train, heldout, config, progress
+            )
+        fields["similar_items"] = _similar_items_spec(similarity)
         if metrics:
             fields["metrics"] = {
                 "validation": metrics,
@@ -272,9 +278,69 @@ def build_bundle(
     return BuildResult(path=path, version=fields["bundle_version"], metrics=metrics)
 
 
-def _evaluate(bundle: Bundle, heldout: Interactions, config: ExportConfig, progress: bool) -> dict[str, Any]:
+def _evaluate(
+    bundle: Bundle, train: Interactions, heldout: Interactions, config: ExportConfig, progress: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(validation metrics of the pipeline, the similar-items blend chosen on next-item prediction)."""
     pipeline = Pipeline.open(bundle, device="cpu", intra_op_threads=0)
-    return evaluate(pipeline, heldout, config.num_candidates, progress)
+    return evaluate(pipeline, heldout, config.num_candidates, progress), choose_similarity(
+        pipeline, train, heldout, config.seed
+    )
+
+
+def _similar_items_spec(choice: dict[str, Any] | None) -> dict[str, Any]:
+    if choice is None:  # nothing to choose on: cosine alone
+        return files.COSINE_ONLY.model_dump()
+    share = choice["co_consumption_share"]
+    return {
+        "method": {0.0: "embedding cosine", 1.0: "co-consumption"}.get(share, "embedding cosine + co-consumption"),
+        "embedding_weight": 1.0 - share,
+        "co_consumption_weight": share,
+        "candidates": files.COSINE_ONLY.candidates,
+        "validation": choice["validation"],
+    }
+
+
+CONTENT_NEIGHBOURS = (10, 30)
+CONTENT_TEMPERATURES = (0.02, 0.05, 0.1, 0.2)
+CONTENT_SAMPLE = 1000
+
+
+def _content(
+    dataset: Dataset, item_embeddings: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The trained items' content vectors (service.content) and the mapping's settings: the neighbour count
+    and temperature whose content-mapped embedding comes closest (mean cosine) to the trained one, each of a
+    sample of trained items left out of its own neighbours."""
+    weights = ContentWeights()
+    text = dataset.item_text if dataset.item_text is not None else np.zeros((dataset.n_items, 0), np.float32)
+    content = content_vectors(text, dataset.item_dense, dataset.item_dense_names, weights)
+    sample = _sample(dataset.n_items, CONTENT_SAMPLE, rng)
+    grid: dict[str, float] = {}
+    best = (-np.inf, CONTENT_NEIGHBOURS[0], CONTENT_TEMPERATURES[-1])
+    for k in CONTENT_NEIGHBOURS:
+        neighbours, cosines = nearest_by_content(content[sample], content, k, exclude=sample)
+        for temperature in CONTENT_TEMPERATURES:
+            placed = mapped_embeddings(neighbours, cosines, item_embeddings, temperature)
+            closeness = float(np.einsum("be,be->b", placed, item_embeddings[sample]).mean())
+            grid[f"neighbours={k},temperature={temperature:g}"] = round(closeness, 4)
+            best = max(best, (closeness, k, temperature))
+    spec = {
+        "dim": content.shape[1],
+        "text_weight": weights.text,
+        "categories_weight": weights.categories,
+        "year_weight": weights.year,
+        "year_bucket": weights.year_bucket,
+        "neighbours": best[1],
+        "temperature": best[2],
+        "validation": {
+            "protocol": "leave one out: mean cosine between a trained item's content-placed embedding (itself "
+            "excluded from its neighbours) and its trained embedding",
+            "items": len(sample),
+            "by_setting": grid,
+        },
+    }
+    return content.astype(np.float16), spec
 
 
 def _write(
@@ -371,6 +437,8 @@ def _write(
     writer.json(files.ITEM_TITLES, dataset.item_titles)
     writer.array(files.NEGATIVE_OFFSETS, negative_offsets)
     writer.array(files.NEGATIVE_ITEMS, negative_items)
+    content, content_spec = _content(dataset, item_embeddings, rng)
+    writer.array(files.ITEM_CONTENT, content)
 
     created = datetime.now(UTC).replace(microsecond=0)
     fields: dict[str, Any] = {
@@ -423,6 +491,7 @@ def _write(
         "onnx_fp16_parity_max_abs_diff": fp16_parities,
         "training": {"config": config.to_dict()},
         "metrics": {},
+        "content": content_spec,
     }
     writer.write_manifest(fields)
     return fields

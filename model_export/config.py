@@ -83,6 +83,10 @@ class RankerConfig:
     # 0 gave 0.1865 and 0.0396. (0.2 had looked better on the full data's hold-out: 0.0691 vs 0.0635.)
     new_user_share: float = 0.0
     new_user_max_events: int = 10
+    # The candidates whose id is dropped (two_tower.item_id_dropout of them, for the unknown-item row) also lose
+    # their popularity and neighbour features, as an item added live has none: without it the ranker buries
+    # items added live (none in the top 50 through the API on ml-100k: benchmarks.item_quality).
+    cold_item_features: bool = True
     # "listwise": softmax over each event's positive and its negatives; "bce": pointwise. ml-100k temporal,
     # 3 seeds: pipeline NDCG@10 0.1533 listwise vs 0.1491 bce.
     loss: Literal["bce", "listwise"] = "listwise"

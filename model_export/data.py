@@ -341,9 +341,13 @@ def load_movielens(directory: Path) -> Dataset:
     )
 
 
-def write_movielens_csv(dataset: Dataset, interactions: Interactions, directory: Path) -> None:
+def write_movielens_csv(
+    dataset: Dataset, interactions: Interactions, directory: Path, items: np.ndarray | None = None
+) -> None:
     """`interactions` (indices into `dataset`) as a MovieLens download in the csv layout (`ratings.csv`,
-    `movies.csv`, as ml-latest-small; no user features), which `load_movielens` reads back."""
+    `movies.csv`, as ml-latest-small; no user features), which `load_movielens` reads back. `items`: the item
+    indices `movies.csv` lists (default: all)."""
+    listed = np.ones(dataset.n_items, dtype=bool) if items is None else np.isin(np.arange(dataset.n_items), items)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     genre_columns = [
@@ -353,6 +357,8 @@ def write_movielens_csv(dataset: Dataset, interactions: Interactions, directory:
         writer = csv.writer(f)
         writer.writerow(["movieId", "title", "genres"])
         for i, (item_id, title) in enumerate(zip(dataset.item_ids, dataset.item_titles, strict=True)):
+            if not listed[i]:
+                continue
             genres = "|".join(g for j, g in genre_columns if dataset.item_dense[i, j] > 0) or "(no genres listed)"
             writer.writerow([item_id, title, genres])
     with (directory / "ratings.csv").open("w", encoding="utf-8", newline="") as f:

@@ -9,12 +9,14 @@ users with at least one held-out item. Recommendation lists are (U, depth) item-
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from model_export.data import Interactions
 from service.pipeline import Pipeline
+from service.similar import SimilarityWeights
 
 DEPTH = 100
 RECALL_AT = (10, 20, 50, 100)
@@ -143,3 +145,59 @@ def evaluate(
         metrics = {k: float(v.mean()) for k, v in per_user_metrics(recs, [rel[r] for r in rows]).items()}
         out[name] = {**metrics, f"coverage@{COVERAGE_AT}": coverage(recs, n_items), "users": len(rows)}
     return out
+
+
+# Share of co-consumption in the similar-items blend (service.similar), chosen on validation.
+SIMILAR_CO_CONSUMPTION_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+SIMILAR_K = 10
+SIMILAR_QUERIES = 2000
+
+
+def next_items(earlier: Interactions, later: Interactions, n_items: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Next-item prediction for similar items: each user's positives in time order (`earlier`, then `later`);
+    every consecutive pair (a, b) whose b is in `later` says "after a, this user liked b". Returns the query
+    items a (Q,) and, for each, the distinct items liked right after it."""
+    user = np.r_[earlier.user, later.user]
+    item = np.r_[earlier.item, later.item]
+    is_later = np.r_[np.zeros(len(earlier), bool), np.ones(len(later), bool)]
+    order = np.lexsort((np.r_[earlier.timestamp, later.timestamp], is_later, user))
+    user, item, is_later = user[order], item[order], is_later[order]
+    pair = (user[1:] == user[:-1]) & is_later[1:] & (item[1:] != item[:-1])
+    codes = np.unique(item[:-1][pair].astype(np.int64) * n_items + item[1:][pair])
+    queries, starts = np.unique(codes // n_items, return_index=True)
+    return queries, np.split(codes % n_items, starts[1:])
+
+
+def similar_item_metrics(
+    pipeline: Pipeline, queries: np.ndarray, relevant: Sequence[np.ndarray], weights: SimilarityWeights
+) -> dict[str, float]:
+    """Recall@10 and NDCG@10 of `pipeline.similar` (with `weights`) per query item, averaged over the queries."""
+    lists = pad([pipeline.similar(int(q), SIMILAR_K, weights=weights).items for q in queries], DEPTH)
+    per_query = per_user_metrics(lists, relevant)
+    return {m: round(float(per_query[m].mean()), 4) for m in (f"recall@{SIMILAR_K}", f"ndcg@{SIMILAR_K}")}
+
+
+def choose_similarity(
+    pipeline: Pipeline, earlier: Interactions, later: Interactions, seed: int = 0
+) -> dict[str, Any] | None:
+    """The co-consumption share of the similar-items blend with the best next-item NDCG@10 on `later` (held
+    out), each share's metrics beside it; None when `later` holds no next-item pair."""
+    queries, relevant = next_items(earlier, later, pipeline.bundle.manifest.dims.n_items)
+    if not len(queries):
+        return None
+    rows = np.sort(np.random.default_rng(seed).permutation(len(queries))[:SIMILAR_QUERIES])
+    queries, relevant = queries[rows], [relevant[r] for r in rows]
+    grid = {
+        share: similar_item_metrics(pipeline, queries, relevant, SimilarityWeights(1.0 - share, share))
+        for share in SIMILAR_CO_CONSUMPTION_GRID
+    }
+    best = max(grid, key=lambda share: (grid[share][f"ndcg@{SIMILAR_K}"], -share))
+    return {
+        "co_consumption_share": best,
+        "validation": {
+            "protocol": "next-item prediction: for each query item, the items users liked right after it in the "
+            "held-out part; per query item, averaged",
+            "queries": len(queries),
+            "by_co_consumption_share": {f"{share:g}": metrics for share, metrics in grid.items()},
+        },
+    }

@@ -432,21 +432,25 @@ def ranker_examples(
     profiles = content_profiles(dataset.item_dense, windows)  # (E, D)
     # rows are grouped by event, in order; the features the service computes, by the same code
     neighbour = ItemNeighbourIndex(neighbours.items, neighbours.weights).scores(cand, windows, rows)  # (M, 2)
+    # Some candidates as an item added live is met: the unknown-item row and none of what interactions give
+    # (popularity, co-consumption neighbours), so the ranker learns to score such items from the rest.
+    cold = rng.random(len(cand)) < config.two_tower.item_id_dropout
+    known = (~cold if cfg.cold_item_features else np.ones(len(cand), bool)).astype(np.float32)
     dense = ranker_dense_features(
         dataset.item_dense[cand],
         retrieval,
-        popularity.overall[cand],
-        popularity.recent[cand],
+        popularity.overall[cand] * known,
+        popularity.recent[cand] * known,
         profiles[rows],
         history_similarity(item_embeddings, cand, windows[rows]),
         n_before[rows],
-        neighbour,
+        neighbour * known[:, None],
     )
     user_idx = tower_users[rows].copy()
     dropped = rng.random(len(user_idx)) < config.two_tower.user_id_dropout
     user_idx[dropped] = dataset.n_users  # teaches the ranker's unknown-user row
     cand_idx = cand.copy()
-    cand_idx[rng.random(len(cand_idx)) < config.two_tower.item_id_dropout] = dataset.n_items  # and unknown-item row
+    cand_idx[cold] = dataset.n_items  # and the unknown-item row
     groups = np.full(candidates.shape, -1, dtype=np.int64)
     groups[keep] = np.arange(int(keep.sum()))
     groups = groups[keep[:, 0]]  # events whose positive was kept

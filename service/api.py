@@ -30,6 +30,7 @@ from service.schemas import (
     ReloadRequest,
     SimilarItem,
     SimilarItemsResponse,
+    SimilarityReason,
     UserDeleted,
 )
 from service.state import AppState, StateDep
@@ -225,8 +226,10 @@ async def similar_items(
     item_id: Annotated[str, Path(min_length=1, max_length=128)],
     k: Annotated[int, Query(ge=1, description="How many items (at most the service's max_k).")] = 10,
     exclude_item_ids: Annotated[list[str] | None, Query(max_length=1000, description="Items never to return.")] = None,
+    explain: Annotated[bool, Query(description="Add to each item the parts of its score (`reason`).")] = False,
 ) -> SimilarItemsResponse:
-    """The items closest to `item_id` in the two-tower embedding space (itself and exclusions left out)."""
+    """The items most similar to `item_id` (itself and exclusions left out): two-tower embedding cosine blended
+    with co-consumption (what people who liked it went on to like), as the bundle's manifest says."""
     if k > state.settings.max_k:
         raise InvalidField(("query", "k"), f"must be at most {state.settings.max_k}, got {k}")
     serving = state.serving
@@ -236,13 +239,22 @@ async def similar_items(
         raise NotFound(f"path.item_id: unknown item {item_id!r}")
     exclude = pipeline.item_indices(exclude_item_ids or [])
     async with state.admit():
-        items, scores = await serving.recommender.run_blocking(lambda: pipeline.similar(item, k, exclude))
+        similar = await serving.recommender.run_blocking(lambda: pipeline.similar(item, k, exclude))
+    spec = bundle.manifest.similar_items
     return SimilarItemsResponse(
         bundle_version=bundle.version,
         item_id=item_id,
+        method=f"{spec.method} (embedding {spec.embedding_weight:g}, co-consumption {spec.co_consumption_weight:g})",
         items=[
-            SimilarItem(item_id=bundle.item_ids[i], title=bundle.item_titles[i], score=float(s))
-            for i, s in zip(items.tolist(), scores, strict=True)
+            SimilarItem(
+                item_id=bundle.item_ids[i],
+                title=bundle.item_titles[i],
+                score=float(s),
+                reason=SimilarityReason(embedding_cosine=float(c), co_consumption=float(w)) if explain else None,
+            )
+            for i, s, c, w in zip(
+                similar.items.tolist(), similar.scores, similar.cosines, similar.co_consumption, strict=True
+            )
         ],
     )
 

@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 4  # what the exporter writes
-# Schemas this service reads: 3 is 4 before negative feedback (no NEGATIVE_* files: no user has any), 2 is 3
-# before the float16 variants (no onnx_fp16_parity_max_abs_diff: none).
-READABLE_SCHEMAS = (2, 3, 4)
+SCHEMA_VERSION = 5  # what the exporter writes
+# Schemas this service reads: 4 is 5 before content vectors and similar-item weights (items added live go
+# through the item tower's unknown-item row; similar items by cosine alone), 3 is 4 before negative feedback
+# (no NEGATIVE_* files: no user has any), 2 is 3 before the float16 variants (no onnx_fp16_parity_max_abs_diff).
+READABLE_SCHEMAS = (2, 3, 4, 5)
 MANIFEST = "manifest.json"
 
 # Files every bundle of this schema holds; the manifest may list more.
@@ -42,6 +43,8 @@ HISTORY_ITEMS = "history_items.npy"
 # recommended, not history. CSR like the history.
 NEGATIVE_OFFSETS = "negative_offsets.npy"
 NEGATIVE_ITEMS = "negative_items.npy"
+# Schema 5: the trained items' content vectors (service.content), float16, (n_items, manifest.content.dim).
+ITEM_CONTENT = "item_content.npy"
 ITEM_IDS = "item_ids.json"
 USER_IDS = "user_ids.json"
 ITEM_TITLES = "item_titles.json"
@@ -117,6 +120,35 @@ class IndexInfo(_Strict):
     recall_at: int | None
 
 
+class ContentSpec(_Strict):
+    """How items without a trained embedding are placed (service.content): content vectors' weights, and the
+    mapping's neighbour count and temperature, with the exporter's leave-one-out comparison that chose them."""
+
+    dim: int = Field(ge=1)
+    text_weight: float = Field(ge=0)
+    categories_weight: float = Field(ge=0)
+    year_weight: float = Field(ge=0)
+    year_bucket: int = Field(ge=1)
+    neighbours: int = Field(ge=1)
+    temperature: float = Field(gt=0)
+    validation: dict[str, Any] = Field(default_factory=dict)
+
+
+class SimilarItemsSpec(_Strict):
+    """The similar-items blend (service.similar) and the validation that chose its weights."""
+
+    method: str
+    embedding_weight: float = Field(ge=0)
+    co_consumption_weight: float = Field(ge=0)
+    candidates: int = Field(ge=1)  # nearest items by cosine taken from the index beside the co-consumption list
+    validation: dict[str, Any] = Field(default_factory=dict)
+
+
+COSINE_ONLY = SimilarItemsSpec(
+    method="embedding cosine", embedding_weight=1.0, co_consumption_weight=0.0, candidates=100
+)
+
+
 class Manifest(_Strict):
     schema_version: int
     bundle_version: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
@@ -133,6 +165,8 @@ class Manifest(_Strict):
     onnx_fp16_parity_max_abs_diff: dict[str, float] = Field(default_factory=dict)
     training: dict[str, Any]
     metrics: dict[str, Any]
+    content: ContentSpec | None = None  # schema 5; None: items added live go through the item tower alone
+    similar_items: SimilarItemsSpec = COSINE_ONLY  # schema 5; before it, similar items were by cosine alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +191,7 @@ class Bundle:
     history_items: np.ndarray  # (nnz,) int64, each user's interactions oldest first
     negative_offsets: np.ndarray  # (n_users + 1,) int64, CSR offsets into negative_items
     negative_items: np.ndarray  # (nnz,) int64, each user's items with only negative feedback
+    item_content: np.ndarray | None = None  # (n_items, content.dim) float16, L2-normalised; None before schema 5
 
     @property
     def version(self) -> str:
@@ -209,6 +244,9 @@ def read_manifest(path: Path) -> Manifest:
         )
     if isinstance(raw, dict) and raw.get("schema_version") == 2 and "onnx_fp16_parity_max_abs_diff" in raw:
         raise BundleError(f"{manifest_path}: onnx_fp16_parity_max_abs_diff needs schema_version 3, not 2")
+    for field in ("content", "similar_items"):
+        if isinstance(raw, dict) and field in raw and raw.get("schema_version", 0) < 5:
+            raise BundleError(f"{manifest_path}: {field} needs schema_version 5, not {raw.get('schema_version')}")
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:
@@ -224,6 +262,7 @@ def variant_name(model: str, precision: str = "fp16") -> str:
 def verify_files(path: Path, manifest: Manifest) -> None:
     required = REQUIRED_FILES + ((TEXT_ENCODER, TOKENIZER) if manifest.dims.text_dim else ())
     required += (NEGATIVE_OFFSETS, NEGATIVE_ITEMS) if manifest.schema_version >= 4 else ()
+    required += (ITEM_CONTENT,) if manifest.content is not None else ()
     required += tuple(variant_name(model) for model in manifest.onnx_fp16_parity_max_abs_diff)
     missing = [name for name in required if name not in manifest.files]
     if missing:
@@ -306,6 +345,11 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         raise BundleError(
             f"{path / ITEM_NEIGHBOUR_WEIGHTS}: weights must be non-negative (cosines, EASE's positive part)"
         )
+    content = None
+    if manifest.content is not None:
+        content = _load_array(path / ITEM_CONTENT, np.float16, (dims.n_items, manifest.content.dim))
+        if not np.isfinite(content).all():
+            raise BundleError(f"{path / ITEM_CONTENT}: content vectors must be finite")
     user_cat = _load_array(path / USER_CATEGORICAL, np.int64, (dims.n_users, n_cat))
     for j, card in enumerate(dims.user_categorical_cardinalities):
         if len(user_cat) and (user_cat[:, j].min() < 0 or user_cat[:, j].max() >= card):
@@ -329,6 +373,7 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         history_items=history,
         negative_offsets=negative_offsets,
         negative_items=negatives,
+        item_content=content,
     )
 
 

@@ -1,6 +1,8 @@
 """Items added after training: their text through the bundle's ONNX text encoder (tokenizer.json with the
-`tokenizers` package: no torch), then the ONNX item tower through its unknown-item row, so the embedding
-comes from content alone, in the same space as the trained items'."""
+`tokenizers` package: no torch), then placed among the trained items by content (service.content: the
+softmax-weighted mean of the trained embeddings of the items nearest by content, as the manifest's `content`
+says), so an item sits where trained items of the same content sit. Bundles before schema 5 have no content
+vectors: there the ONNX item tower embeds the item through its unknown-item row (content only)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from service.bundle import ITEM_TOWER, TEXT_ENCODER, TOKENIZER, Bundle, BundleError
+from service.content import ContentWeights, content_vectors, mapped_embeddings, nearest_by_content
 from service.runtime import open_session
 from service.user_encoder import check_inputs
 
@@ -53,6 +56,10 @@ class ItemEncoder:
             self._text_session = open_session(bundle.file(TEXT_ENCODER), providers, intra_op_threads)
             self._tokenizer = load_tokenizer(bundle.file(TOKENIZER))
         check_inputs(self._item_session, expected, bundle, ITEM_TOWER)
+        self._content = bundle.item_content
+        self._spec = bundle.manifest.content
+        self._dense_names = bundle.manifest.feature_spec.item_dense
+        self._trained_embeddings = bundle.item_embeddings[: dims.n_items]
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(B, text_dim) float32 sentence embeddings."""
@@ -61,7 +68,32 @@ class ItemEncoder:
         out = self._text_session.run(None, tokenize(self._tokenizer, texts))[0]
         return np.ascontiguousarray(out, dtype=np.float32)
 
+    @property
+    def method(self) -> str:
+        return "content neighbours" if self._content is not None else "item tower (unknown-item row)"
+
     def encode(self, dense: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """(B, E) embeddings of items from their dense features (B, D) and texts."""
+        if self._content is not None and self._spec is not None:
+            return self.place(self.content(dense, texts))
+        return self.tower(dense, texts)
+
+    def content(self, dense: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """(B, C) content vectors, as the exporter computed the trained items'."""
+        assert self._spec is not None, "this bundle has no content vectors"
+        spec = self._spec
+        weights = ContentWeights(spec.text_weight, spec.categories_weight, spec.year_weight, spec.year_bucket)
+        return content_vectors(self.embed_texts(texts), dense, self._dense_names, weights)
+
+    def place(self, content: np.ndarray) -> np.ndarray:
+        """(B, E): each content vector's place among the trained items (service.content.mapped_embeddings)."""
+        assert self._content is not None, "this bundle has no content vectors"
+        assert self._spec is not None, "this bundle has no content vectors"
+        neighbours, cosines = nearest_by_content(content, self._content, self._spec.neighbours)
+        return mapped_embeddings(neighbours, cosines, self._trained_embeddings, self._spec.temperature)
+
+    def tower(self, dense: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """(B, E) through the item tower's unknown-item row (content only)."""
         inputs = {
             "item_idx": np.full(len(dense), self._unknown, dtype=np.int64),
             "item_dense": np.ascontiguousarray(dense, dtype=np.float32),

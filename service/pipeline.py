@@ -29,6 +29,7 @@ from service.ranking import Ranker
 from service.retrieval import Retriever
 from service.runtime import faiss_gpus, model_precisions, onnx_providers, open_session
 from service.settings import Settings
+from service.similar import SimilarItems, SimilarityWeights, co_consumed, rank_similar
 from service.user_encoder import UNKNOWN_USER, UserEncoder
 
 T = TypeVar("T")
@@ -241,13 +242,19 @@ class Pipeline:
         self.bundle = self.encoder.bundle = self.ranker.bundle = bundle
         self.retriever.add(embeddings)
 
-    def similar(self, item: int, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The k items whose embeddings are closest to `item`'s (itself and `exclude` left out), best first.
-        Returns (items (<= k,) int64, cosine scores (<= k,) float32)."""
+    def similar(
+        self, item: int, k: int, exclude: np.ndarray | None = None, weights: SimilarityWeights | None = None
+    ) -> SimilarItems:
+        """The k items most similar to `item` (itself and `exclude` left out), best first: the bundle's blend of
+        two-tower cosine and co-consumption (service.similar; `weights` overrides the manifest's)."""
+        spec = self.bundle.manifest.similar_items
+        weights = weights or SimilarityWeights(spec.embedding_weight, spec.co_consumption_weight)
         blocked = np.array([item], dtype=np.int64) if exclude is None else np.r_[item, exclude].astype(np.int64)
-        scores, items = self.retriever.search(self.bundle.item_embeddings[item][None, :], k + len(blocked))
-        kept, kept_scores = filter_candidates(items[0], scores[0], blocked)
-        return kept[:k], kept_scores[:k]
+        _, candidates = self.retriever.search(
+            self.bundle.item_embeddings[item][None, :], max(k, spec.candidates) + len(blocked)
+        )
+        co_items, co_weights = co_consumed(self.ranker.neighbours, item)
+        return rank_similar(item, candidates[0], self.bundle.item_embeddings, co_items, co_weights, weights, k, blocked)
 
     def retrieve(self, users: np.ndarray, embeddings: np.ndarray, k: int) -> list[np.ndarray]:
         """Retrieval stage alone for a batch (for evaluation): top k by two-tower score, seen items removed."""

@@ -47,7 +47,7 @@ class Ranker:
         self._n_cat = len(dims.user_categorical_cardinalities)
         self._history_length = dims.history_length
         # Items added live have no neighbours and are nobody's: the index built here stays right as they come.
-        self._neighbours = ItemNeighbourIndex(bundle.item_neighbours, bundle.item_neighbour_weights)
+        self.neighbours = ItemNeighbourIndex(bundle.item_neighbours, bundle.item_neighbour_weights)
 
     def inputs(
         self, user: int, history: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray
@@ -77,7 +77,7 @@ class Ranker:
             content_profiles(b.item_dense, windows)[rows],
             history_similarity(b.item_embeddings, candidates, windows, rows),
             history_lengths[rows],
-            self._neighbours.scores(candidates, windows, rows),
+            self.neighbours.scores(candidates, windows, rows),
         )
         return {
             "user_idx": np.where(known, users, self._oov)[rows],  # (N,)

@@ -119,15 +119,25 @@ class ItemUpserted(BaseModel):
     n_items: int = Field(description="Items in the index now.")
 
 
+class SimilarityReason(BaseModel):
+    embedding_cosine: float = Field(description="Cosine of the two items' two-tower embeddings.")
+    co_consumption: float = Field(
+        description="How strongly liking the queried item predicts liking this one (its co-consumption weight, "
+        "scaled by the queried item's strongest; 0: no co-consumption, e.g. an item added live)."
+    )
+
+
 class SimilarItem(BaseModel):
     item_id: str
     title: str
-    score: float = Field(description="Cosine of the two items' embeddings.")
+    score: float = Field(description="The similarity blend, higher is more similar (the manifest's similar_items).")
+    reason: SimilarityReason | None = Field(None, description="With explain=true: the blend's parts.")
 
 
 class SimilarItemsResponse(BaseModel):
     bundle_version: str
     item_id: str
+    method: str = Field(description="How similarity is computed, with the weights (from the bundle's manifest).")
     items: list[SimilarItem]
 
 

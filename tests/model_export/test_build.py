@@ -27,9 +27,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_manifest_records_everything(tiny_bundle: Path) -> None:
     manifest = json.loads((tiny_bundle / MANIFEST).read_text())
-    assert manifest["schema_version"] == 4
+    assert manifest["schema_version"] == 5
     assert manifest["bundle_version"] == tiny_bundle.name
-    assert {"negative_offsets.npy", "negative_items.npy"} <= set(manifest["files"])
+    assert {"negative_offsets.npy", "negative_items.npy", "item_content.npy"} <= set(manifest["files"])
+    # How items without a trained embedding are placed, and the similar-items blend, each with the validation
+    # that chose its settings.
+    content = manifest["content"]
+    assert (content["neighbours"], content["temperature"]) in {
+        (int(k.split(",")[0].split("=")[1]), float(k.split("temperature=")[1]))
+        for k in content["validation"]["by_setting"]
+    }
+    best = max(content["validation"]["by_setting"].values())
+    assert (
+        content["validation"]["by_setting"][
+            f"neighbours={content['neighbours']},temperature={content['temperature']:g}"
+        ]
+        == best
+    )
+    similar = manifest["similar_items"]
+    assert similar["embedding_weight"] + similar["co_consumption_weight"] == pytest.approx(1.0)
+    grid = similar["validation"]["by_co_consumption_share"]
+    assert grid[f"{similar['co_consumption_weight']:g}"]["ndcg@10"] == max(g["ndcg@10"] for g in grid.values())
     # Fitted on everything: the served histories hold every positive, the held-out ones included.
     assert manifest["dataset"]["fit"] == "all"
     assert manifest["dataset"]["served_positives"] == manifest["dataset"]["n_positives"]

@@ -16,6 +16,10 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
 
 
+DELETE = object()  # edit_manifest: remove the field
+BEFORE_SCHEMA_5 = {"content": DELETE, "similar_items": DELETE}
+
+
 def edit_manifest(path: Path, edit: dict[str, object]) -> None:
     manifest = json.loads((path / MANIFEST).read_text())
     for dotted, value in edit.items():
@@ -23,7 +27,10 @@ def edit_manifest(path: Path, edit: dict[str, object]) -> None:
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node[key]
-        node[leaf] = value
+        if value is DELETE:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
     (path / MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -70,9 +77,11 @@ def test_schema_and_manifest_errors(bundle_copy: Path, tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "nope")
     edit_manifest(bundle_copy, {"schema_version": 99})
-    with pytest.raises(BundleError, match=r"schema_version 99 is not supported \(this service reads schemas 2, 3, 4\)"):
+    with pytest.raises(
+        BundleError, match=r"schema_version 99 is not supported \(this service reads schemas 2, 3, 4, 5\)"
+    ):
         load_bundle(bundle_copy)
-    edit_manifest(bundle_copy, {"schema_version": 3, "bundle_version": "../escape"})
+    edit_manifest(bundle_copy, {"schema_version": 5, "bundle_version": "../escape"})
     with pytest.raises(BundleError, match="invalid manifest: bundle_version"):
         load_bundle(bundle_copy)
     (bundle_copy / MANIFEST).write_text("{not json")
@@ -140,7 +149,7 @@ def test_negative_feedback_files_checked_and_older_schemas_have_none(bundle_copy
     with pytest.raises(BundleError, match=r"files lists no entry for negative_items\.npy"):
         load_bundle(bundle_copy)
     # A schema 3 bundle (before negative feedback) loads with none.
-    edit_manifest(bundle_copy, {"schema_version": 3})
+    edit_manifest(bundle_copy, {"schema_version": 3, **BEFORE_SCHEMA_5})
     old = load_bundle(bundle_copy)
     assert len(old.negative_items) == 0
     assert (old.seen(user) == old.history(user)).all()
@@ -154,3 +163,35 @@ def test_negative_feedback_files_checked_and_older_schemas_have_none(bundle_copy
     _rewrite(bundle_copy, "negative_items.npy", np.full_like(bundle.negative_items, bundle.manifest.dims.n_items))
     with pytest.raises(BundleError, match=r"negative_items\.npy: item indices outside"):
         load_bundle(bundle_copy)
+
+
+def test_content_vectors_and_similar_items_spec(bundle_copy: Path) -> None:
+    """Schema 5: the content vectors are checked (listed, float16 of the manifest's width, finite); a schema 4
+    bundle has none (items added live go through the item tower) and similar items by cosine alone."""
+    bundle = load_bundle(bundle_copy)
+    spec = bundle.manifest.content
+    assert spec is not None
+    assert bundle.item_content is not None
+    assert bundle.item_content.shape == (bundle.manifest.dims.n_items, spec.dim)
+    np.testing.assert_allclose(np.linalg.norm(bundle.item_content.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    assert spec.text_weight > spec.categories_weight > spec.year_weight > 0  # the text carries the weight
+    _rewrite(bundle_copy, "item_content.npy", bundle.item_content.astype(np.float32))
+    with pytest.raises(BundleError, match=r"item_content\.npy: dtype float32, expected float16"):
+        load_bundle(bundle_copy)
+    _rewrite(bundle_copy, "item_content.npy", bundle.item_content[:, :-1].copy())
+    with pytest.raises(BundleError, match=r"item_content\.npy: shape .* does not match"):
+        load_bundle(bundle_copy)
+    broken = bundle.item_content.copy()
+    broken[0, 0] = np.nan
+    _rewrite(bundle_copy, "item_content.npy", broken)
+    with pytest.raises(BundleError, match=r"item_content\.npy: content vectors must be finite"):
+        load_bundle(bundle_copy)
+    _rewrite(bundle_copy, "item_content.npy", bundle.item_content)
+    edit_manifest(bundle_copy, {"schema_version": 4})
+    with pytest.raises(BundleError, match="content needs schema_version 5, not 4"):
+        load_bundle(bundle_copy)
+    edit_manifest(bundle_copy, BEFORE_SCHEMA_5)
+    old = load_bundle(bundle_copy)
+    assert old.item_content is None
+    assert old.manifest.content is None
+    assert old.manifest.similar_items.co_consumption_weight == 0.0

@@ -142,21 +142,36 @@ def test_event_validation_names_the_field(client: TestClient, tiny_bundle: Path)
 
 
 def test_similar_items(client: TestClient, tiny_bundle: Path) -> None:
+    """The answer is the top k of the manifest's blend over the whole catalogue: two-tower cosine, and the
+    co-consumption weight B[a, c] of the queried item a in each item c's neighbour list, scaled by a's largest."""
     bundle = load_bundle(tiny_bundle)
-    item_id = bundle.item_ids[4]
-    response = client.get(f"/v1/items/{item_id}/similar", params={"k": 8})
+    spec = bundle.manifest.similar_items
+    assert spec.co_consumption_weight > 0  # the tiny data's validation chose co-consumption (the test needs it)
+    a = 4
+    item_id = bundle.item_ids[a]
+    response = client.get(f"/v1/items/{item_id}/similar", params={"k": 8, "explain": "true"})
     assert response.status_code == 200, response.text
-    items = response.json()["items"]
+    body = response.json()
+    assert body["method"].startswith(spec.method)
+    assert f"co-consumption {spec.co_consumption_weight:g}" in body["method"]
+    items = body["items"]
     assert len(items) == 8
     ids = [it["item_id"] for it in items]
     assert item_id not in ids
     emb = bundle.item_embeddings
-    expected = emb[[bundle.item_index[i] for i in ids]] @ emb[4]
-    np.testing.assert_allclose([it["score"] for it in items], expected, atol=1e-5)
-    # Exactly the 8 nearest by cosine (ties aside).
-    cosine = emb @ emb[4]
-    cosine[4] = -np.inf
-    assert min(expected) >= np.sort(cosine)[-8] - 1e-5
+    cosine = emb @ emb[a]
+    co = np.zeros(len(emb), dtype=np.float32)
+    owners, slots = np.nonzero(bundle.item_neighbours == a)
+    co[owners] = bundle.item_neighbour_weights[owners, slots]
+    co /= co.max()
+    blend = spec.embedding_weight * cosine + spec.co_consumption_weight * co
+    rows = [bundle.item_index[i] for i in ids]
+    np.testing.assert_allclose([it["score"] for it in items], blend[rows], atol=1e-5)
+    np.testing.assert_allclose([it["reason"]["embedding_cosine"] for it in items], cosine[rows], atol=1e-5)
+    np.testing.assert_allclose([it["reason"]["co_consumption"] for it in items], co[rows], atol=1e-5)
+    blend[a] = -np.inf
+    assert min(blend[rows]) >= np.sort(blend)[-8] - 1e-5  # exactly the 8 best (ties aside)
+    assert client.get(f"/v1/items/{item_id}/similar", params={"k": 8}).json()["items"][0]["reason"] is None
     excluded = client.get(f"/v1/items/{item_id}/similar", params={"k": 8, "exclude_item_ids": ids[:2]}).json()
     assert not set(ids[:2]) & {it["item_id"] for it in excluded["items"]}
     missing = client.get("/v1/items/nope/similar")
