@@ -46,7 +46,7 @@ from model_export.train import (
 from model_export.two_tower import ItemTower, UserTower
 from service import bundle as files
 from service.bundle import Bundle, load_bundle
-from service.content import ContentWeights, content_vectors, mapped_embeddings, nearest_by_content
+from service.content import ContentWeights, content_vectors
 from service.features import RANKER_CONTEXT_FEATURES, history_windows
 from service.pipeline import Pipeline
 
@@ -301,44 +301,17 @@ def _similar_items_spec(choice: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-CONTENT_NEIGHBOURS = (10, 30)
-CONTENT_TEMPERATURES = (0.02, 0.05, 0.1, 0.2)
-CONTENT_SAMPLE = 1000
-
-
-def _content(
-    dataset: Dataset, item_embeddings: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """The trained items' content vectors (service.content) and the mapping's settings: the neighbour count
-    and temperature whose content-mapped embedding comes closest (mean cosine) to the trained one, each of a
-    sample of trained items left out of its own neighbours."""
+def _content(dataset: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
+    """The trained items' content vectors (service.content), float16, and the manifest's `content`."""
     weights = ContentWeights()
     text = dataset.item_text if dataset.item_text is not None else np.zeros((dataset.n_items, 0), np.float32)
     content = content_vectors(text, dataset.item_dense, dataset.item_dense_names, weights)
-    sample = _sample(dataset.n_items, CONTENT_SAMPLE, rng)
-    grid: dict[str, float] = {}
-    best = (-np.inf, CONTENT_NEIGHBOURS[0], CONTENT_TEMPERATURES[-1])
-    for k in CONTENT_NEIGHBOURS:
-        neighbours, cosines = nearest_by_content(content[sample], content, k, exclude=sample)
-        for temperature in CONTENT_TEMPERATURES:
-            placed = mapped_embeddings(neighbours, cosines, item_embeddings, temperature)
-            closeness = float(np.einsum("be,be->b", placed, item_embeddings[sample]).mean())
-            grid[f"neighbours={k},temperature={temperature:g}"] = round(closeness, 4)
-            best = max(best, (closeness, k, temperature))
     spec = {
         "dim": content.shape[1],
         "text_weight": weights.text,
         "categories_weight": weights.categories,
         "year_weight": weights.year,
         "year_bucket": weights.year_bucket,
-        "neighbours": best[1],
-        "temperature": best[2],
-        "validation": {
-            "protocol": "leave one out: mean cosine between a trained item's content-placed embedding (itself "
-            "excluded from its neighbours) and its trained embedding",
-            "items": len(sample),
-            "by_setting": grid,
-        },
     }
     return content.astype(np.float16), spec
 
@@ -437,7 +410,7 @@ def _write(
     writer.json(files.ITEM_TITLES, dataset.item_titles)
     writer.array(files.NEGATIVE_OFFSETS, negative_offsets)
     writer.array(files.NEGATIVE_ITEMS, negative_items)
-    content, content_spec = _content(dataset, item_embeddings, rng)
+    content, content_spec = _content(dataset)
     writer.array(files.ITEM_CONTENT, content)
 
     created = datetime.now(UTC).replace(microsecond=0)

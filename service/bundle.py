@@ -121,17 +121,14 @@ class IndexInfo(_Strict):
 
 
 class ContentSpec(_Strict):
-    """How items without a trained embedding are placed (service.content): content vectors' weights, and the
-    mapping's neighbour count and temperature, with the exporter's leave-one-out comparison that chose them."""
+    """The content vectors' block weights (service.content): an item added live with a trained item's content
+    takes its place."""
 
     dim: int = Field(ge=1)
     text_weight: float = Field(ge=0)
     categories_weight: float = Field(ge=0)
     year_weight: float = Field(ge=0)
     year_bucket: int = Field(ge=1)
-    neighbours: int = Field(ge=1)
-    temperature: float = Field(gt=0)
-    validation: dict[str, Any] = Field(default_factory=dict)
 
 
 class SimilarItemsSpec(_Strict):

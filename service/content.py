@@ -1,4 +1,4 @@
-"""Where an item the models never trained on belongs: its content, matched against the trained items' content.
+"""Items whose content is a trained item's: the content vector, and the match against the trained items'.
 
 An item's *content vector* is its text embedding (the bundle's pretrained sentence encoder), its categories
 (genres, as given) and its release year in decade buckets, each block L2-normalised and weighted so that the
@@ -6,13 +6,13 @@ text carries the weight and the year stays a weak feature; the whole vector is L
 stores the trained items' content vectors in the bundle (`item_content.npy`) with the weights it used
 (`manifest.content`).
 
-An item added live (or any item without a trained embedding) is embedded as the softmax-weighted mean of the
-trained embeddings of its `neighbours` nearest trained items by content (weights exp(cosine / temperature)),
-L2-normalised: it sits where the trained items of the same content sit; an item whose content equals a trained
-item's takes that item's place. The exporter chooses the temperature and the neighbour count by leaving each
-of a sample of trained items out and asking how close its content-mapped embedding comes to its trained one.
+An item added live whose content vector equals trained items' (cosine >= IDENTICAL: the same title, genres and
+year, e.g. a trained item PUT again under a new id) takes their place: the mean of their trained embeddings.
+Any other item is embedded by the item tower from its content alone (service.item_encoder). A softmax-weighted
+mean of the nearest trained items by content (`mapped_embeddings`) was measured as the general placement too and
+lost to the item tower on cold items (docs/items.md); it stays here as that measurement's code.
 
-Pure numpy, shared by the exporter and the service (`service.item_encoder`).
+Pure numpy, shared by the exporter and the service.
 """
 
 from __future__ import annotations
@@ -100,17 +100,29 @@ def nearest_by_content(
     return np.take_along_axis(best_items, order, 1), np.take_along_axis(best_scores, order, 1)
 
 
+def identical_places(
+    neighbours: np.ndarray, cosines: np.ndarray, item_embeddings: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query, whether trained items have its content (cosine >= IDENTICAL among its `neighbours`, from
+    `nearest_by_content`) and, where they do, the mean of their trained embeddings, L2-normalised.
+    Returns (found (B,) bool, embeddings (B, E) float32; rows without a match are zeros)."""
+    identical = cosines >= IDENTICAL  # (B, k)
+    found = np.asarray(identical.any(axis=1), dtype=bool)
+    out = np.zeros((len(neighbours), item_embeddings.shape[1]), dtype=np.float32)
+    if found.any():
+        weights = identical[found].astype(np.float64)
+        mixed = np.einsum("bk,bke->be", weights, item_embeddings[neighbours[found]].astype(np.float64))
+        out[found] = _unit(mixed.astype(np.float32))
+    return found, out
+
+
 def mapped_embeddings(
     neighbours: np.ndarray, cosines: np.ndarray, item_embeddings: np.ndarray, temperature: float
 ) -> np.ndarray:
-    """The softmax(cosine / temperature)-weighted mean of the neighbours' trained embeddings, L2-normalised; an
-    item whose content is identical to trained items' (cosine >= IDENTICAL) takes their place (their mean).
+    """The softmax(cosine / temperature)-weighted mean of the neighbours' trained embeddings, L2-normalised.
     neighbours, cosines (B, k) from `nearest_by_content`; item_embeddings (I, E). (B, E) float32"""
     logits = cosines.astype(np.float64) / temperature
     weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    identical = cosines >= IDENTICAL
-    twins = identical.any(axis=1)
-    weights[twins] = identical[twins]
     weights /= weights.sum(axis=1, keepdims=True)
     mixed = np.einsum("bk,bke->be", weights, item_embeddings[neighbours].astype(np.float64))
     return _unit(mixed.astype(np.float32))

@@ -1,8 +1,8 @@
 """Items added after training: their text through the bundle's ONNX text encoder (tokenizer.json with the
-`tokenizers` package: no torch), then placed among the trained items by content (service.content: the
-softmax-weighted mean of the trained embeddings of the items nearest by content, as the manifest's `content`
-says), so an item sits where trained items of the same content sit. Bundles before schema 5 have no content
-vectors: there the ONNX item tower embeds the item through its unknown-item row (content only)."""
+`tokenizers` package: no torch), then the ONNX item tower through its unknown-item row, so the embedding
+comes from content alone, in the same space as the trained items'. An item whose content is a trained item's
+(service.content: the same content vector) takes that item's place instead (schema 5 bundles, which hold the
+trained items' content vectors)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from service.bundle import ITEM_TOWER, TEXT_ENCODER, TOKENIZER, Bundle, BundleError
-from service.content import ContentWeights, content_vectors, mapped_embeddings, nearest_by_content
+from service.content import ContentWeights, content_vectors, identical_places, nearest_by_content
 from service.runtime import open_session
 from service.user_encoder import check_inputs
 
+IDENTICAL_CANDIDATES = 8  # trained items looked at for an identical content vector
 MAX_TOKENS = 128  # item texts are short; longer ones are truncated (the model was trained with up to 256)
 
 
@@ -68,15 +69,14 @@ class ItemEncoder:
         out = self._text_session.run(None, tokenize(self._tokenizer, texts))[0]
         return np.ascontiguousarray(out, dtype=np.float32)
 
-    @property
-    def method(self) -> str:
-        return "content neighbours" if self._content is not None else "item tower (unknown-item row)"
-
     def encode(self, dense: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """(B, E) embeddings of items from their dense features (B, D) and texts."""
-        if self._content is not None and self._spec is not None:
-            return self.place(self.content(dense, texts))
-        return self.tower(dense, texts)
+        embeddings = self.tower(dense, texts)
+        if self._content is not None:
+            neighbours, cosines = nearest_by_content(self.content(dense, texts), self._content, IDENTICAL_CANDIDATES)
+            found, places = identical_places(neighbours, cosines, self._trained_embeddings)
+            embeddings[found] = places[found]
+        return embeddings
 
     def content(self, dense: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """(B, C) content vectors, as the exporter computed the trained items'."""
@@ -84,13 +84,6 @@ class ItemEncoder:
         spec = self._spec
         weights = ContentWeights(spec.text_weight, spec.categories_weight, spec.year_weight, spec.year_bucket)
         return content_vectors(self.embed_texts(texts), dense, self._dense_names, weights)
-
-    def place(self, content: np.ndarray) -> np.ndarray:
-        """(B, E): each content vector's place among the trained items (service.content.mapped_embeddings)."""
-        assert self._content is not None, "this bundle has no content vectors"
-        assert self._spec is not None, "this bundle has no content vectors"
-        neighbours, cosines = nearest_by_content(content, self._content, self._spec.neighbours)
-        return mapped_embeddings(neighbours, cosines, self._trained_embeddings, self._spec.temperature)
 
     def tower(self, dense: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """(B, E) through the item tower's unknown-item row (content only)."""
