@@ -15,7 +15,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from service.bundle import ITEM_TOWER, TEXT_ENCODER, TOKENIZER, Bundle, BundleError
-from service.content import ContentWeights, content_vectors, identical_places, nearest_by_content
+from service.content import IDENTICAL, ContentWeights, content_vectors, identical_places, nearest_by_content
 from service.runtime import open_session
 from service.user_encoder import check_inputs
 
@@ -71,12 +71,19 @@ class ItemEncoder:
 
     def encode(self, dense: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """(B, E) embeddings of items from their dense features (B, D) and texts."""
+        return self.encode_with_twins(dense, texts)[0]
+
+    def encode_with_twins(self, dense: np.ndarray, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(B, E) embeddings, and for each item the trained items whose content it has (int64, often empty):
+        such an item takes their place."""
         embeddings = self.tower(dense, texts)
+        twins = [np.zeros(0, dtype=np.int64) for _ in range(len(dense))]
         if self._content is not None:
             neighbours, cosines = nearest_by_content(self.content(dense, texts), self._content, IDENTICAL_CANDIDATES)
             found, places = identical_places(neighbours, cosines, self._trained_embeddings)
             embeddings[found] = places[found]
-        return embeddings
+            twins = [neighbours[row][cosines[row] >= IDENTICAL] for row in range(len(dense))]
+        return embeddings, twins
 
     def content(self, dense: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """(B, C) content vectors, as the exporter computed the trained items'."""

@@ -135,6 +135,6 @@ class LiveItems:
         names = self._pipeline.bundle.manifest.feature_spec.item_dense
         dense = np.stack([item_dense_row(names, r.genres, r.year) for r in records])
         texts = [item_text(r.title, r.genres, r.description) for r in records]
-        embeddings = self._encoder.encode(dense, texts)
-        self._pipeline.add_items([r.item_id for r in records], [r.title for r in records], dense, embeddings)
+        embeddings, twins = self._encoder.encode_with_twins(dense, texts)
+        self._pipeline.add_items([r.item_id for r in records], [r.title for r in records], dense, embeddings, twins)
         self._records.update({r.item_id: r for r in records})

@@ -81,6 +81,7 @@ class Pipeline:
         self.encoder = encoder
         self.retriever = retriever
         self.ranker = ranker
+        self.twins: dict[int, np.ndarray] = {}  # item added live -> the trained items with its content
         # The unknown-user embedding depends on nothing but the model: compute it once.
         self.unknown_user_embedding = encoder.encode(np.array([UNKNOWN_USER]))[0]
 
@@ -218,12 +219,23 @@ class Pipeline:
                 r.timings["user_encoding"] = t1 - t0
         return out
 
-    def add_items(self, ids: list[str], titles: list[str], dense: np.ndarray, embeddings: np.ndarray) -> None:
+    def add_items(
+        self,
+        ids: list[str],
+        titles: list[str],
+        dense: np.ndarray,
+        embeddings: np.ndarray,
+        twins: Sequence[np.ndarray] | None = None,
+    ) -> None:
         """Append items added live (not in the bundle): they join the catalogue (no popularity, no co-occurrence
         neighbours yet) and the index, recommendable and findable as similar from the next request on. The
         bundle object is replaced, never mutated, so a request in flight keeps a consistent view. Callers
-        serialise calls (LiveItems holds a lock)."""
+        serialise calls (LiveItems holds a lock). `twins`: per item, the trained items whose content it has (it
+        took their place); its similar items then blend in their co-consumption."""
         b = self.bundle
+        for j, found in enumerate(twins or []):
+            if len(found):
+                self.twins[len(b.item_ids) + j] = np.asarray(found, dtype=np.int64)
         n, k = len(ids), b.item_neighbours.shape[1]
         zeros = np.zeros(n, dtype=np.float32)
         bundle = replace(
@@ -253,8 +265,22 @@ class Pipeline:
         _, candidates = self.retriever.search(
             self.bundle.item_embeddings[item][None, :], max(k, spec.candidates) + len(blocked)
         )
-        co_items, co_weights = co_consumed(self.ranker.neighbours, item)
+        co_items, co_weights = self.co_consumption(item)
         return rank_similar(item, candidates[0], self.bundle.item_embeddings, co_items, co_weights, weights, k, blocked)
+
+    def co_consumption(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """What liking `item` predicts (service.similar.co_consumed). An item added live with a trained item's
+        content has that item's: the original's list, the original itself first (it is the same content)."""
+        originals = self.twins.get(item)
+        if originals is None:
+            return co_consumed(self.ranker.neighbours, item)
+        lists = [co_consumed(self.ranker.neighbours, int(o)) for o in originals]
+        rest = np.concatenate([np.zeros(0, np.float32), *(w for _, w in lists)])
+        top = float(rest.max()) if len(rest) else 1.0
+        items = np.concatenate([originals, *(i for i, _ in lists)])
+        weights = np.concatenate([np.full(len(originals), top, dtype=np.float32), rest])
+        unique, first = np.unique(items, return_index=True)  # an item on several lists: its first entry
+        return unique, weights[first]
 
     def retrieve(self, users: np.ndarray, embeddings: np.ndarray, k: int) -> list[np.ndarray]:
         """Retrieval stage alone for a batch (for evaluation): top k by two-tower score, seen items removed."""

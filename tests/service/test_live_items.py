@@ -108,3 +108,33 @@ def test_admin_token_guards_item_upserts(live_settings: Settings) -> None:
         assert client.put("/v1/items/new-4", json=NEW, headers={"authorization": "Bearer nope"}).status_code == 403
         ok = client.put("/v1/items/new-4", json=NEW, headers={"authorization": f"Bearer {token}"})
         assert ok.status_code == 200
+
+
+def test_a_trained_items_twin_takes_its_place_and_its_similar_items(live_settings: Settings, tiny_bundle: Path) -> None:
+    """A trained item PUT again under a new id (its title, genres and year) gets the original's embedding, the
+    original as its most similar item, then the original's own similar items (its co-consumption too)."""
+    bundle = load_bundle(tiny_bundle)
+    names = bundle.manifest.feature_spec.item_dense
+    original = 7
+    genres = [
+        n.removeprefix("genre:")
+        for j, n in enumerate(names)
+        if n.startswith("genre:") and bundle.item_dense[original, j]
+    ]
+    year = round(float(bundle.item_dense[original, names.index("release_year")]) * 130 + 1900)
+    body = {"title": bundle.item_titles[original], "genres": genres, "year": year}
+    with TestClient(create_app(live_settings)) as client:
+        assert client.put("/v1/items/twin-7", json=body).status_code == 200
+        pipeline = client.app.state.reco.pipeline  # type: ignore[attr-defined]
+        twin = pipeline.bundle.item_index["twin-7"]
+        np.testing.assert_allclose(pipeline.bundle.item_embeddings[twin], bundle.item_embeddings[original], atol=1e-6)
+        similar = [it["item_id"] for it in client.get("/v1/items/twin-7/similar", params={"k": 6}).json()["items"]]
+        own = [
+            it["item_id"]
+            for it in client.get(f"/v1/items/{bundle.item_ids[original]}/similar", params={"k": 5}).json()["items"]
+        ]
+        assert similar[0] == bundle.item_ids[original]
+        assert similar[1:] == [i for i in own if i != "twin-7"][:5]
+        # Other content: the item tower's embedding, no twin.
+        assert client.put("/v1/items/other", json=NEW).status_code == 200
+        assert pipeline.bundle.item_index["other"] not in pipeline.twins
