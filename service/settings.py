@@ -13,7 +13,8 @@ DEFAULT_TOKENS = {"changeme", "change-me", "admin", "secret", "password", "token
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECO_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a bad setting's message never echoes what was given (a token, a URL with a password).
+    model_config = SettingsConfigDict(env_prefix="RECO_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     bundle_path: Path = Field(Path("bundles/current"), description="Model bundle directory (or a symlink to one).")
     device: Literal["auto", "cpu", "cuda"] = Field(
