@@ -267,7 +267,12 @@ async def reload_bundle(
     symlink), warm it up and swap it in atomically; in-flight requests finish on the old one. A bundle that does
     not validate is refused (422, with the reason) and the old one keeps serving."""
     require_admin(state, authorization)
-    return await _reload(state, body.bundle_path if body and body.bundle_path else None)
+    path = body.bundle_path if body and body.bundle_path else None
+    if path is not None and not _under(pathlib.Path(path), state.settings.reload_root):
+        state.metrics.reloads.labels("refused").inc()
+        # Nothing about the path itself (whether it exists, what it holds): only where bundles may come from.
+        raise Forbidden("body.bundle_path: bundles are loaded from under the bundles root (RECO_BUNDLES_ROOT) only")
+    return await _reload(state, path)
 
 
 @router.post("/admin/rollback", response_model=Reloaded, responses=_ERRORS | _ADMIN_ERRORS | _RELOAD_ERRORS)
@@ -286,6 +291,14 @@ async def _reload(state: AppState, path: str | pathlib.Path | None) -> Reloaded:
         state.metrics.reloads.labels("refused").inc()
         raise Conflict(f"body.bundle_path: bundle refused, still serving {state.bundle.version}: {e}") from e
     return Reloaded(previous_version=old, bundle_version=new)
+
+
+def _under(path: pathlib.Path, root: pathlib.Path) -> bool:
+    """Whether `path`, symlinks followed, lies under `root` (resolved). A path that cannot be resolved is not."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+        return False
 
 
 @router.get("/healthz")

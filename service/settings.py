@@ -17,6 +17,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECO_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     bundle_path: Path = Field(Path("bundles/current"), description="Model bundle directory (or a symlink to one).")
+    bundles_root: Path | None = Field(
+        None,
+        description="POST /admin/reload loads bundles from under this directory only; unset: the directory holding "
+        "RECO_BUNDLE_PATH's target (e.g. bundles/ for bundles/current -> bundles/<version>).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: the GPU when ONNX Runtime / FAISS see one, else the CPU."
     )
@@ -153,6 +158,11 @@ class Settings(BaseSettings):
         "cache and events); metrics are aggregated over the processes (Prometheus multiprocess mode); the "
         "admin reload and rollback are refused (restart instead).",
     )
+
+    @property
+    def reload_root(self) -> Path:
+        """The directory reloads may load from (resolved: symlinks followed)."""
+        return (self.bundles_root or self.bundle_path.resolve().parent).resolve()
 
     @property
     def batch_loops(self) -> int:

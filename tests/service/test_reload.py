@@ -80,8 +80,16 @@ def test_reload_under_traffic_then_refuse_a_corrupt_bundle_then_roll_back(
         keys = list(cache._entries)
         assert {k.split(":")[1] for k in keys} == {version_a, version_b}
 
+        # Only from under the bundles root (by default the directory holding `current`'s target: now
+        # second_bundle's): anywhere else is a 403 that says nothing of the path, existing or not.
+        for outside in (tiny_bundle.parent / "nope", Path("/etc"), tmp_path.parent / "x\x00y"):
+            denied = client.post("/admin/reload", json={"bundle_path": str(outside)}, headers=AUTH)
+            assert denied.status_code == 403, denied.text
+            assert denied.json()["message"] == (
+                "body.bundle_path: bundles are loaded from under the bundles root (RECO_BUNDLES_ROOT) only"
+            )
         # A corrupt bundle is refused with its reason; B keeps serving.
-        corrupt = tmp_path / "corrupt"
+        corrupt = second_bundle.parent / "corrupt"
         shutil.copytree(second_bundle, corrupt)
         (corrupt / "item_embeddings.npy").write_bytes(b"not the file the manifest hashed")
         refused = client.post("/admin/reload", json={"bundle_path": str(corrupt)}, headers=AUTH)
@@ -98,7 +106,7 @@ def test_reload_under_traffic_then_refuse_a_corrupt_bundle_then_roll_back(
         assert client.post("/v1/recommendations", json={"user_id": "1", "k": 5}).json()["bundle_version"] == version_a
         metrics = client.get("/metrics").text
         assert 'reco_bundle_reloads_total{result="ok"} 2.0' in metrics
-        assert 'reco_bundle_reloads_total{result="refused"} 1.0' in metrics
+        assert 'reco_bundle_reloads_total{result="refused"} 4.0' in metrics
         assert json.loads(json.dumps(client.get("/readyz").json()))["bundle_version"] == version_a
 
 
