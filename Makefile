@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 BUNDLES ?= bundles
-HOST ?= 0.0.0.0
+# Dev mode (make run) leaves the admin endpoints open without a token: loopback only unless HOST is given.
+HOST ?= 127.0.0.1
 PORT ?= 8000
 # torch 2.13.0: a CPU build of it is on the dev/CI machines' disk; elsewhere pip downloads it.
 TORCH ?= torch==2.13.0

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from service.settings import Settings
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
 def test_readme_documents_every_setting() -> None:
@@ -16,3 +18,11 @@ def test_readme_starts_with_the_two_commands() -> None:
     first_block = README.split("```bash", 1)[1].split("```", 1)[0]
     assert "make run" in first_block
     assert "make test" in first_block
+
+
+def test_make_run_listens_on_loopback_unless_a_host_is_given() -> None:
+    """`make run` is dev mode (admin endpoints open without a token): it must not listen on every interface."""
+    dry = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "--host 127.0.0.1" in dry
+    given = subprocess.run(["make", "-n", "run", "HOST=0.0.0.0"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "--host 0.0.0.0" in given
