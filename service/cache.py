@@ -154,6 +154,11 @@ class CircuitBreaker:
         if self._consecutive >= self._threshold:
             self._open_until = time.monotonic() + self._reset_s
 
+    def release(self) -> None:
+        """End of a call, whatever ended it: a trial that neither succeeded nor failed (cancelled, e.g. by the
+        request's deadline) must not leave the breaker waiting for it for good. Call in a `finally`."""
+        self._trial_in_flight = False
+
 
 class RedisEmbeddingCache:
     backend = "redis"
@@ -197,6 +202,8 @@ class RedisEmbeddingCache:
         except (RedisError, OSError, TimeoutError):
             self.breaker.failure()
             return None, CacheResult.ERROR
+        finally:
+            self.breaker.release()
         self.breaker.success()
         if raw is None:
             return None, CacheResult.MISS
@@ -212,6 +219,8 @@ class RedisEmbeddingCache:
         except (RedisError, OSError, TimeoutError):
             self.breaker.failure()
             return CacheResult.ERROR
+        finally:
+            self.breaker.release()
         self.breaker.success()
         return CacheResult.STORED
 
@@ -236,6 +245,8 @@ class RedisEmbeddingCache:
         except (RedisError, OSError, TimeoutError):
             self.breaker.failure()
             return "unreachable"
+        finally:
+            self.breaker.release()
         self.breaker.success()
         return "ok"
 

@@ -71,6 +71,44 @@ def test_circuit_breaker_states() -> None:
     assert breaker.allow()
 
 
+class _HangingReads:
+    """A read pipeline whose reads never answer (a hung Redis, as seen from a caller)."""
+
+    async def execute(self, *args: object) -> object:
+        await asyncio.sleep(3600)
+        return None
+
+
+def test_a_cancelled_trial_does_not_leave_the_breaker_open() -> None:
+    """The half-open trial cancelled from outside (a request deadline) neither succeeds nor fails: the next call
+    after it may try again, instead of Redis being skipped until restart."""
+    from service.cache import RedisEmbeddingCache
+
+    async def scenario() -> bool:
+        breaker = CircuitBreaker(failures=1, reset_s=0.01)
+        cache = RedisEmbeddingCache(
+            "redis://127.0.0.1:1/0",  # never connected: reads go to the hanging pipeline
+            ttl_s=60,
+            dim=4,
+            socket_timeout_s=30.0,
+            connect_timeout_s=30.0,
+            pool_size=1,
+            breaker=breaker,
+            reads=_HangingReads(),  # type: ignore[arg-type]
+        )
+        breaker.failure()  # open
+        await asyncio.sleep(0.02)  # the reset period passes: the next call is the trial
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):  # the request's deadline cancels the trial
+                await cache.get("k")
+        await asyncio.sleep(0.02)
+        allowed = breaker.allow()  # a new trial is allowed (without the release: never again)
+        await cache.close()
+        return allowed
+
+    assert asyncio.run(scenario())
+
+
 @pytest.fixture
 def redis_client(tiny_bundle: Path, settings: Settings) -> Iterator[TestClient]:
     app = create_app(settings.model_copy(update={"redis_url": f"redis://{REDIS_HOST}:{REDIS_PORT}/0"}))
