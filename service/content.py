@@ -10,7 +10,8 @@ An item added live whose content vector equals trained items' (cosine >= IDENTIC
 year, e.g. a trained item PUT again under a new id) takes their place: the mean of their trained embeddings.
 Any other item is embedded by the item tower from its content alone (service.item_encoder). A softmax-weighted
 mean of the nearest trained items by content (`mapped_embeddings`) was measured as the general placement too and
-lost to the item tower on cold items (docs/items.md); it stays here as that measurement's code.
+lost to the item tower on cold items (docs/items.md; `python -m benchmarks.cold_placement`
+reproduces the comparison).
 
 Pure numpy, shared by the exporter and the service.
 """
