@@ -215,12 +215,30 @@ def first_positives(train: Interactions, n_items: int, users: np.ndarray, count:
 # --------------------------------------------------------------------------- the run
 
 
-def summarise(lists: dict[str, np.ndarray], relevant: list[np.ndarray]) -> dict[str, dict[str, Any]]:
+def build_with_cli(
+    copy: Path, bundles: Path, preset_name: str, seed: int, export_args: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], float]:
+    """`python -m model_export` on the MovieLens copy, as a user runs it: (the bundle's manifest, seconds)."""
+    command = [sys.executable, "-m", "model_export", "--dataset", "movielens", "--data-dir", str(copy)]
+    command += ["--out", str(bundles), "--preset", preset_name, "--seed", str(seed), "--no-progress", *export_args]
+    t0 = time.perf_counter()
+    built = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if built.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed ({built.returncode}):\n{built.stderr[-4000:]}")
+    manifest: dict[str, Any] = json.loads((bundles / "current" / "manifest.json").read_text())
+    return manifest, seconds
+
+
+def summarise(
+    lists: dict[str, np.ndarray], relevant: list[np.ndarray], metrics: tuple[str, ...] = METRICS
+) -> dict[str, dict[str, Any]]:
+    """Each list set's mean of `metrics` with a 95 % bootstrap interval; lists are top-K (U, K) arrays."""
     out: dict[str, dict[str, Any]] = {}
     for name, recs in lists.items():
         per_user = metrics_at_k(recs, relevant)
         out[name] = {}
-        for metric in METRICS:
+        for metric in metrics:
             values = per_user[metric]
             lo, hi = bootstrap_interval(values)
             out[name][metric] = {"mean": float(values.mean()), "ci95": [lo, hi]}
@@ -243,14 +261,7 @@ def run(
     split = make_split(dataset)
     copy, bundles = work / "data", work / "bundles"
     write_copy(dataset, split.train, source, layout, copy)
-    command = [sys.executable, "-m", "model_export", "--dataset", "movielens", "--data-dir", str(copy)]
-    command += ["--out", str(bundles), "--preset", preset_name, "--seed", str(seed), "--no-progress", *export_args]
-    t0 = time.perf_counter()
-    built = subprocess.run(command, capture_output=True, text=True)
-    train_seconds = time.perf_counter() - t0
-    if built.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed ({built.returncode}):\n{built.stderr[-4000:]}")
-    manifest = json.loads((bundles / "current" / "manifest.json").read_text())
+    manifest, train_seconds = build_with_cli(copy, bundles, preset_name, seed, export_args)
 
     t0 = time.perf_counter()
     baselines, chosen = fit_baselines(dataset, split, seed)

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.api_quality import make_split, write_copy
-from benchmarks.item_quality import item_record
+from benchmarks.item_quality import cold_items, item_record
 from model_export.build import build_bundle
 from model_export.config import preset
-from model_export.data import Dataset, Interactions, load_movielens, positives, temporal_split, unseen
+from model_export.data import Dataset, Interactions, load_movielens, temporal_split
 from service.bundle import Bundle, load_bundle
 from service.content import mapped_embeddings, nearest_by_content
 from service.features import item_dense_row, item_text
@@ -44,13 +44,8 @@ def main() -> None:
     dataset = load_movielens(args.data_dir)
     if args.validation:
         dataset = replace(dataset, interactions=temporal_split(dataset.interactions, 0.2)[0])
-    rng = np.random.default_rng(0)
     split = make_split(dataset)
-    cold = np.sort(rng.choice(dataset.n_items, size=round(0.1 * dataset.n_items), replace=False))
-    is_cold = np.isin(np.arange(dataset.n_items), cold)
-    train = split.train.take(np.flatnonzero(~is_cold[split.train.item]))
-    heldout = temporal_split(dataset.interactions, 0.2)[1]
-    test = unseen(positives(heldout, dataset.n_items, 4.0), split.train, dataset.n_items)
+    cold, is_cold, train, test = cold_items(dataset, split, 0.1, np.random.default_rng(0))
     test = test.take(np.flatnonzero(is_cold[test.item]))
     work = Path(tempfile.mkdtemp(prefix="cold-placement-"))
     try:

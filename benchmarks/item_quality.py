@@ -30,8 +30,6 @@ import argparse
 import json
 import logging
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -42,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.api_quality import make_split, post, write_copy
+from benchmarks.api_quality import Split, build_with_cli, make_split, post, summarise, write_copy
 from benchmarks.serve import Server
-from model_export.baselines import ease_weights, interaction_matrix
+from model_export.baselines import ItemKNN, ease_weights, interaction_matrix
 from model_export.config import preset
 from model_export.data import (
     Dataset,
@@ -55,7 +53,8 @@ from model_export.data import (
     temporal_split,
     unseen,
 )
-from model_export.evaluate import DEPTH, bootstrap_interval, next_items, pad, per_user_metrics
+from model_export.evaluate import next_items
+from service.features import year_of
 
 K = 10
 COLD_K = 50
@@ -94,10 +93,7 @@ def item_record(dataset: Dataset, item: int) -> dict[str, Any]:
 
 def release_years(dataset: Dataset) -> np.ndarray:
     """(I,) int: each item's release year from its dense feature (0: unknown)."""
-    if "release_year" not in dataset.item_dense_names:
-        return np.zeros(dataset.n_items, dtype=np.int64)
-    scaled = dataset.item_dense[:, dataset.item_dense_names.index("release_year")].astype(np.float64)
-    return np.where(np.abs(scaled - 0.5) > 1e-6, np.rint(scaled * 130 + 1900), 0).astype(np.int64)
+    return year_of(dataset.item_dense, dataset.item_dense_names)
 
 
 def similar_ids(server: Server, item_id: str, k: int) -> list[str]:
@@ -113,15 +109,17 @@ def neighbour_lists(similarity: np.ndarray, queries: np.ndarray, k: int) -> np.n
     return np.argsort(-rows, axis=1, kind="stable")[:, :k]
 
 
-def summarise(lists: dict[str, np.ndarray], relevant: list[np.ndarray]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for name, recs in lists.items():
-        per_query = per_user_metrics(pad(list(recs), DEPTH), relevant)
-        out[name] = {}
-        for metric in (f"recall@{K}", f"ndcg@{K}"):
-            lo, hi = bootstrap_interval(per_query[metric])
-            out[name][metric] = {"mean": float(per_query[metric].mean()), "ci95": [lo, hi]}
-    return out
+def cold_items(
+    dataset: Dataset, split: Split, share: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, Interactions, Interactions]:
+    """A random `share` of the items, taken out of training entirely. Returns (cold item indices, (I,) mask,
+    the training part without them, every held-out positive of an item the user had not rated in training)."""
+    cold = np.sort(rng.choice(dataset.n_items, size=round(share * dataset.n_items), replace=False))
+    is_cold = np.isin(np.arange(dataset.n_items), cold)
+    train = split.train.take(np.flatnonzero(~is_cold[split.train.item]))
+    heldout = temporal_split(dataset.interactions, 0.2)[1]  # make_split's held-out part
+    test = unseen(positives(heldout, dataset.n_items, MIN_RATING), split.train, dataset.n_items)
+    return cold, is_cold, train, test
 
 
 def run(
@@ -138,32 +136,19 @@ def run(
     """The whole measurement in `work` (a scratch directory). Returns the report (JSON-serialisable)."""
     rng = np.random.default_rng(seed)
     split = make_split(dataset)
-    cold = np.sort(rng.choice(dataset.n_items, size=round(cold_share * dataset.n_items), replace=False))
-    is_cold = np.isin(np.arange(dataset.n_items), cold)
-    train_all = split.train
-    train = train_all.take(np.flatnonzero(~is_cold[train_all.item]))
+    cold, is_cold, train, test_all = cold_items(dataset, split, cold_share, rng)
     copy, bundles = work / "data", work / "bundles"
     write_copy(dataset, train, source, layout, copy, drop_items=cold)
-    command = [sys.executable, "-m", "model_export", "--dataset", "movielens", "--data-dir", str(copy)]
-    command += ["--out", str(bundles), "--preset", preset_name, "--seed", str(seed), "--no-progress"]
-    t0 = time.perf_counter()
-    built = subprocess.run(command, capture_output=True, text=True)
-    train_seconds = time.perf_counter() - t0
-    if built.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed ({built.returncode}):\n{built.stderr[-4000:]}")
-    manifest = json.loads((bundles / "current" / "manifest.json").read_text())
+    manifest, train_seconds = build_with_cli(copy, bundles, preset_name, seed)
 
     # Next-item pairs among warm items: an earlier positive, then a held-out one.
     earlier = positives(train, dataset.n_items, MIN_RATING)
-    # Held-out positives of items the user had not rated in training (the split make_split made).
-    heldout = temporal_split(dataset.interactions, 0.2)[1]
-    test_all = unseen(positives(heldout, dataset.n_items, MIN_RATING), train_all, dataset.n_items)
     later = test_all.take(np.flatnonzero(~is_cold[test_all.item]))
     queries, relevant = next_items(earlier, later, dataset.n_items)
     x = interaction_matrix(earlier, dataset.n_users, dataset.n_items)
-    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
-    xn = x.multiply(1.0 / np.maximum(norms, 1e-9)[None, :]).tocsc()
-    cosine = (xn.T @ xn).toarray()
+    knn = ItemKNN(neighbours=dataset.n_items)  # every neighbour: its cosine rows as they are
+    knn.fit(x, seed)
+    cosine = knn.sim
     cosine[:, is_cold] = -np.inf  # the baselines know no cold item either
     ease = ease_weights(x, EASE_LAMBDA)
     ease[:, is_cold] = -np.inf
@@ -207,7 +192,7 @@ def run(
         cold_relevant = {
             int(u): items for u, items in _per_user(test_all.take(np.flatnonzero(is_cold[test_all.item]))).items()
         }
-        seen_counts = np.bincount(train_all.user, minlength=dataset.n_users)  # every rating is seen
+        seen_counts = np.bincount(split.train.user, minlength=dataset.n_users)  # every rating is seen
         cold_recall, random_recall, cold_share_top = [], [], []
         for u, rel in cold_relevant.items():
             answer = post(f"{server.url}/v1/recommendations", {"user_id": dataset.user_ids[u], "k": COLD_K})
@@ -218,7 +203,7 @@ def run(
     finally:
         server.stop()
 
-    similar = summarise(lists, relevant)
+    similar = summarise(lists, relevant, (f"recall@{K}", f"ndcg@{K}"))
     twin_ranks = [r for _, r, _, _ in twin_rows]
     same_year = [np.mean(years[np.array(t)[np.array(t) >= 0]] == years[o]) for o, _, t, _ in twin_rows]
     own_same_year = [np.mean(years[own] == years[o]) for o, _, _, own in twin_rows]

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-YEAR_FIRST, YEAR_LAST = 1900, 2030  # service.features.year_feature's scale
-UNKNOWN_YEAR_FEATURE = 0.5  # what year_feature gives an item without a year
+from service.features import YEAR_FIRST, YEAR_LAST, year_of
+
 CHUNK = 65_536  # trained items compared at a time (bounds the memory of a search over a large catalogue)
 # Content vectors this close are the same content (the bundle stores them in float16: about 1e-3 of rounding).
 IDENTICAL = 0.998
@@ -65,12 +65,10 @@ def content_vectors(
     if categories:
         blocks.append(weights.categories * _unit(dense[:, categories].astype(np.float32)))
     if "release_year" in dense_names:
-        scaled = dense[:, list(dense_names).index("release_year")].astype(np.float64)
-        years = np.rint(scaled * (YEAR_LAST - YEAR_FIRST) + YEAR_FIRST)
-        bucket = ((years - YEAR_FIRST) // weights.year_bucket).astype(np.int64)
+        years = year_of(dense, dense_names)
+        known = np.flatnonzero(years > 0)  # an unknown year is no bucket at all
         one_hot = np.zeros((n, year_buckets(weights.year_bucket)), dtype=np.float32)
-        known = np.abs(scaled - UNKNOWN_YEAR_FEATURE) > 1e-6  # an unknown year is no bucket at all
-        one_hot[np.flatnonzero(known), np.clip(bucket[known], 0, one_hot.shape[1] - 1)] = 1.0
+        one_hot[known, np.clip((years[known] - YEAR_FIRST) // weights.year_bucket, 0, one_hot.shape[1] - 1)] = 1.0
         blocks.append(weights.year * one_hot)
     if not blocks:
         return np.zeros((n, 0), dtype=np.float32)
@@ -101,20 +99,10 @@ def nearest_by_content(
     return np.take_along_axis(best_items, order, 1), np.take_along_axis(best_scores, order, 1)
 
 
-def identical_places(
-    neighbours: np.ndarray, cosines: np.ndarray, item_embeddings: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """For each query, whether trained items have its content (cosine >= IDENTICAL among its `neighbours`, from
-    `nearest_by_content`) and, where they do, the mean of their trained embeddings, L2-normalised.
-    Returns (found (B,) bool, embeddings (B, E) float32; rows without a match are zeros)."""
-    identical = cosines >= IDENTICAL  # (B, k)
-    found = np.asarray(identical.any(axis=1), dtype=bool)
-    out = np.zeros((len(neighbours), item_embeddings.shape[1]), dtype=np.float32)
-    if found.any():
-        weights = identical[found].astype(np.float64)
-        mixed = np.einsum("bk,bke->be", weights, item_embeddings[neighbours[found]].astype(np.float64))
-        out[found] = _unit(mixed.astype(np.float32))
-    return found, out
+def same_content(neighbours: np.ndarray, cosines: np.ndarray) -> list[np.ndarray]:
+    """For each query, the trained items among its `neighbours` (from `nearest_by_content`) whose content it
+    has (cosine >= IDENTICAL): usually none. B arrays of int64."""
+    return [row[c >= IDENTICAL].astype(np.int64) for row, c in zip(neighbours, cosines, strict=True)]
 
 
 def mapped_embeddings(

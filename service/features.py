@@ -30,9 +30,25 @@ RANKER_CONTEXT_FEATURES = (
 )
 
 
+YEAR_FIRST, YEAR_LAST = 1900, 2030  # year_feature's scale
+UNKNOWN_YEAR_FEATURE = 0.5  # what year_feature gives an item without a year
+
+
 def year_feature(year: int | None) -> float:
     """An item's release year as its last dense feature: scaled to [0, 1] over 1900..2030; 0.5 if unknown."""
-    return 0.5 if year is None else float(np.clip((year - 1900) / 130.0, 0.0, 1.0))
+    if year is None:
+        return UNKNOWN_YEAR_FEATURE
+    return float(np.clip((year - YEAR_FIRST) / (YEAR_LAST - YEAR_FIRST), 0.0, 1.0))
+
+
+def year_of(dense: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """year_feature undone: each row's release year from its `release_year` column (names as the bundle's
+    item_dense), 0 where unknown or where there is no such column. (N,) int64"""
+    if "release_year" not in names:
+        return np.zeros(len(dense), dtype=np.int64)
+    scaled = dense[:, list(names).index("release_year")].astype(np.float64)
+    known = np.abs(scaled - UNKNOWN_YEAR_FEATURE) > 1e-6
+    return np.where(known, np.rint(scaled * (YEAR_LAST - YEAR_FIRST) + YEAR_FIRST), 0).astype(np.int64)
 
 
 def item_dense_row(names: Sequence[str], genres: Sequence[str], year: int | None) -> np.ndarray:

@@ -15,7 +15,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from service.bundle import ITEM_TOWER, TEXT_ENCODER, TOKENIZER, Bundle, BundleError
-from service.content import IDENTICAL, ContentWeights, content_vectors, identical_places, nearest_by_content
+from service.content import ContentWeights, content_vectors, nearest_by_content, same_content
 from service.runtime import open_session
 from service.user_encoder import check_inputs
 
@@ -77,12 +77,13 @@ class ItemEncoder:
         """(B, E) embeddings, and for each item the trained items whose content it has (int64, often empty):
         such an item takes their place."""
         embeddings = self.tower(dense, texts)
-        twins = [np.zeros(0, dtype=np.int64) for _ in range(len(dense))]
-        if self._content is not None:
-            neighbours, cosines = nearest_by_content(self.content(dense, texts), self._content, IDENTICAL_CANDIDATES)
-            found, places = identical_places(neighbours, cosines, self._trained_embeddings)
-            embeddings[found] = places[found]
-            twins = [neighbours[row][cosines[row] >= IDENTICAL] for row in range(len(dense))]
+        if self._content is None:
+            return embeddings, [np.zeros(0, dtype=np.int64) for _ in range(len(dense))]
+        twins = same_content(*nearest_by_content(self.content(dense, texts), self._content, IDENTICAL_CANDIDATES))
+        for row, found in enumerate(twins):
+            if len(found):  # their place: the mean of their trained embeddings
+                place = self._trained_embeddings[found].mean(axis=0)
+                embeddings[row] = place / np.linalg.norm(place)
         return embeddings, twins
 
     def content(self, dense: np.ndarray, texts: Sequence[str]) -> np.ndarray:
