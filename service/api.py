@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import hmac
 import pathlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic_core import to_json
 
+from service.auth import admin_router, client_router
 from service.bundle import BundleError
 from service.cache import CacheUnavailable
-from service.errors import Conflict, Forbidden, InvalidField, NotFound, Unauthorized, Unavailable
+from service.errors import Conflict, Forbidden, InvalidField, NotFound, Unavailable
 from service.events import DISLIKE_PREFIX, EventStoreUnavailable
 from service.features import most_similar_in_history
 from service.live_items import ItemConflict, ItemRecord
@@ -35,7 +35,9 @@ from service.schemas import (
 )
 from service.state import AppState, StateDep
 
-router = APIRouter()
+router = APIRouter()  # open: health, readiness, metrics
+client = client_router()  # RECO_API_KEY
+admin = admin_router()  # RECO_ADMIN_TOKEN
 _ERRORS: dict[int | str, dict[str, object]] = {
     422: {"model": ErrorResponse, "description": "Invalid request; `message` names the field."},
     503: {
@@ -50,7 +52,7 @@ _ERRORS[400] = {"model": ErrorResponse, "description": "The body is not valid JS
 _NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": ErrorResponse, "description": "Unknown item id."}}
 
 
-@router.post("/v1/recommendations", response_model=RecommendationResponse, responses=_ERRORS)
+@client.post("/v1/recommendations", response_model=RecommendationResponse, responses=_ERRORS)
 async def recommend(body: RecommendationRequest, request: Request, state: StateDep) -> Response:
     """Top-k items for a user: cached or computed user embedding -> FAISS candidates -> drop already-seen
     and excluded items -> ONNX ranker -> best k."""
@@ -105,7 +107,7 @@ async def recommendations_json(
     return to_json(response, inf_nan_mode="null")
 
 
-@router.post(
+@client.post(
     "/v1/events",
     response_model=EventsAccepted,
     responses=_ERRORS | {404: {"model": ErrorResponse, "description": "An unknown item id."}},
@@ -124,6 +126,9 @@ async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
     for n, event in enumerate(body.events):
         entry = (DISLIKE_PREFIX if event.event_type == "dislike" else "") + event.item_id
         per_user.setdefault(event.user_id, []).append((event.timestamp or 0.0, n, entry))
+    if len(per_user) > state.settings.max_event_users_per_request:
+        limit = state.settings.max_event_users_per_request
+        raise InvalidField(("body", "events"), f"at most {limit} distinct users per request, got {len(per_user)}")
     ordered = {user: [entry for _, _, entry in sorted(rows)] for user, rows in per_user.items()}
     try:
         async with state.admit(deadline=False):  # no deadline: a write half done must not be answered 503
@@ -136,18 +141,6 @@ async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
     return EventsAccepted(accepted=len(body.events), users=len(ordered))
 
 
-def require_admin(state: AppState, authorization: str | None) -> None:
-    """401 without a bearer token, 403 with a wrong one (compared in constant time); open only in dev mode."""
-    token = state.settings.admin_token
-    if token is None:
-        return  # Settings refuse a missing token outside dev mode
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise Unauthorized("header.authorization: 'Bearer <admin token>' is required")
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise Forbidden("header.authorization: the admin token is not valid")
-
-
 _RELOAD_ERRORS: dict[int | str, dict[str, object]] = {
     409: {
         "model": ErrorResponse,
@@ -155,29 +148,21 @@ _RELOAD_ERRORS: dict[int | str, dict[str, object]] = {
         "already in progress, or there is nothing to roll back to.",
     }
 }
-_ADMIN_ERRORS: dict[int | str, dict[str, object]] = {
-    401: {"model": ErrorResponse, "description": "No admin token."},
-    403: {"model": ErrorResponse, "description": "Wrong admin token."},
-}
 
 
-@router.put(
+@admin.put(
     "/v1/items/{item_id}",
     response_model=ItemUpserted,
-    responses=_ERRORS
-    | _ADMIN_ERRORS
-    | {409: {"model": ErrorResponse, "description": "The id is taken by other content."}},
+    responses=_ERRORS | {409: {"model": ErrorResponse, "description": "The id is taken by other content."}},
 )
 async def put_item(
     item_id: Annotated[str, Path(min_length=1, max_length=128)],
     body: ItemUpsert,
     state: StateDep,
-    authorization: Annotated[str | None, Header()] = None,
 ) -> ItemUpserted:
     """Add an item while serving (admin): embedded from its text and features by the bundle's ONNX text encoder
     and item tower, added to the index at once (recommendable and findable as similar from the next request),
     and persisted so a restart re-applies it. Idempotent for identical content."""
-    require_admin(state, authorization)
     record = ItemRecord(item_id, body.title, list(body.genres), body.year, body.description)
     try:
         serving = state.serving
@@ -193,16 +178,14 @@ async def put_item(
     return ItemUpserted(item_id=item_id, created=created, n_items=n_items)
 
 
-@router.delete("/v1/users/{user_id}", response_model=UserDeleted, responses=_ERRORS | _ADMIN_ERRORS)
+@admin.delete("/v1/users/{user_id}", response_model=UserDeleted, responses=_ERRORS)
 async def delete_user(
     user_id: Annotated[str, Path(min_length=1, max_length=128)],
     state: StateDep,
-    authorization: Annotated[str | None, Header()] = None,
 ) -> UserDeleted:
     """Forget a user (admin): their fresh events and every cached embedding of theirs (any bundle version) are
     deleted. A 503 means the store could not be reached and nothing may be assumed deleted: retry. What a
     bundle learnt from the user's past interactions stays until the next bundle is built without them."""
-    require_admin(state, authorization)
     try:
         events, embeddings = await state.recommender.delete_user(user_id)
     except (EventStoreUnavailable, CacheUnavailable) as e:
@@ -216,7 +199,7 @@ _BAD_REQUEST_LINE: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.get(
+@client.get(
     "/v1/items/{item_id}/similar",
     response_model=SimilarItemsResponse,
     responses=_ERRORS | _NOT_FOUND | _BAD_REQUEST_LINE,
@@ -259,14 +242,11 @@ async def similar_items(
     )
 
 
-@router.post("/admin/reload", response_model=Reloaded, responses=_ERRORS | _ADMIN_ERRORS | _RELOAD_ERRORS)
-async def reload_bundle(
-    state: StateDep, body: ReloadRequest | None = None, authorization: Annotated[str | None, Header()] = None
-) -> Reloaded:
+@admin.post("/admin/reload", response_model=Reloaded, responses=_ERRORS | _RELOAD_ERRORS)
+async def reload_bundle(state: StateDep, body: ReloadRequest | None = None) -> Reloaded:
     """Load a bundle beside the one serving (default: RECO_BUNDLE_PATH again, e.g. a re-pointed `current`
     symlink), warm it up and swap it in atomically; in-flight requests finish on the old one. A bundle that does
     not validate is refused (422, with the reason) and the old one keeps serving."""
-    require_admin(state, authorization)
     path = body.bundle_path if body and body.bundle_path else None
     if path is not None and not _under(pathlib.Path(path), state.settings.reload_root):
         state.metrics.reloads.labels("refused").inc()
@@ -275,10 +255,9 @@ async def reload_bundle(
     return await _reload(state, path)
 
 
-@router.post("/admin/rollback", response_model=Reloaded, responses=_ERRORS | _ADMIN_ERRORS | _RELOAD_ERRORS)
-async def rollback_bundle(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> Reloaded:
+@admin.post("/admin/rollback", response_model=Reloaded, responses=_ERRORS | _RELOAD_ERRORS)
+async def rollback_bundle(state: StateDep) -> Reloaded:
     """Go back to the bundle served before the last reload (a reload of that bundle)."""
-    require_admin(state, authorization)
     if state.previous_bundle is None:
         raise Conflict("nothing to roll back to: no reload has happened")
     return await _reload(state, state.previous_bundle)
@@ -337,7 +316,7 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     state: AppState | None = getattr(request.app.state, "reco", None)
-    if state is not None and hasattr(state.cache, "breaker"):
-        request.app.state.metrics.cache_breaker_open.set(1 if state.cache.breaker.is_open else 0)
+    if state is not None and state.redis_breaker is not None:
+        request.app.state.metrics.cache_breaker_open.set(1 if state.redis_breaker.is_open else 0)
     body, content_type = request.app.state.metrics.exposition()
     return Response(body, media_type=content_type)

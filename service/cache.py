@@ -2,8 +2,9 @@
 
 The cache is an optimisation, never a dependency: every failure (refused, hung, slow, garbage) becomes a
 result the caller counts and then ignores, computing the embedding instead. Against Redis, commands have
-short socket/connect timeouts and no retries, and a circuit breaker skips Redis entirely for a while after
-repeated errors, so a dead or hung server costs at most one short timeout per breaker period.
+short socket/connect timeouts and no retries, and a circuit breaker (`service.breaker`, one per Redis, shared
+with the event store) skips Redis entirely for a while after repeated errors, so a dead or hung server costs at
+most one short timeout per breaker period.
 Values are raw float32 bytes; keys carry the bundle version, so a new model never reads an old model's vectors.
 """
 
@@ -19,6 +20,7 @@ from typing import Protocol
 import numpy as np
 from redis.exceptions import RedisError
 
+from service.breaker import CircuitBreaker
 from service.redis_batch import ReadPipeline, open_client
 
 
@@ -121,45 +123,6 @@ class LocalEmbeddingCache:
         self._entries.clear()
 
 
-class CircuitBreaker:
-    """Closed -> open after `failures` consecutive errors; open skips calls for `reset_s`; then one trial call
-    (half-open) closes it on success or re-opens it on failure."""
-
-    def __init__(self, failures: int, reset_s: float) -> None:
-        self._threshold = failures
-        self._reset_s = reset_s
-        self._consecutive = 0
-        self._open_until = 0.0
-        self._trial_in_flight = False
-
-    @property
-    def is_open(self) -> bool:
-        return self._consecutive >= self._threshold
-
-    def allow(self) -> bool:
-        if not self.is_open:
-            return True
-        if time.monotonic() >= self._open_until and not self._trial_in_flight:
-            self._trial_in_flight = True
-            return True
-        return False
-
-    def success(self) -> None:
-        self._consecutive = 0
-        self._trial_in_flight = False
-
-    def failure(self) -> None:
-        self._consecutive += 1
-        self._trial_in_flight = False
-        if self._consecutive >= self._threshold:
-            self._open_until = time.monotonic() + self._reset_s
-
-    def release(self) -> None:
-        """End of a call, whatever ended it: a trial that neither succeeded nor failed (cancelled, e.g. by the
-        request's deadline) must not leave the breaker waiting for it for good. Call in a `finally`."""
-        self._trial_in_flight = False
-
-
 class RedisEmbeddingCache:
     backend = "redis"
 
@@ -194,7 +157,8 @@ class RedisEmbeddingCache:
         self._reads = reads
 
     async def get(self, key: str) -> tuple[np.ndarray | None, CacheResult]:
-        if not self.breaker.allow():
+        permit = self.breaker.admit()
+        if permit is None:
             return None, CacheResult.BYPASS
         try:
             async with asyncio.timeout(self._deadline_s):
@@ -203,7 +167,7 @@ class RedisEmbeddingCache:
             self.breaker.failure()
             return None, CacheResult.ERROR
         finally:
-            self.breaker.release()
+            self.breaker.release(permit)
         self.breaker.success()
         if raw is None:
             return None, CacheResult.MISS
@@ -211,7 +175,8 @@ class RedisEmbeddingCache:
         return (value, CacheResult.HIT) if value is not None else (None, CacheResult.ERROR)
 
     async def set(self, key: str, value: np.ndarray) -> CacheResult:
-        if not self.breaker.allow():
+        permit = self.breaker.admit()
+        if permit is None:
             return CacheResult.BYPASS
         try:
             async with asyncio.timeout(self._deadline_s):
@@ -220,7 +185,7 @@ class RedisEmbeddingCache:
             self.breaker.failure()
             return CacheResult.ERROR
         finally:
-            self.breaker.release()
+            self.breaker.release(permit)
         self.breaker.success()
         return CacheResult.STORED
 
@@ -237,7 +202,8 @@ class RedisEmbeddingCache:
             raise CacheUnavailable(f"the embedding cache (Redis) did not take the delete: {e!r}") from e
 
     async def status(self) -> str:
-        if self.breaker.is_open and not self.breaker.allow():
+        permit = self.breaker.admit()
+        if permit is None:
             return "breaker_open"
         try:
             async with asyncio.timeout(self._deadline_s):
@@ -246,7 +212,7 @@ class RedisEmbeddingCache:
             self.breaker.failure()
             return "unreachable"
         finally:
-            self.breaker.release()
+            self.breaker.release(permit)
         self.breaker.success()
         return "ok"
 

@@ -8,7 +8,9 @@ in-process store bounded in users (the embedded default; one process only).
 
 Unlike the embedding cache, this store holds data: a write that Redis does not acknowledge raises
 `EventStoreUnavailable` (the API answers 503, the client retries), never a silent drop. A failed *read*
-degrades the request to the bundle's history and is counted.
+(`EventReadFailed`) degrades the request to the bundle's history and is counted. Reads and writes go through
+the breaker of the Redis they share with the embedding cache (`service.breaker`): while it is open they fail at
+once instead of each waiting out a timeout.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Protocol
 
 from redis.exceptions import RedisError
 
+from service.breaker import CircuitBreaker
 from service.redis_batch import ReadPipeline, open_client
 
 DISLIKE_PREFIX = "!"
@@ -28,6 +31,14 @@ class EventStoreUnavailable(Exception):
     """The backend did not take the write."""
 
 
+class EventReadFailed(Exception):
+    """A user's events could not be read; `bypassed`: Redis was not asked (its breaker is open)."""
+
+    def __init__(self, message: str, *, bypassed: bool) -> None:
+        super().__init__(message)
+        self.bypassed = bypassed
+
+
 class EventStore(Protocol):
     backend: str
 
@@ -35,8 +46,8 @@ class EventStore(Protocol):
         """Append each user's entries (oldest first)."""
         ...
 
-    async def recent(self, user_id: str) -> list[str] | None:
-        """The user's entries, oldest first; None if the backend failed."""
+    async def recent(self, user_id: str) -> list[str]:
+        """The user's entries, oldest first. Raises EventReadFailed."""
         ...
 
     async def delete(self, user_id: str) -> bool:
@@ -67,7 +78,7 @@ class LocalEventStore:
         while len(self._users) > self._max_users:
             self._users.popitem(last=False)
 
-    async def recent(self, user_id: str) -> list[str] | None:
+    async def recent(self, user_id: str) -> list[str]:
         held = self._users.get(user_id)
         return list(held) if held is not None else []
 
@@ -92,11 +103,13 @@ class RedisEventStore:
         timeout_s: float,
         pool_size: int,
         reads: ReadPipeline,
+        breaker: CircuitBreaker,
         password: str | None = None,
     ) -> None:
         self._client = open_client(
             url, password=password, socket_timeout_s=timeout_s, connect_timeout_s=timeout_s, pool_size=pool_size
         )
+        self.breaker = breaker
         self._cap = cap
         self._ttl = ttl_s
         self._deadline_s = 2 * timeout_s
@@ -108,6 +121,9 @@ class RedisEventStore:
         return f"reco:events:{user_id}"
 
     async def append(self, events: dict[str, list[str]]) -> None:
+        permit = self.breaker.admit()
+        if permit is None:
+            raise EventStoreUnavailable("the event store (Redis) is skipped after repeated errors; retry shortly")
         try:
             async with asyncio.timeout(self._deadline_s):
                 async with self._client.pipeline(transaction=True) as pipe:
@@ -118,14 +134,25 @@ class RedisEventStore:
                         pipe.expire(key, self._ttl)
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as e:
+            self.breaker.failure()
             raise EventStoreUnavailable(f"the event store (Redis) did not take the write: {e!r}") from e
+        finally:
+            self.breaker.release(permit)
+        self.breaker.success()
 
-    async def recent(self, user_id: str) -> list[str] | None:
+    async def recent(self, user_id: str) -> list[str]:
+        permit = self.breaker.admit()
+        if permit is None:
+            raise EventReadFailed("Redis is skipped (breaker open)", bypassed=True)
         try:
             async with asyncio.timeout(self._deadline_s):
                 raw = await self._reads.execute("lrange", self.key(user_id), 0, -1)
-        except (RedisError, OSError, TimeoutError):
-            return None
+        except (RedisError, OSError, TimeoutError) as e:
+            self.breaker.failure()
+            raise EventReadFailed(f"reading the user's events from Redis: {e!r}", bypassed=False) from e
+        finally:
+            self.breaker.release(permit)
+        self.breaker.success()
         return [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
 
     async def delete(self, user_id: str) -> bool:

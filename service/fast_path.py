@@ -6,9 +6,10 @@ about a fifth of its time per recommendation. Here the body is read, validated b
 its JSON bytes, and handed to the function the route itself calls (`service.api.recommendations_json`); its
 errors are rendered by the same functions as the app's exception handlers.
 
-Only a request this path can answer exactly as the route would takes it: a JSON body within the size limit that
-validates, with the service ready. Anything else (an invalid or oversized body, another content type, the
-service not ready) goes on to FastAPI with the body replayed, so every such response still comes from the one
+Only a request this path can answer exactly as the route would takes it: authorized (`service.auth`: the API
+key, when the service has one), a JSON body within the size limit that validates, with the service ready.
+Anything else (no or a wrong key, an invalid or oversized body, another content type, the service not ready)
+goes on to FastAPI with the body replayed, so every such response still comes from the one
 place that makes it. The route stays registered: it documents the endpoint in the OpenAPI schema and serves it
 when this path is off (RECO_HTTP_FAST_PATH=false).
 """
@@ -25,6 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import recommendations_json
+from service.auth import is_authorized
 from service.errors import ServiceError, service_error_response, unexpected_error_response
 from service.schemas import RecommendationRequest
 from service.state import AppState
@@ -33,12 +35,21 @@ PATH = "/v1/recommendations"
 ROUTE = SimpleNamespace(path=PATH)  # scope["route"]: the metrics' and the access record's route label
 
 
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
 def is_json(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            media_type: bytes = value.split(b";", 1)[0].strip().lower()
-            return media_type == b"application/json"
-    return False
+    content_type = header(scope, b"content-type")
+    return content_type is not None and content_type.split(b";", 1)[0].strip().lower() == b"application/json"
+
+
+def authorized(scope: Scope) -> bool:
+    authorization = header(scope, b"authorization")
+    return is_authorized(authorization.decode("latin-1") if authorization else None, scope["app"].state.settings)
 
 
 class RecommendationsFastPath:
@@ -54,6 +65,7 @@ class RecommendationsFastPath:
             or scope["path"] != PATH
             or scope["method"] != "POST"
             or not is_json(scope)
+            or not authorized(scope)
         ):
             await self.app(scope, receive, send)
             return

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import router
+from service.api import admin, client, router
 from service.errors import install_error_handlers
 from service.fast_path import RecommendationsFastPath
 from service.logs import ACCESS, UserHasher, configure_logging, request_id_from
@@ -176,6 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.openapi = lambda: deployment_openapi(app, settings)  # type: ignore[method-assign]
     app.include_router(router)
+    app.include_router(client)
+    app.include_router(admin)
     install_error_handlers(app)
     app.add_middleware(RecommendationsFastPath, max_body_bytes=settings.max_body_bytes, enabled=settings.http_fast_path)
     app.add_middleware(AdmissionMiddleware)

@@ -62,7 +62,7 @@ class Metrics:
         )
         self.cache_breaker_open = Gauge(
             "reco_cache_breaker_open",
-            "1 while the Redis circuit breaker is open (Redis is skipped).",
+            "1 while the Redis circuit breaker is open (Redis is skipped by the cache and the event store).",
             registry=r,
             multiprocess_mode="livemax",
         )
@@ -99,7 +99,8 @@ class Metrics:
         self.events = Counter("reco_events", "User events accepted, by event type.", ["type"], registry=r)
         self.event_store_errors = Counter(
             "reco_event_store_errors",
-            "Event store operations that failed (read: the request went on without fresh events; write: 503).",
+            "Event store operations that failed (read: the request went on without fresh events; read_bypass: "
+            "the same, Redis skipped while its breaker is open; write: 503).",
             ["op"],
             registry=r,
         )
@@ -124,6 +125,8 @@ class Metrics:
             self.cache_requests.labels(result)
         for result in ("ok", "refused"):
             self.reloads.labels(result)
+        for op in ("read", "read_bypass", "write"):
+            self.event_store_errors.labels(op)
         for reason in ("overload", "deadline"):
             self.rejected.labels(reason)
         for op in ("read", "write"):

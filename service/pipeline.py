@@ -21,7 +21,7 @@ import onnxruntime as ort
 from service.batching import MicroBatcher
 from service.bundle import Bundle, variant_name
 from service.cache import CacheResult, EmbeddingCache
-from service.events import DISLIKE_PREFIX, EventStore, EventStoreUnavailable
+from service.events import DISLIKE_PREFIX, EventReadFailed, EventStore, EventStoreUnavailable
 from service.features import history_window
 from service.filtering import filter_candidates, top_k
 from service.metrics import Metrics
@@ -355,9 +355,10 @@ class Recommender:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
     async def fresh_history(self, user_id: str) -> FreshHistory:
-        entries = await self.events.recent(user_id) if self.events is not None else []
-        if entries is None:
-            self.metrics.event_store_errors.labels("read").inc()
+        try:
+            entries = await self.events.recent(user_id) if self.events is not None else []
+        except EventReadFailed as e:
+            self.metrics.event_store_errors.labels("read_bypass" if e.bypassed else "read").inc()
             entries = []
         if not entries:
             return NO_FRESH_EVENTS
@@ -447,14 +448,21 @@ class Recommender:
 
     async def record_events(self, events: dict[str, list[str]]) -> None:
         """Append events (user id -> entries, oldest first) and refresh each user's cached embedding, so the
-        next request finds the new one. Raises EventStoreUnavailable if the store did not take them."""
+        next request finds the new one: the users' events read back at once (one round trip with Redis), their
+        embeddings computed in one user-encoder call. Raises EventStoreUnavailable if the store did not take
+        them."""
         if self.events is None:
             raise EventStoreUnavailable("no event store is configured")
         await self.events.append(events)
-        for user_id in events:
-            fresh = await self.fresh_history(user_id)
-            if fresh.empty:
-                continue
-            user = self.pipeline.user_index(user_id)
-            embedding = await self.compute_embedding(user, self.pipeline.history(user, fresh.interactions))
+        freshes = await asyncio.gather(*(self.fresh_history(user_id) for user_id in events))
+        todo = [(user_id, fresh) for user_id, fresh in zip(events, freshes, strict=True) if not fresh.empty]
+        if not todo:
+            return
+        pipeline = self.pipeline
+        users = np.array([pipeline.user_index(user_id) for user_id, _ in todo], dtype=np.int64)
+        histories = [pipeline.history(int(u), fresh.interactions) for u, (_, fresh) in zip(users, todo, strict=True)]
+        t0 = time.perf_counter()
+        embeddings = await self.run_blocking(lambda: pipeline.encode(users, histories))
+        self.metrics.stage_latency.labels("user_encoding").observe(time.perf_counter() - t0)
+        for (user_id, fresh), embedding in zip(todo, embeddings, strict=True):  # one at a time: a bounded pool
             await self.store_embedding(self.cache_key(user_id, fresh), embedding)

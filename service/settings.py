@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     events_local_users: int = Field(100_000, ge=1, description="Users the in-process event store holds.")
     events_redis_timeout_s: float = Field(0.2, gt=0, description="Per-command timeout of the Redis event store.")
     max_events_per_request: int = Field(1000, ge=1, description="Largest batch POST /v1/events takes.")
+    max_event_users_per_request: int = Field(
+        100,
+        ge=1,
+        description="Most distinct users one POST /v1/events may name (their embeddings are recomputed, in one "
+        "batched call, before it answers).",
+    )
 
     # Items added live (PUT /v1/items/{item_id}).
     live_items_path: Path | None = Field(
@@ -76,13 +82,25 @@ class Settings(BaseSettings):
     live_items_sync_s: float = Field(
         1.0, gt=0, description="With RECO_WORKERS > 1: how often each process adds the items the others were sent."
     )
-    admin_token: str | None = Field(
+    admin_token: SecretStr | None = Field(
         None,
-        description="Bearer token the admin endpoints (PUT /v1/items, DELETE /v1/users) require: at least 16 "
-        "characters; required unless dev_mode.",
+        description="Bearer token the admin routes (/admin/*, PUT /v1/items, DELETE /v1/users) require: at least "
+        "16 characters; required unless dev_mode.",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="Bearer key clients send on the other /v1 routes (recommendations, events, similar items): at "
+        "least 16 characters; required unless dev_mode or allow_anonymous. The admin token is accepted too.",
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Serve the client /v1 routes without RECO_API_KEY outside dev mode: only behind a gateway "
+        "that authenticates clients itself.",
     )
     dev_mode: bool = Field(
-        False, description="Development: the admin endpoints may be open (no admin token). Never in production."
+        False,
+        description="Development: the admin and client routes may be open (no admin token, no API key). Never in "
+        "production.",
     )
 
     http_fast_path: bool = Field(
@@ -180,16 +198,22 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _admin_token_outside_dev_mode(self) -> Settings:
-        token = self.admin_token
-        if token is not None and (len(token) < MIN_ADMIN_TOKEN or token.lower() in DEFAULT_TOKENS):
-            raise ValueError(
-                f"RECO_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters and not a default value "
-                "(generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
-            )
-        if token is None and not self.dev_mode:
+    def _tokens_outside_dev_mode(self) -> Settings:
+        for name, secret in (("RECO_ADMIN_TOKEN", self.admin_token), ("RECO_API_KEY", self.api_key)):
+            value = secret.get_secret_value() if secret is not None else None
+            if value is not None and (len(value) < MIN_ADMIN_TOKEN or value.lower() in DEFAULT_TOKENS):
+                raise ValueError(
+                    f"{name} must be at least {MIN_ADMIN_TOKEN} characters and not a default value "
+                    "(generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                )
+        if self.admin_token is None and not self.dev_mode:
             raise ValueError(
                 "RECO_ADMIN_TOKEN is not set: the admin endpoints need a token outside development "
                 "(set RECO_ADMIN_TOKEN, or RECO_DEV_MODE=true to run with them open)"
+            )
+        if self.api_key is None and not (self.dev_mode or self.allow_anonymous):
+            raise ValueError(
+                "RECO_API_KEY is not set: outside development the /v1 routes need a client key (set RECO_API_KEY; "
+                "or RECO_ALLOW_ANONYMOUS=true behind a gateway that authenticates clients; or RECO_DEV_MODE=true)"
             )
         return self

@@ -14,8 +14,9 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, Request
 
+from service.breaker import CircuitBreaker
 from service.bundle import Bundle, BundleError, load_bundle
-from service.cache import CircuitBreaker, EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
+from service.cache import EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
 from service.errors import Conflict, NotReady, Overloaded
 from service.events import EventStore, LocalEventStore, RedisEventStore
 from service.item_encoder import ItemEncoder
@@ -65,6 +66,7 @@ class AppState:
     previous_bundle: Path | None = None  # what a rollback goes back to
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     redis_reads: ReadPipeline | None = None  # shared by the cache and the event store; closed after them
+    redis_breaker: CircuitBreaker | None = None  # the one breaker in front of every Redis call (None: no Redis)
 
     @property
     def bundle(self) -> Bundle:
@@ -122,10 +124,11 @@ class AppState:
         cache: EmbeddingCache | None = None
         events: EventStore | None = None
         reads = open_shared_reads(settings)
+        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s) if reads is not None else None
         try:
             bundle = await asyncio.get_running_loop().run_in_executor(executor, load_bundle, settings.bundle_path)
-            cache = open_cache(settings, bundle.manifest.dims.embedding_dim, reads)
-            events = open_event_store(settings, reads)
+            cache = open_cache(settings, bundle.manifest.dims.embedding_dim, reads, breaker)
+            events = open_event_store(settings, reads, breaker)
             serving = await open_serving(bundle, settings, metrics, executor, cache, events)
         except BaseException:
             if cache is not None:
@@ -135,7 +138,7 @@ class AppState:
             await close_shared_reads(reads)
             executor.shutdown(wait=False)
             raise
-        state = cls(settings, metrics, serving, cache, executor, events, redis_reads=reads)
+        state = cls(settings, metrics, serving, cache, executor, events, redis_reads=reads, redis_breaker=breaker)
         state.ready = True
         metrics.ready.set(1)
         state.publish()
@@ -275,9 +278,12 @@ async def close_shared_reads(reads: ReadPipeline | None) -> None:
         await reads.close()  # lets the replies in flight arrive
 
 
-def open_cache(settings: Settings, dim: int, reads: ReadPipeline | None) -> EmbeddingCache:
-    """In Redis when the service has Redis (`reads`: `open_shared_reads`), else in process."""
-    if settings.redis_url and reads is not None:
+def open_cache(
+    settings: Settings, dim: int, reads: ReadPipeline | None, breaker: CircuitBreaker | None
+) -> EmbeddingCache:
+    """In Redis when the service has Redis (`reads`: `open_shared_reads`; `breaker`: Redis's one breaker), else
+    in process."""
+    if settings.redis_url and reads is not None and breaker is not None:
         return RedisEmbeddingCache(
             settings.redis_url,
             settings.cache_ttl_s,
@@ -285,16 +291,17 @@ def open_cache(settings: Settings, dim: int, reads: ReadPipeline | None) -> Embe
             socket_timeout_s=settings.redis_socket_timeout_s,
             connect_timeout_s=settings.redis_connect_timeout_s,
             pool_size=settings.redis_pool_size,
-            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+            breaker=breaker,
             reads=reads,
             password=settings.redis_password.get_secret_value() if settings.redis_password else None,
         )
     return LocalEmbeddingCache(settings.local_cache_size, settings.cache_ttl_s, dim)
 
 
-def open_event_store(settings: Settings, reads: ReadPipeline | None) -> EventStore:
-    """In Redis when the service has Redis (`reads`: `open_shared_reads`), else in process."""
-    if settings.redis_url and reads is not None:
+def open_event_store(settings: Settings, reads: ReadPipeline | None, breaker: CircuitBreaker | None) -> EventStore:
+    """In Redis when the service has Redis (`reads`: `open_shared_reads`; `breaker`: Redis's one breaker), else
+    in process."""
+    if settings.redis_url and reads is not None and breaker is not None:
         return RedisEventStore(
             settings.redis_url,
             settings.events_per_user,
@@ -302,6 +309,7 @@ def open_event_store(settings: Settings, reads: ReadPipeline | None) -> EventSto
             timeout_s=settings.events_redis_timeout_s,
             pool_size=settings.redis_pool_size,
             reads=reads,
+            breaker=breaker,
             password=settings.redis_password.get_secret_value() if settings.redis_password else None,
         )
     return LocalEventStore(settings.events_per_user, settings.events_local_users)

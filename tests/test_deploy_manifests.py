@@ -30,7 +30,7 @@ KUBECTL = shutil.which("kubectl")
 if KUBECTL is None and os.environ.get("RECO_TEST_REQUIRE_KUBECTL") == "1":
     raise RuntimeError("RECO_TEST_REQUIRE_KUBECTL=1 but kubectl (with kustomize) is not installed")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
-SECRETS = {"redis-password": "r" * 24, "admin-token": "a" * 32}
+SECRETS = {"redis-password": "r" * 24, "admin-token": "a" * 32, "api-key": "k" * 32}
 
 
 def dockerfile_stages() -> dict[str, str]:
@@ -74,7 +74,11 @@ def compose() -> dict[str, Any]:
 
 def interpolate(value: str) -> str:
     """${VAR:?message} / ${VAR:-default} as compose would, with the required secrets set."""
-    given = {"REDIS_PASSWORD": SECRETS["redis-password"], "RECO_ADMIN_TOKEN": SECRETS["admin-token"]}
+    given = {
+        "REDIS_PASSWORD": SECRETS["redis-password"],
+        "RECO_ADMIN_TOKEN": SECRETS["admin-token"],
+        "RECO_API_KEY": SECRETS["api-key"],
+    }
 
     def one(m: re.Match[str]) -> str:
         name, op, rest = m.group(1), m.group(2), m.group(3)

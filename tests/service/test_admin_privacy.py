@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from service.bundle import load_bundle
 from service.cache import LocalEmbeddingCache, is_user_key
@@ -27,13 +27,13 @@ def test_settings_refuse_a_missing_or_weak_admin_token_outside_dev_mode(tiny_bun
     for weak in ("", "short", "changeme", "CHANGEME"):
         with pytest.raises(ValidationError, match="at least 16 characters"):
             Settings(bundle_path=tiny_bundle, admin_token=weak, dev_mode=True)
-    assert Settings(bundle_path=tiny_bundle, admin_token=TOKEN).admin_token == TOKEN
+    assert Settings(bundle_path=tiny_bundle, admin_token=TOKEN, allow_anonymous=True).admin_token == SecretStr(TOKEN)
     assert Settings(bundle_path=tiny_bundle, dev_mode=True).admin_token is None
 
 
 def test_admin_endpoints_answer_401_without_and_403_with_a_wrong_token(settings: Settings, tmp_path: Path) -> None:
     # The item PUT persists: to this test's own file, not beside the session's shared bundle.
-    update = {"admin_token": TOKEN, "dev_mode": False, "live_items_path": tmp_path / "live.jsonl"}
+    update = {"admin_token": SecretStr(TOKEN), "dev_mode": False, "live_items_path": tmp_path / "live.jsonl"}
     app = create_app(settings.model_copy(update=update))
     item = {"title": "A new film", "genres": ["g01"], "year": 2020}
     with TestClient(app) as client:

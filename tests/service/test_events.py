@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,35 @@ def test_event_refreshes_the_cached_embedding(client: TestClient, tiny_bundle: P
     assert metrics.cache_requests.labels("hit")._value.get() == hits + 1
     assert metrics.stage_latency.labels("user_encoding")._sum.get() == encodes
     assert metrics.events.labels("view")._value.get() >= 1
+
+
+def test_an_events_batch_is_bounded_in_users_and_encodes_them_at_once(client: TestClient, tiny_bundle: Path) -> None:
+    """One request naming many users: each one's embedding is computed (as encoding that user alone gives) and
+    cached, all in one user-encoder call; past RECO_MAX_EVENT_USERS_PER_REQUEST distinct users, a 422."""
+    bundle = load_bundle(tiny_bundle)
+    state = client.app.state.reco  # type: ignore[attr-defined]
+    users = [f"batch-{uuid.uuid4().hex[:8]}-{n}" for n in range(40)]
+    events = [{"user_id": u, "item_id": bundle.item_ids[n % 50], "event_type": "view"} for n, u in enumerate(users)]
+    registry = client.app.state.metrics.registry  # type: ignore[attr-defined]
+
+    def encodings() -> float:
+        return registry.get_sample_value("reco_stage_duration_seconds_count", {"stage": "user_encoding"}) or 0.0
+
+    before = encodings()
+    assert post_events(client, events) == {"accepted": 40, "users": 40}
+    assert encodings() == before + 1  # one call for 40 users
+    recommender, pipeline = state.recommender, state.pipeline
+    for n in (0, 17, 39):
+        fresh = asyncio.run(recommender.fresh_history(users[n]))
+        cached, _ = asyncio.run(state.cache.get(recommender.cache_key(users[n], fresh)))
+        alone = pipeline.encode(np.array([pipeline.user_index(users[n])]), [pipeline.history(-1, fresh.interactions)])
+        np.testing.assert_allclose(cached, alone[0], atol=1e-5)
+    limit = state.settings.max_event_users_per_request
+    too_many = [{"user_id": f"u{n}", "item_id": bundle.item_ids[0]} for n in range(limit + 1)]
+    response = client.post("/v1/events", json={"events": too_many})
+    assert response.status_code == 422
+    assert "body.events" in response.json()["message"]
+    assert "distinct users" in response.json()["message"]
 
 
 def test_dislike_filters_without_joining_the_history(client: TestClient, tiny_bundle: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from service.bundle import load_bundle
 from service.features import item_dense_row, item_text
@@ -103,7 +104,7 @@ def test_put_item_conflicts_and_idempotence(live_settings: Settings, tiny_bundle
 
 def test_admin_token_guards_item_upserts(live_settings: Settings) -> None:
     token = "s3cret-s3cret-s3cret"
-    with TestClient(create_app(live_settings.model_copy(update={"admin_token": token}))) as client:
+    with TestClient(create_app(live_settings.model_copy(update={"admin_token": SecretStr(token)}))) as client:
         assert client.put("/v1/items/new-4", json=NEW).status_code == 401
         assert client.put("/v1/items/new-4", json=NEW, headers={"authorization": "Bearer nope"}).status_code == 403
         ok = client.put("/v1/items/new-4", json=NEW, headers={"authorization": f"Bearer {token}"})

@@ -24,7 +24,7 @@ class OverlapCheckingEvents(LocalEventStore):
         self.cache_asked = cache_asked
         self.overlapped: list[bool] = []
 
-    async def recent(self, user_id: str) -> list[str] | None:
+    async def recent(self, user_id: str) -> list[str]:
         try:
             await asyncio.wait_for(self.cache_asked.wait(), timeout=0.5)
             self.overlapped.append(True)

@@ -1,5 +1,6 @@
 """Redis faults under load: a dedicated redis-server paused, resumed, killed and restarted while requests flow.
-Every request succeeds, latency stays bounded (short timeouts + breaker), cache hits come back, metrics count it."""
+Every request succeeds, cache hits come back, metrics count it; with the default timeouts, a hung Redis costs
+the requests (nearly) nothing: its breaker skips it, for the cache and the event store alike."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
@@ -83,9 +83,7 @@ def test_requests_survive_redis_pause_kill_and_restart(settings: Settings, tmp_p
     assert {status for _, status, _ in results} == {200}  # zero failed requests
     assert len(results) > 100
     for (name, start), (_, end) in itertools.pairwise(phases):
-        seconds = [s for at, _, s in results if start <= at < end]
-        assert seconds, name
-        assert np.percentile(seconds, 99) < 1.0, (name, np.percentile(seconds, 99))  # bounded during faults
+        assert any(start <= at < end for at, _, _ in results), name  # requests flowed in every phase
     assert normal["hit"] > 0
     assert paused["error"] + paused["bypass"] > 0  # the fault is seen and counted
     assert killed["error"] + killed["bypass"] > 0
@@ -110,3 +108,33 @@ def test_redis_password_from_its_own_setting(settings: Settings, tmp_path: Path)
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_a_hung_redis_at_default_timeouts_costs_the_requests_nothing(tiny_bundle: Path) -> None:
+    """`python -m service` with Redis and every timeout and breaker setting at its default, under 8 steady
+    connections; Redis SIGSTOPped for 10 s (more than the breaker's 5 s reset, so a trial falls inside): no
+    request fails, and the fault's p99 stays within 2 x the normal p99 (the first wave, caught in flight, and
+    the trials are the only requests that wait for Redis). benchmarks/redis_hang.py prints the same phases."""
+    from benchmarks.redis_hang import hang, known_users
+
+    phases = {
+        row["phase"]: row
+        for row in hang(
+            tiny_bundle,
+            known_users(tiny_bundle, 30),
+            concurrency=8,
+            normal_s=5,
+            paused_s=10,
+            resumed_s=7,
+            env={"RECO_DEV_MODE": "true", "RECO_LIVE_ITEMS_PATH": str(tiny_bundle.parent / "live-hang.jsonl")},
+        )
+    }
+    normal, paused, resumed = phases["normal"], phases["paused"], phases["resumed"]
+    assert sum(p["failed"] for p in phases.values()) == 0
+    assert paused["p99_ms"] <= 2 * normal["p99_ms"], (paused["p99_ms"], normal["p99_ms"])
+    assert paused["cache_bypass"] > 0  # the breaker skipped Redis, for the cache
+    assert paused["event_read_bypass"] > 0  # ... and for the event store
+    assert paused["event_read_error"] + paused["cache_error"] <= 30  # a first wave and a trial, no more
+    assert normal["cache_hit"] > 0
+    assert resumed["cache_hit"] > 0  # hits come back after the next trial

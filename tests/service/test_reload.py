@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from service.main import create_app
 from service.settings import Settings
@@ -38,7 +39,7 @@ def test_reload_under_traffic_then_refuse_a_corrupt_bundle_then_roll_back(
 ) -> None:
     served = tmp_path / "current"
     served.symlink_to(tiny_bundle)
-    app = create_app(settings.model_copy(update={"bundle_path": served, "admin_token": TOKEN}))
+    app = create_app(settings.model_copy(update={"bundle_path": served, "admin_token": SecretStr(TOKEN)}))
     with TestClient(app) as client:
         version_a = client.get("/readyz").json()["bundle_version"]
         stop = threading.Event()
@@ -111,7 +112,7 @@ def test_reload_under_traffic_then_refuse_a_corrupt_bundle_then_roll_back(
 
 
 def test_reload_needs_the_admin_token_and_rollback_needs_a_reload(settings: Settings) -> None:
-    with TestClient(create_app(settings.model_copy(update={"admin_token": TOKEN}))) as client:
+    with TestClient(create_app(settings.model_copy(update={"admin_token": SecretStr(TOKEN)}))) as client:
         assert client.post("/admin/reload").status_code == 401
         assert client.post("/admin/rollback", headers=AUTH).status_code == 409
         assert client.post("/admin/reload", json={"unknown": 1}, headers=AUTH).status_code == 422

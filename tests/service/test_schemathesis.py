@@ -17,6 +17,7 @@ def test_schemathesis_finds_nothing(tiny_bundle: Path, tmp_path: Path) -> None:
     env = {
         "RECO_BUNDLE_PATH": str(tiny_bundle),
         "RECO_ADMIN_TOKEN": TOKEN,
+        "RECO_API_KEY": "schemathesis-client-key-01",  # the admin token is accepted on client routes too
         "RECO_LIVE_ITEMS_PATH": str(tmp_path / "live.jsonl"),
         "RECO_ACCESS_LOG": "false",
         "RECO_WARMUP_REQUESTS": "1",
