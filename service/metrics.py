@@ -27,7 +27,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # set: several processes share their
 # Sub-millisecond stages through to slow requests.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 COUNT_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
-STAGES = ("cache", "user_encoding", "retrieval", "filtering", "ranking")
+STAGES = ("cache", "queue", "user_encoding", "retrieval", "filtering", "ranking")  # per request
+BATCH_STAGES = ("user_encoding", "retrieval", "filtering", "ranking")  # per micro-batch
 
 
 class Metrics:
@@ -49,7 +50,15 @@ class Metrics:
         )
         self.stage_latency = Histogram(
             "reco_stage_duration_seconds",
-            "Latency of each pipeline stage.",
+            "Per request, the time it spent in each pipeline stage it took part in (queue: waiting for its "
+            "micro-batch; user_encoding only when its embedding was computed).",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_stage_latency = Histogram(
+            "reco_batch_stage_duration_seconds",
+            "Per micro-batch, once, the time of each stage (user_encoding only when a request in it missed).",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -121,6 +130,8 @@ class Metrics:
         )
         for stage in STAGES:
             self.stage_latency.labels(stage)
+        for stage in BATCH_STAGES:
+            self.batch_stage_latency.labels(stage)
         for result in ("hit", "miss", "error", "bypass"):
             self.cache_requests.labels(result)
         for result in ("ok", "refused"):

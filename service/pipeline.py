@@ -42,11 +42,13 @@ class Recommendations:
     ranking_scores: np.ndarray  # (k,) float32
     n_retrieved: int
     n_after_filter: int
-    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds, the stages this request took part in
     window: np.ndarray | None = None  # (L,) the history window the ranker saw (for explanations)
     embedding: np.ndarray | None = None  # (E,) the user embedding it was retrieved with
     encoded: bool = False  # whether that embedding was computed here (not given)
     batch_size: int = 1  # users in the batch this answer was computed in
+    batch_timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds, of the batch as a whole
+    started: float = 0.0  # time.perf_counter() when its batch began (the queue wait ends)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,41 +184,47 @@ class Pipeline:
         # Ask for enough candidates that filtering the seen items still leaves num_candidates to rank.
         blocked = [self.blocked(q.user, h, q.exclude) for q, h in zip(queries, histories, strict=True)]
         wanted = [q.num_candidates + len(b) for q, b in zip(queries, blocked, strict=True)]
-        scores, items = self.retriever.search(np.stack(embeddings), max(wanted))
+        found = self.retriever.search_each(np.stack(embeddings), wanted)
         t2 = time.perf_counter()
         kept: list[tuple[np.ndarray, np.ndarray]] = []
-        for row, (q, b, n) in enumerate(zip(queries, blocked, wanted, strict=True)):
-            items_kept, scores_kept = filter_candidates(items[row, :n], scores[row, :n], b)
+        for q, b, n, (scores, items) in zip(queries, blocked, wanted, found, strict=True):
+            items_kept, scores_kept = filter_candidates(items[:n], scores[:n], b)
             kept.append((items_kept[: q.num_candidates], scores_kept[: q.num_candidates]))
         windows = [history_window(h, self.encoder.history_length) for h in histories]
         t3 = time.perf_counter()
         rankings = self.ranker.score_batch(
             [(q.user, h, c, s) for q, h, (c, s) in zip(queries, histories, kept, strict=True)]
         )
+        t4 = time.perf_counter()
+        batch_timings = {"retrieval": t2 - t1, "filtering": t3 - t2, "ranking": t4 - t3}
+        if missing:
+            batch_timings["user_encoding"] = t1 - t0
         out = []
         for row, (q, (c, s), ranking, window, n) in enumerate(
             zip(queries, kept, rankings, windows, wanted, strict=True)
         ):
             best = top_k(ranking, q.k)
+            # Per request, the stages it took part in (each lasted the batch's stage for it): a request whose
+            # embedding was given has no user_encoding, whoever else in its batch was encoded.
+            timings = {stage: seconds for stage, seconds in batch_timings.items() if stage != "user_encoding"}
+            if q.embedding is None:
+                timings["user_encoding"] = t1 - t0
             out.append(
                 Recommendations(
                     items=c[best],
                     retrieval_scores=s[best],
                     ranking_scores=ranking[best],
-                    n_retrieved=int((items[row, :n] >= 0).sum()),
+                    n_retrieved=int((found[row][1][:n] >= 0).sum()),
                     n_after_filter=len(c),
-                    timings={"retrieval": t2 - t1, "filtering": t3 - t2},
+                    timings=timings,
                     window=window,
                     embedding=embeddings[row],
                     encoded=q.embedding is None,
                     batch_size=len(queries),
+                    batch_timings=batch_timings,
+                    started=t0,
                 )
             )
-        t4 = time.perf_counter()
-        for r in out:
-            r.timings["ranking"] = t4 - t3
-            if missing:
-                r.timings["user_encoding"] = t1 - t0
         return out
 
     def add_items(
@@ -347,8 +355,18 @@ class Recommender:
         b = batching or BatchingOptions()
         # The pipeline is read when each batch runs (it may be replaced), hence the lambda.
         self.batcher: MicroBatcher[Query, Recommendations] = MicroBatcher(
-            lambda queries: self.pipeline.recommend_batch(queries), executor, b.max_batch, b.max_wait_s, b.workers
+            self.run_batch, executor, b.max_batch, b.max_wait_s, b.workers
         )
+
+    def run_batch(self, queries: Sequence[Query]) -> list[Recommendations]:
+        """One micro-batch (in the compute pool), its stages counted once per batch in their own metric. The
+        pipeline is read when each batch runs (it may be replaced)."""
+        out = self.pipeline.recommend_batch(queries)
+        if out:
+            for stage, seconds in out[0].batch_timings.items():
+                self.metrics.batch_stage_latency.labels(stage).observe(seconds)
+            self.metrics.batch_size.observe(len(queries))
+        return out
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run `fn` in the compute thread pool (never on the event loop)."""
@@ -430,12 +448,13 @@ class Recommender:
         history = pipeline.history(user, fresh.interactions)
         exclude = np.r_[pipeline.item_indices(exclude_item_ids), fresh.disliked].astype(np.int64)
         # A cache miss is encoded in the batch, with the other requests' encodings.
+        submitted = time.perf_counter()
         recs = await self.batcher.submit(Query(user, embedding, k, self.num_candidates, exclude, history))
+        self.metrics.stage_latency.labels("queue").observe(max(0.0, recs.started - submitted))
         if recs.encoded and key is not None and recs.embedding is not None:
             await self.store_embedding(key, recs.embedding)
         for stage, seconds in recs.timings.items():
             self.metrics.stage_latency.labels(stage).observe(seconds)
-        self.metrics.batch_size.observe(recs.batch_size)
         self.metrics.candidates.labels("retrieved").observe(recs.n_retrieved)
         self.metrics.candidates.labels("after_filtering").observe(recs.n_after_filter)
         return RecommendationResult(user, recs, cache_result, len(fresh.interactions) + len(fresh.disliked))

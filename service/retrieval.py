@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import faiss
@@ -14,11 +15,15 @@ from service.bundle import Bundle, BundleError
 log = logging.getLogger(__name__)
 
 
+GPU_MAX_K = 2048  # FAISS on the GPU returns at most this many neighbours per query
+
+
 class Retriever:
     """numpy in ((B, E) float32 queries), numpy out ((B, n) scores, (B, n) item indices, -1 = none).
 
     A GPU index is not thread-safe: every search on it holds a lock, so it is used by one thread at a time.
-    CPU FAISS indexes are safe for concurrent searches and take no lock.
+    CPU FAISS indexes are safe for concurrent searches and take no lock. On the GPU the CPU index is kept too:
+    a search deeper than the GPU can go (GPU_MAX_K) runs there instead of coming back short.
     """
 
     def __init__(self, bundle: Bundle, n_gpus: int) -> None:
@@ -40,10 +45,10 @@ class Retriever:
         self.device = "cpu"
         self._gpu_resources: Any = None
         self._lock: threading.Lock | None = None
-        if n_gpus > 0:
-            index = self._to_gpu(index, bundle)
-        self._index = index
+        self._cpu_index = index  # searched without a lock; on the GPU, for searches deeper than GPU_MAX_K
+        self._index = self._to_gpu(index, bundle) if n_gpus > 0 else index
         self.n_items = int(index.ntotal)
+        self.cpu_fallbacks = 0  # searches a GPU index could not take (deeper than GPU_MAX_K)
 
     def _to_gpu(self, index: Any, bundle: Bundle) -> Any:
         self._gpu_resources = faiss.StandardGpuResources()
@@ -68,25 +73,50 @@ class Retriever:
         """Append vectors (their ids continue the item indices). A CPU index is copied, extended and swapped in,
         so concurrent searches (which take no lock) never see it change; a GPU index is extended under its lock."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        cpu = faiss.clone_index(self._cpu_index)
+        cpu.add(embeddings)
         if self._lock is None:
-            index = faiss.clone_index(self._index)
-            index.add(embeddings)
-            self._index, self.n_items = index, int(index.ntotal)
+            self._cpu_index = self._index = cpu
+            self.n_items = int(cpu.ntotal)
         else:
             with self._lock:
                 self._index.add(embeddings)
+                self._cpu_index = cpu
                 self.n_items = int(self._index.ntotal)
 
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if self._lock is None:
-            index = self._index  # one consistent index for this search, even if `add` swaps in another
-            scores, items = index.search(queries, min(n, int(index.ntotal)))
-        else:
+        if self._lock is not None and min(n, self.n_items) <= GPU_MAX_K:
             with self._lock:
-                # FAISS on the GPU returns at most 2048 neighbours per query.
-                scores, items = self._index.search(queries, min(n, self.n_items, 2048))
+                scores, items = self._index.search(queries, min(n, self.n_items))
+        else:
+            if self._lock is not None:
+                self.cpu_fallbacks += 1
+            index = self._cpu_index  # one consistent index for this search, even if `add` swaps in another
+            scores, items = index.search(queries, min(n, int(index.ntotal)))
         return scores, items.astype(np.int64, copy=False)  # (B, n), (B, n)
+
+    def search_each(self, queries: np.ndarray, depths: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each query searched to its own depth, near enough: queries whose depths are within 2x of each other
+        share one FAISS call at the group's deepest (a typical batch is one group), so one request with a long
+        exclusion list deepens only its own search. Per query: (scores, item indices), best first."""
+        out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.float32), np.empty(0, np.int64))] * len(depths)
+        for group in depth_groups(depths):
+            scores, items = self.search(queries[group], max(depths[j] for j in group))
+            for row, j in enumerate(group):
+                out[j] = (scores[row], items[row])
+        return out
+
+
+def depth_groups(depths: Sequence[int]) -> list[list[int]]:
+    """Indices of `depths` in groups, shallowest first, none deeper than twice its group's shallowest."""
+    groups: list[list[int]] = []
+    for j in sorted(range(len(depths)), key=depths.__getitem__):
+        if groups and depths[j] <= 2 * depths[groups[-1][0]]:
+            groups[-1].append(j)
+        else:
+            groups.append([j])
+    return groups
 
 
 def set_search_parameters(space: Any, index: Any, params: dict[str, Any]) -> None:

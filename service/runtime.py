@@ -60,11 +60,17 @@ def open_session(path: Path, providers: list[str], intra_op_threads: int) -> ort
     return session
 
 
+# Whether float16 models and IO binding have passed `scripts/gpu-check.sh` on a GPU (RECO_ONNX_PRECISION=fp16,
+# RECO_ORT_IO_BINDING=on). Until then `auto` means the path that did run on one: float32, no IO binding. Flip it
+# with the check's numbers in docs/performance.md.
+GPU_FAST_PATHS_VERIFIED = False
+
+
 def io_binding_device(session: ort.InferenceSession, io_binding: str) -> str | None:
-    """Where `run_onnx` binds `session`'s outputs with IO binding (auto: on CUDA; on: on whatever device the
-    session runs, the CPU included; off), or None: no IO binding."""
+    """Where `run_onnx` binds `session`'s outputs with IO binding (auto: on CUDA once GPU_FAST_PATHS_VERIFIED,
+    else off; on: on whatever device the session runs, the CPU included; off), or None: no IO binding."""
     on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
-    if io_binding == "off" or (io_binding == "auto" and not on_cuda):
+    if io_binding == "off" or (io_binding == "auto" and not (on_cuda and GPU_FAST_PATHS_VERIFIED)):
         return None
     return "cuda" if on_cuda else "cpu"
 
@@ -86,8 +92,9 @@ def run_onnx(session: ort.InferenceSession, output: str, inputs: dict[str, Any],
 
 def model_precisions(bundle: Bundle, providers: list[str], precision: str) -> dict[str, str]:
     """The precision (fp32, fp16) each per-request model (FP16_MODELS) runs in: auto: float16 on CUDA where the
-    bundle has the model's float16 variant (on the CPU it pays nothing: ONNX Runtime's float16 kernels there are
-    no faster, and the casts cost); fp16: float16 everywhere, refused if the bundle lacks a variant; fp32: float32."""
+    bundle has the model's float16 variant, once GPU_FAST_PATHS_VERIFIED (until then float32; on the CPU always
+    float32: ONNX Runtime's float16 kernels there are no faster, and the casts cost); fp16: float16 everywhere,
+    refused if the bundle lacks a variant; fp32: float32."""
     has_fp16 = bundle.manifest.onnx_fp16_parity_max_abs_diff
     if precision == "fp16":
         missing = [m for m in FP16_MODELS if m not in has_fp16]
@@ -96,9 +103,9 @@ def model_precisions(bundle: Bundle, providers: list[str], precision: str) -> di
                 f"{bundle.path}: onnx_precision=fp16 but the bundle has no float16 {', '.join(missing)} (built before "
                 "float16 variants, or their parity with float32 failed at export; see onnx_fp16_parity_max_abs_diff)"
             )
-    on_cuda = providers[0] == "CUDAExecutionProvider"
+    fast = providers[0] == "CUDAExecutionProvider" and GPU_FAST_PATHS_VERIFIED
     return {
-        m: "fp16" if precision == "fp16" or (precision == "auto" and on_cuda and m in has_fp16) else "fp32"
+        m: "fp16" if precision == "fp16" or (precision == "auto" and fast and m in has_fp16) else "fp32"
         for m in FP16_MODELS
     }
 

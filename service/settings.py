@@ -139,13 +139,15 @@ class Settings(BaseSettings):
     )
     onnx_precision: Literal["auto", "fp32", "fp16"] = Field(
         "auto",
-        description="Precision of the user tower and the ranker. auto: float16 on CUDA where the bundle has a float16 "
-        "variant (exported where it kept parity), float32 on the CPU; fp16 refuses a bundle without them.",
+        description="Precision of the user tower and the ranker. auto: float32 (float16 on CUDA, where the bundle has "
+        "a float16 variant, only once scripts/gpu-check.sh has passed with it on a GPU); fp16 opts in and refuses "
+        "a bundle without the variants.",
     )
     ort_io_binding: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Call the user tower and the ranker through ONNX Runtime's IO binding (inputs copied to the "
-        "device before the run, the output allocated there). auto: on CUDA.",
+        "device before the run, the output allocated there). auto: off (on CUDA once scripts/gpu-check.sh has "
+        "passed with it on a GPU); on opts in.",
     )
     faiss_omp_threads: int = Field(
         1,

@@ -11,6 +11,7 @@ is busy and the order matters little (2 processes at concurrency 16: 941 / 909 a
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -88,29 +89,37 @@ class LifoThreadPool(Executor):
                     work[0].set_exception(e)
                 return
         while work is not None:
-            self._execute(work)
+            publish = self._execute(work)
             work = None
             with self._lock:
+                stop = False
                 if self._backlog:
                     work = self._backlog.popleft()
-                    continue
-                if self._shutdown:
-                    return
-                self._idle.append(worker)
-            worker.wake.acquire()
-            work, worker.work = worker.work, None
+                elif self._shutdown:
+                    stop = True
+                else:
+                    self._idle.append(worker)
+            # The result is published once this thread is idle again: a caller that submits its next task as
+            # soon as it has the result finds this thread, the most recently idle, ready for it.
+            if publish is not None:
+                publish()
+            if stop:
+                return
+            if work is None:
+                worker.wake.acquire()
+                work, worker.work = worker.work, None
 
     @staticmethod
-    def _execute(work: _Work) -> None:
+    def _execute(work: _Work) -> Callable[[], None] | None:
+        """Run the task; what completes its future (called by `_run`), or None if it was cancelled."""
         future, fn, args, kwargs = work
         if not future.set_running_or_notify_cancel():
-            return
+            return None
         try:
             result = fn(*args, **kwargs)
         except BaseException as e:
-            future.set_exception(e)
-        else:
-            future.set_result(result)
+            return functools.partial(future.set_exception, e)
+        return functools.partial(future.set_result, result)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:

@@ -4,10 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.bundle import load_bundle
+from service.pipeline import Query
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -74,3 +76,35 @@ def test_service_never_imports_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_stage_metrics_are_per_request_and_a_batch_counts_once(client: TestClient) -> None:
+    """A micro-batch with one cached user and one to encode: user_encoding is recorded for the one encoded only;
+    the batch's own stage times are recorded once, in their own metric, whatever its size."""
+    state = client.app.state.reco  # type: ignore[attr-defined]
+    pipeline, recommender = state.pipeline, state.recommender
+    cached = pipeline.encode(np.array([3]))[0]
+    before = scrape(client)
+    answers = recommender.run_batch([Query(3, cached, 5, 50), Query(4, None, 5, 50)])
+    assert "user_encoding" not in answers[0].timings  # its embedding was given
+    assert answers[1].timings["user_encoding"] > 0
+    assert answers[0].batch_timings is answers[1].batch_timings
+    after = scrape(client)
+
+    def grew(name: str, stage: str) -> float:
+        key = (name, (("stage", stage),))
+        return after[key] - before.get(key, 0.0)
+
+    for stage in ("user_encoding", "retrieval", "filtering", "ranking"):
+        assert grew("reco_batch_stage_duration_seconds_count", stage) == 1
+    assert after[("reco_batch_size_count", ())] - before.get(("reco_batch_size_count", ()), 0) == 1
+    assert after[("reco_batch_size_sum", ())] - before.get(("reco_batch_size_sum", ()), 0) == 2
+    # Per request, through the API: a hit records no user_encoding, and each request records its queue wait.
+    user_id = "1"
+    client.post("/v1/recommendations", json={"user_id": user_id, "k": 5})
+    first = scrape(client)
+    client.post("/v1/recommendations", json={"user_id": user_id, "k": 5})  # a hit
+    second = scrape(client)
+    for name, more in (("user_encoding", 0), ("queue", 1), ("ranking", 1)):
+        key = ("reco_stage_duration_seconds_count", (("stage", name),))
+        assert second[key] - first[key] == more, name

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service import runtime
 from service.bundle import MANIFEST, BundleError, load_bundle
 from service.main import create_app
 from service.pipeline import Pipeline, Query
@@ -30,7 +31,16 @@ def answers(pipeline: Pipeline, users: list[int], k: int = 10) -> list[tuple[np.
     return out
 
 
-def test_precision_per_device_and_setting(tiny_bundle: Path) -> None:
+def test_auto_is_float32_without_io_binding_until_verified_on_a_gpu(tiny_bundle: Path) -> None:
+    """`auto` runs only what has passed scripts/gpu-check.sh on a GPU: float32 and plain run() on CUDA too."""
+    assert not runtime.GPU_FAST_PATHS_VERIFIED
+    bundle = load_bundle(tiny_bundle)
+    assert model_precisions(bundle, CUDA, "auto") == {"user_tower": "fp32", "ranker": "fp32"}
+    assert model_precisions(bundle, CUDA, "fp16") == {"user_tower": "fp16", "ranker": "fp16"}  # opted in
+
+
+def test_precision_per_device_and_setting(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "GPU_FAST_PATHS_VERIFIED", True)  # what auto becomes once verified
     bundle = load_bundle(tiny_bundle)
     fp16, fp32 = {"user_tower": "fp16", "ranker": "fp16"}, {"user_tower": "fp32", "ranker": "fp32"}
     assert model_precisions(bundle, CUDA, "auto") == fp16  # the GPU: float16 where the bundle has it
