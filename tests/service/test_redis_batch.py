@@ -284,3 +284,30 @@ def test_a_requests_event_read_and_cache_read_share_one_pipeline(settings: Setti
         assert c.post("/v1/recommendations", json={"user_id": user, "k": 3}).status_code == 200
         assert (shared.pipelines - before[0], shared.commands - before[1]) == (1, 2)  # LRANGE + GET, one pipeline
         assert 'reco_cache_requests_total{result="hit"}' in c.get("/metrics").text
+
+
+@needs_redis
+@LOOPS
+def test_the_redis_py_contract_the_pipeline_relies_on(run_loop: Runner) -> None:
+    """What ReadPipeline takes from redis-py beyond its public API, checked on the release installed (pinned in
+    constraints.txt): `Connection.connect()` leaves an open asyncio stream in `_reader`/`_writer`; with both set
+    to None, `disconnect()` and collecting the object leave that stream alone; and the stream carries RESP."""
+
+    async def scenario() -> None:
+        pool = aioredis.ConnectionPool.from_url(URL, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+        connection = pool.make_connection()
+        await connection.connect()
+        reader, writer = connection._reader, connection._writer
+        assert isinstance(reader, asyncio.StreamReader)
+        assert isinstance(writer, asyncio.StreamWriter)
+        assert not writer.transport.is_closing()
+        connection._reader = connection._writer = None
+        await connection.disconnect()  # must not close the stream we now own
+        del connection
+        assert not writer.transport.is_closing()
+        writer.write(pack_command("ping", ()))
+        assert await asyncio.wait_for(reader.readline(), 2) == b"+PONG\r\n"
+        writer.close()
+        await pool.disconnect()
+
+    run_loop(scenario())
