@@ -1,4 +1,8 @@
-"""CLI: `python -m model_export --dataset synthetic|movielens [--data-dir PATH] --out bundles/ [--preset tiny]`.
+"""CLI.
+
+    python -m model_export --dataset synthetic|movielens [--data-dir PATH] --out bundles/ [--preset tiny]
+    python -m model_export train --interactions F --items F [--users F] --out bundles/   (your data, docs/data.md)
+    python -m model_export sample-data --out DIR [--format csv|parquet]   (a small dataset in the data contract)
 
 `--if-missing`: build only when OUT/current does not exist (the compose `export` job, the k8s init container).
 """
@@ -9,17 +13,16 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from model_export.config import PRESETS, preset
-from model_export.data import DataError, generate_synthetic, load_movielens
+from model_export.config import PRESETS, ExportConfig, preset
+from model_export.contract import load_contract, write_contract
+from model_export.data import DataError, Dataset, generate_synthetic, load_movielens
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model_export", description=__doc__)
-    parser.add_argument("--dataset", choices=["synthetic", "movielens"], default="synthetic")
-    parser.add_argument("--data-dir", type=Path, help="MovieLens directory (ml-100k, ml-1m, ml-latest-small, ml-25m)")
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bundles"), help="directory that receives the bundle")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--seed", type=int, default=0)
@@ -44,7 +47,74 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="do nothing when OUT/current already exists (a one-shot job that builds the demo bundle once)",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "sample-data":
+        return sample_data(argv[1:])
+    if argv and argv[0] == "train":
+        return train_from_files(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m model_export", description=__doc__)
+    parser.add_argument("--dataset", choices=["synthetic", "movielens"], default="synthetic")
+    parser.add_argument("--data-dir", type=Path, help="MovieLens directory (ml-100k, ml-1m, ml-latest-small, ml-25m)")
+    add_training_arguments(parser)
     args = parser.parse_args(argv)
+    if args.dataset == "movielens" and args.data_dir is None:
+        parser.error("--dataset movielens needs --data-dir")
+    return build(
+        args,
+        lambda config: (
+            load_movielens(args.data_dir)
+            if args.dataset == "movielens"
+            else generate_synthetic(config.synthetic, seed=config.seed)
+        ),
+    )
+
+
+def train_from_files(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export train", description="Train a bundle on tables in the data contract (docs/data.md)."
+    )
+    parser.add_argument("--interactions", type=Path, required=True, help="CSV or Parquet: user_id, item_id, timestamp")
+    parser.add_argument("--items", type=Path, required=True, help="CSV or Parquet: item_id, title, categories ...")
+    parser.add_argument("--users", type=Path, help="CSV or Parquet: user_id and categorical columns (optional)")
+    parser.add_argument("--name", default="contract", help="the dataset's name in the bundle's version")
+    add_training_arguments(parser)
+    args = parser.parse_args(argv)
+    return build(args, lambda config: load_contract(args.interactions, args.items, args.users, name=args.name))
+
+
+def sample_data(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export sample-data",
+        description="Write a small synthetic dataset in the data contract (interactions, items, users).",
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    dataset = generate_synthetic(preset("tiny").synthetic, seed=args.seed)
+    paths = write_contract(dataset, args.out)
+    if args.format == "parquet":
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+
+        for name, path in list(paths.items()):
+            # Every column read as text: ids stay strings, empty cells stay empty.
+            options = pa_csv.ConvertOptions(column_types=None, strings_can_be_null=True, auto_dict_encode=False)
+            table = pa_csv.read_csv(path, convert_options=options)
+            paths[name] = path.with_suffix(".parquet")
+            pq.write_table(table, paths[name])
+            path.unlink()
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    command = f"--interactions {paths['interactions']} --items {paths['items']} --users {paths['users']}"
+    print(f"train on it: python -m model_export train {command} --out bundles")
+    return 0
+
+
+def build(args: argparse.Namespace, load: Callable[[ExportConfig], Dataset]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.if_missing and (args.out / "current").exists():
         print(f"bundle {(args.out / 'current').resolve().name} already in {args.out}: nothing to build")
@@ -57,12 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.history_sampling:
         config = replace(config, two_tower=replace(config.two_tower, history_sampling=args.history_sampling))
     try:
-        if args.dataset == "movielens":
-            if args.data_dir is None:
-                parser.error("--dataset movielens needs --data-dir")
-            raw = load_movielens(args.data_dir)
-        else:
-            raw = generate_synthetic(config.synthetic, seed=config.seed)
+        raw = load(config)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -84,6 +84,9 @@ class Dataset:
     # (n_items, T) float32: each item's text through a pretrained sentence encoder (model_export.text); set by
     # the exporter when text features are on, else (n_items, 0).
     item_text: np.ndarray | None = None
+    # Per item, text beyond its title and genres (the contract's description and other text columns), which the
+    # text encoder reads after them; None: none.
+    item_descriptions: list[str] | None = None
 
     @property
     def text_dim(self) -> int:

@@ -26,10 +26,12 @@ TEXT_DIM = 384
 
 
 def item_texts(dataset: Dataset) -> list[str]:
-    """One line per item: its title (MovieLens titles carry the year), then its genres."""
+    """One line per item: its title (MovieLens titles carry the year), its genres, then its description (as
+    service.features.item_text builds it for an item added live)."""
     genre_names = [n.removeprefix("genre:") for n in dataset.item_dense_names if n.startswith("genre:")]
+    descriptions = dataset.item_descriptions or [""] * dataset.n_items
     return [
-        item_text(title, [g for j, g in enumerate(genre_names) if dataset.item_dense[i, j] > 0])
+        item_text(title, [g for j, g in enumerate(genre_names) if dataset.item_dense[i, j] > 0], descriptions[i])
         for i, title in enumerate(dataset.item_titles)
     ]
 

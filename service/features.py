@@ -51,9 +51,13 @@ def year_of(dense: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return np.where(known, np.rint(scaled * (YEAR_LAST - YEAR_FIRST) + YEAR_FIRST), 0).astype(np.int64)
 
 
+UNKNOWN_NUMERIC_FEATURE = 0.5  # a `num:<column>` feature (scaled to [0, 1] at training) that an item lacks
+
+
 def item_dense_row(names: Sequence[str], genres: Sequence[str], year: int | None) -> np.ndarray:
     """The dense features of one item from its genres and year, in the bundle's column order `names`
-    (`genre:<name>` multi-hot, then `release_year`); genres the bundle does not know are ignored. (D,) float32"""
+    (`genre:<name>` multi-hot, `release_year`, then `num:<column>` numeric features, unknown here: their
+    midpoint); genres the bundle does not know are ignored. (D,) float32"""
     row = np.zeros(len(names), dtype=np.float32)
     wanted = {f"genre:{g}" for g in genres}
     for j, name in enumerate(names):
@@ -61,6 +65,8 @@ def item_dense_row(names: Sequence[str], genres: Sequence[str], year: int | None
             row[j] = 1.0
         elif name == "release_year":
             row[j] = year_feature(year)
+        elif name.startswith("num:"):
+            row[j] = UNKNOWN_NUMERIC_FEATURE
     return row
 
 
