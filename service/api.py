@@ -13,10 +13,11 @@ from service.auth import admin_router, client_router
 from service.bundle import BundleError
 from service.cache import CacheUnavailable
 from service.errors import Conflict, Forbidden, InvalidField, NotFound, Unavailable
-from service.events import DISLIKE_PREFIX, EventStoreUnavailable
+from service.events import EventStoreUnavailable
 from service.features import most_similar_in_history
 from service.live_items import ItemConflict, ItemRecord
 from service.logs import UserHasher
+from service.records import NewEvent, RecordsUnavailable
 from service.schemas import (
     ErrorResponse,
     EventBatch,
@@ -31,7 +32,9 @@ from service.schemas import (
     SimilarItem,
     SimilarItemsResponse,
     SimilarityReason,
+    StoredEventOut,
     UserDeleted,
+    UserRecord,
 )
 from service.state import AppState, StateDep
 
@@ -122,23 +125,23 @@ async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
     for n, event in enumerate(body.events):
         if event.item_id not in index:
             raise NotFound(f"body.events.{n}.item_id: unknown item {event.item_id!r}")
-    per_user: dict[str, list[tuple[float, int, str]]] = {}
+    per_user: dict[str, list[tuple[float, int, NewEvent]]] = {}
     for n, event in enumerate(body.events):
-        entry = (DISLIKE_PREFIX if event.event_type == "dislike" else "") + event.item_id
-        per_user.setdefault(event.user_id, []).append((event.timestamp or 0.0, n, entry))
+        stored = NewEvent(event.user_id, event.item_id, event.event_type, event.timestamp, event.event_id)
+        per_user.setdefault(event.user_id, []).append((event.timestamp or 0.0, n, stored))
     if len(per_user) > state.settings.max_event_users_per_request:
         limit = state.settings.max_event_users_per_request
         raise InvalidField(("body", "events"), f"at most {limit} distinct users per request, got {len(per_user)}")
-    ordered = {user: [entry for _, _, entry in sorted(rows)] for user, rows in per_user.items()}
+    ordered = [stored for rows in per_user.values() for _, _, stored in sorted(rows, key=lambda r: r[:2])]
     try:
         async with state.admit(deadline=False):  # no deadline: a write half done must not be answered 503
-            await serving.recommender.record_events(ordered)
+            new = await serving.recommender.record_events(ordered)
     except EventStoreUnavailable as e:
         state.metrics.event_store_errors.labels("write").inc()
         raise Unavailable(str(e)) from e
     for event in body.events:
         state.metrics.events.labels(event.event_type).inc()
-    return EventsAccepted(accepted=len(body.events), users=len(ordered))
+    return EventsAccepted(accepted=len(body.events), users=len(per_user), duplicates=len(body.events) - new)
 
 
 _RELOAD_ERRORS: dict[int | str, dict[str, object]] = {
@@ -183,15 +186,44 @@ async def delete_user(
     user_id: Annotated[str, Path(min_length=1, max_length=128)],
     state: StateDep,
 ) -> UserDeleted:
-    """Forget a user (admin): their fresh events and every cached embedding of theirs (any bundle version) are
-    deleted. A 503 means the store could not be reached and nothing may be assumed deleted: retry. What a
-    bundle learnt from the user's past interactions stays until the next bundle is built without them."""
+    """Forget a user (admin): their events and row in the database, their cached events and every cached
+    embedding of theirs (any bundle version) are deleted, and the deletion recorded. A 503 means a store could not
+    be reached and nothing may be assumed deleted: retry. What a bundle learnt from the user's past interactions
+    stays until the next bundle is built without them."""
     try:
         events, embeddings = await state.recommender.delete_user(user_id)
     except (EventStoreUnavailable, CacheUnavailable) as e:
         raise Unavailable(str(e)) from e
     state.metrics.user_deletions.inc()
     return UserDeleted(events_deleted=events, embeddings_deleted=embeddings)
+
+
+@admin.get("/v1/users/{user_id}", response_model=UserRecord, responses=_ERRORS)
+async def get_user(user_id: Annotated[str, Path(min_length=1, max_length=128)], state: StateDep) -> UserRecord:
+    """Everything held about a user (admin; the right of access): their row and every event in the database,
+    and whether the served bundle was trained on them. A user the service holds nothing about is not an error:
+    their record is empty."""
+    records = state.records
+    try:
+        profile, stored = await records.run(lambda: records.user(user_id))
+    except RecordsUnavailable as e:
+        raise Unavailable(str(e)) from e
+    return UserRecord(
+        user_id=user_id,
+        known_to_bundle=user_id in state.bundle.user_index,
+        first_seen=profile["first_seen"] if profile else None,
+        last_seen=profile["last_seen"] if profile else None,
+        events=[
+            StoredEventOut(
+                event_id=e.event_id,
+                item_id=e.item_id,
+                event_type=e.event_type,
+                timestamp=e.timestamp,
+                received_at=e.received_at,
+            )
+            for e in stored
+        ],
+    )
 
 
 _BAD_REQUEST_LINE: dict[int | str, dict[str, object]] = {
@@ -309,8 +341,19 @@ async def readyz(request: Request) -> JSONResponse:
         faiss_device=state.pipeline.retriever.device,
         cache_backend=state.cache.backend,
         cache_status=await state.cache.status(),
+        database_backend=state.records.backend,
+        database_status=await database_status(state),
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+async def database_status(state: AppState) -> str:
+    records = state.records
+    try:
+        await records.run(records.ping)
+    except RecordsUnavailable:
+        return "unreachable"
+    return "ok"
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -19,6 +19,7 @@ logged and counted in `reco_errors_total{type=...}`, never a stack trace in the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -93,7 +94,10 @@ def _count(request: Request, error_type: str) -> None:
         state.metrics.errors.labels(error_type).inc()
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, allowed_methods: Callable[[str], set[str]] | None = None) -> None:
+    """`allowed_methods(path)`: every method the app serves on `path`, for a 405's `Allow` (Starlette's router
+    names only the first route whose path matched, when one path has routes for several methods)."""
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = [
@@ -111,7 +115,12 @@ def install_error_handlers(app: FastAPI) -> None:
         error = names.get(exc.status_code, "http_error")
         message = str(exc.detail)
         _count(request, error)
-        return JSONResponse(_body(error, message, []), status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and allowed_methods is not None:
+            methods = allowed_methods(request.url.path)
+            if methods:
+                headers["Allow"] = ", ".join(sorted(methods))
+        return JSONResponse(_body(error, message, []), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:

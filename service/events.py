@@ -1,22 +1,27 @@
-"""Fresh user events: what a user did since the bundle was trained, so the next request already reflects it.
+"""Recent user events, cached: what a user did lately, so the next request already reflects it.
 
-Each user's recent events are a capped list of entries, oldest first: an item id for an interaction (it joins
-the user's history: the user tower's input, the ranker's history features and the already-seen filter), or
-`!` + item id for a dislike (only filtered out). Ids, not bundle indices, are stored, so events outlive a
-bundle change. Backends: Redis (a list per user, trimmed to the cap, with a TTL; shared by replicas) or an
-in-process store bounded in users (the embedded default; one process only).
+The events themselves live in the system of record (`service.records`): a write is acknowledged once the
+database has committed it. This module caches each user's latest events as a capped list of entries, oldest
+first: an item id for an interaction (it joins the user's history: the user tower's input, the ranker's history
+features and the already-seen filter), or `!` + item id for a dislike (only filtered out). Ids, not bundle
+indices, are stored, so events outlive a bundle change. Backends: Redis (a list per user with a TTL, shared by
+replicas) or an in-process cache bounded in users (one process only).
 
-Unlike the embedding cache, this store holds data: a write that Redis does not acknowledge raises
-`EventStoreUnavailable` (the API answers 503, the client retries), never a silent drop. A failed *read*
-(`EventReadFailed`) degrades the request to the bundle's history and is counted. Reads and writes go through
-the breaker of the Redis they share with the embedding cache (`service.breaker`): while it is open they fail at
-once instead of each waiting out a timeout.
+A cached list is complete (the user's latest events as the database holds them) or absent: `recent` answers
+None for a user it does not hold, and the caller reads the database and `fill`s the cache. A list starts with a
+marker entry, so a user with no events is cached too. After a write the writer fills the list from the
+database with `overwrite=True`; a reader's fill (`overwrite=False`) only takes an empty slot, so a reader that
+read the database before a write cannot put back a list without it.
+
+A failed read (`EventReadFailed`) sends the request to the database; cache writes that fail are counted and
+dropped (the database has the events). Redis calls go through the breaker of the Redis they share with the
+embedding cache (`service.breaker`): while it is open they fail at once instead of each waiting out a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Protocol
 
 from redis.exceptions import RedisError
@@ -25,39 +30,50 @@ from service.breaker import CircuitBreaker
 from service.redis_batch import ReadPipeline, open_client
 
 DISLIKE_PREFIX = "!"
+MARKER = "~"  # the first entry of every cached list: "this user's events are cached" (never an item entry)
+EMPTY_TTL_S = 3600  # a user with no events at all is cached this long at most (anonymous traffic's ids expire)
 
 
 class EventStoreUnavailable(Exception):
-    """The backend did not take the write."""
+    """The system of record did not take the write (the API answers 503: retry)."""
 
 
 class EventReadFailed(Exception):
-    """A user's events could not be read; `bypassed`: Redis was not asked (its breaker is open)."""
+    """A user's cached events could not be read; `bypassed`: Redis was not asked (its breaker is open)."""
 
     def __init__(self, message: str, *, bypassed: bool) -> None:
         super().__init__(message)
         self.bypassed = bypassed
 
 
-class EventStore(Protocol):
+class EventCache(Protocol):
     backend: str
 
-    async def append(self, events: dict[str, list[str]]) -> None:
-        """Append each user's entries (oldest first)."""
+    async def recent(self, user_id: str) -> list[str] | None:
+        """The user's cached entries, oldest first; None if the cache does not hold the user. Raises
+        EventReadFailed."""
         ...
 
-    async def recent(self, user_id: str) -> list[str]:
-        """The user's entries, oldest first. Raises EventReadFailed."""
+    async def fill(self, user_id: str, entries: list[str], *, overwrite: bool) -> bool:
+        """Cache the user's entries (as the database holds them); without `overwrite` only if the user is not
+        cached. False if the cache could not be written."""
         ...
 
     async def delete(self, user_id: str) -> bool:
-        """Forget the user; True if anything was held."""
+        """Forget the user; True if anything was held. Raises EventStoreUnavailable."""
         ...
 
     async def close(self) -> None: ...
 
 
-class LocalEventStore:
+def cached(raw: list[str]) -> list[str] | None:
+    """A cached list's entries without its marker; None for a list that is not a complete cache entry."""
+    if not raw or raw[0] != MARKER:
+        return None
+    return raw[1:]
+
+
+class LocalEventCache:
     """In-process: up to `max_users` users (least recently written dropped first), `cap` entries each.
     Used from the event loop only."""
 
@@ -66,21 +82,19 @@ class LocalEventStore:
     def __init__(self, cap: int, max_users: int) -> None:
         self._cap = cap
         self._max_users = max_users
-        self._users: OrderedDict[str, deque[str]] = OrderedDict()
+        self._users: OrderedDict[str, list[str]] = OrderedDict()
 
-    async def append(self, events: dict[str, list[str]]) -> None:
-        for user_id, entries in events.items():
-            held = self._users.get(user_id)
-            if held is None:
-                held = self._users[user_id] = deque(maxlen=self._cap)
-            held.extend(entries)
-            self._users.move_to_end(user_id)
-        while len(self._users) > self._max_users:
-            self._users.popitem(last=False)
-
-    async def recent(self, user_id: str) -> list[str]:
+    async def recent(self, user_id: str) -> list[str] | None:
         held = self._users.get(user_id)
-        return list(held) if held is not None else []
+        return list(held) if held is not None else None
+
+    async def fill(self, user_id: str, entries: list[str], *, overwrite: bool) -> bool:
+        if overwrite or user_id not in self._users:
+            self._users[user_id] = list(entries[-self._cap :])
+            self._users.move_to_end(user_id)
+            while len(self._users) > self._max_users:
+                self._users.popitem(last=False)
+        return True
 
     async def delete(self, user_id: str) -> bool:
         return self._users.pop(user_id, None) is not None
@@ -89,8 +103,18 @@ class LocalEventStore:
         self._users.clear()
 
 
-class RedisEventStore:
-    """`reco:events:<user id>` lists: RPUSH + LTRIM + EXPIRE in one transaction per write."""
+# KEYS[1]: the list; ARGV[1]: 1 to overwrite; ARGV[2]: TTL; ARGV[3..]: the marker and the entries.
+_FILL = """
+if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class RedisEventCache:
+    """`reco:events:<user id>` lists, the marker first, filled by a script (check and write at once)."""
 
     backend = "redis"
 
@@ -113,6 +137,7 @@ class RedisEventStore:
         self._cap = cap
         self._ttl = ttl_s
         self._deadline_s = 2 * timeout_s
+        self._fill = self._client.register_script(_FILL)
         # LRANGEs go out through `reads`, the read pipeline shared with the embedding cache (its owner closes it).
         self._reads = reads
 
@@ -120,27 +145,7 @@ class RedisEventStore:
     def key(user_id: str) -> str:
         return f"reco:events:{user_id}"
 
-    async def append(self, events: dict[str, list[str]]) -> None:
-        permit = self.breaker.admit()
-        if permit is None:
-            raise EventStoreUnavailable("the event store (Redis) is skipped after repeated errors; retry shortly")
-        try:
-            async with asyncio.timeout(self._deadline_s):
-                async with self._client.pipeline(transaction=True) as pipe:
-                    for user_id, entries in events.items():
-                        key = self.key(user_id)
-                        pipe.rpush(key, *entries)
-                        pipe.ltrim(key, -self._cap, -1)
-                        pipe.expire(key, self._ttl)
-                    await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as e:
-            self.breaker.failure()
-            raise EventStoreUnavailable(f"the event store (Redis) did not take the write: {e!r}") from e
-        finally:
-            self.breaker.release(permit)
-        self.breaker.success()
-
-    async def recent(self, user_id: str) -> list[str]:
+    async def recent(self, user_id: str) -> list[str] | None:
         permit = self.breaker.admit()
         if permit is None:
             raise EventReadFailed("Redis is skipped (breaker open)", bypassed=True)
@@ -153,14 +158,32 @@ class RedisEventStore:
         finally:
             self.breaker.release(permit)
         self.breaker.success()
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+        return cached([v.decode() if isinstance(v, bytes) else str(v) for v in raw])
+
+    async def fill(self, user_id: str, entries: list[str], *, overwrite: bool) -> bool:
+        permit = self.breaker.admit()
+        if permit is None:
+            return False
+        ttl = self._ttl if entries else min(self._ttl, EMPTY_TTL_S)
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                args = ["1" if overwrite else "0", ttl, MARKER, *entries[-self._cap :]]
+                await self._fill(keys=[self.key(user_id)], args=args)
+        except (RedisError, OSError, TimeoutError):
+            self.breaker.failure()
+            return False
+        finally:
+            self.breaker.release(permit)
+        self.breaker.success()
+        return True
 
     async def delete(self, user_id: str) -> bool:
+        """Not behind the breaker: a deletion is tried, and fails loudly."""
         try:
             async with asyncio.timeout(self._deadline_s):
                 return bool(await self._client.delete(self.key(user_id)))
         except (RedisError, OSError, TimeoutError) as e:
-            raise EventStoreUnavailable(f"the event store (Redis) did not take the delete: {e!r}") from e
+            raise EventStoreUnavailable(f"the event cache (Redis) did not take the delete: {e!r}") from e
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import admin, client, router
@@ -145,6 +146,16 @@ def deployment_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
     return app.openapi_schema
 
 
+def allowed_methods(path: str) -> set[str]:
+    """The methods the service's routes serve on `path` (every route of every router whose path matches)."""
+    methods: set[str] = set()
+    for routes in (router, client, admin):
+        for route in routes.routes:
+            if isinstance(route, APIRoute) and route.methods and route.path_regex.match(path):
+                methods |= route.methods
+    return methods
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
@@ -178,7 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(client)
     app.include_router(admin)
-    install_error_handlers(app)
+    install_error_handlers(app, allowed_methods)
     app.add_middleware(RecommendationsFastPath, max_body_bytes=settings.max_body_bytes, enabled=settings.http_fast_path)
     app.add_middleware(AdmissionMiddleware)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)  # outermost: it also counts the refusals

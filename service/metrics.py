@@ -108,8 +108,10 @@ class Metrics:
         self.events = Counter("reco_events", "User events accepted, by event type.", ["type"], registry=r)
         self.event_store_errors = Counter(
             "reco_event_store_errors",
-            "Event store operations that failed (read: the request went on without fresh events; read_bypass: "
-            "the same, Redis skipped while its breaker is open; write: 503).",
+            "Event operations that failed. read / read_bypass: the recent-events cache (Redis) failed or was skipped "
+            "by its breaker (the database was asked instead); database_read: the database did not answer (served "
+            "without fresh events); cache_write: the cache was not updated (the database has the events); "
+            "write: the database did not take a write (503).",
             ["op"],
             registry=r,
         )
@@ -136,7 +138,7 @@ class Metrics:
             self.cache_requests.labels(result)
         for result in ("ok", "refused"):
             self.reloads.labels(result)
-        for op in ("read", "read_bypass", "write"):
+        for op in ("read", "read_bypass", "database_read", "cache_write", "write"):
             self.event_store_errors.labels(op)
         for reason in ("overload", "deadline"):
             self.rejected.labels(reason)

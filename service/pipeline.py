@@ -8,6 +8,7 @@ work in a thread pool, and the stage timings and counts into the metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -21,11 +22,12 @@ import onnxruntime as ort
 from service.batching import MicroBatcher
 from service.bundle import Bundle, variant_name
 from service.cache import CacheResult, EmbeddingCache
-from service.events import DISLIKE_PREFIX, EventReadFailed, EventStore, EventStoreUnavailable
+from service.events import DISLIKE_PREFIX, EventCache, EventReadFailed, EventStoreUnavailable
 from service.features import history_window
 from service.filtering import filter_candidates, top_k
 from service.metrics import Metrics
 from service.ranking import Ranker
+from service.records import NewEvent, Records, RecordsUnavailable
 from service.retrieval import Retriever
 from service.runtime import faiss_gpus, model_precisions, onnx_providers, open_session
 from service.settings import Settings
@@ -342,12 +344,14 @@ class Recommender:
         metrics: Metrics,
         executor: Executor,
         num_candidates: int,
-        events: EventStore | None = None,
+        events: EventCache | None = None,
         batching: BatchingOptions | None = None,
+        records: Records | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.cache = cache
-        self.events = events
+        self.events = events  # the recent-events cache of `records`, the system of record
+        self.records = records
         self.metrics = metrics
         self.executor = executor
         self.num_candidates = num_candidates
@@ -372,12 +376,31 @@ class Recommender:
         """Run `fn` in the compute thread pool (never on the event loop)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
-    async def fresh_history(self, user_id: str) -> FreshHistory:
+    async def recent_entries(self, user_id: str) -> list[str]:
+        """The user's latest events: from the cache, else from the database (then cached for the next
+        request). Neither answering: none (the request is served from the bundle's history, and counted)."""
+        entries: list[str] | None = None
+        if self.events is not None:
+            try:
+                entries = await self.events.recent(user_id)
+            except EventReadFailed as e:
+                self.metrics.event_store_errors.labels("read_bypass" if e.bypassed else "read").inc()
+        if entries is not None or self.records is None:
+            return entries or []
+        records = self.records
         try:
-            entries = await self.events.recent(user_id) if self.events is not None else []
-        except EventReadFailed as e:
-            self.metrics.event_store_errors.labels("read_bypass" if e.bypassed else "read").inc()
-            entries = []
+            entries = await records.run(lambda: records.recent_entries(user_id))
+        except RecordsUnavailable:
+            self.metrics.event_store_errors.labels("database_read").inc()
+            return []
+        if self.events is not None and not await self.events.fill(user_id, entries, overwrite=False):
+            self.metrics.event_store_errors.labels("cache_write").inc()
+        return entries
+
+    async def fresh_history(self, user_id: str) -> FreshHistory:
+        return self.fresh_from(await self.recent_entries(user_id))
+
+    def fresh_from(self, entries: list[str]) -> FreshHistory:
         if not entries:
             return NO_FRESH_EVENTS
         liked = [e for e in entries if not e.startswith(DISLIKE_PREFIX)]
@@ -459,24 +482,53 @@ class Recommender:
         self.metrics.candidates.labels("after_filtering").observe(recs.n_after_filter)
         return RecommendationResult(user, recs, cache_result, len(fresh.interactions) + len(fresh.disliked))
 
-    async def delete_user(self, user_id: str) -> tuple[bool, int]:
-        """Delete the user's fresh events and cached embeddings: (had events, embeddings deleted). Events go
-        first: an embedding cached in between is keyed by the events' digest and is deleted right after."""
-        events = await self.events.delete(user_id) if self.events is not None else False
-        return events, await self.cache.delete_user(user_id)
+    async def delete_user(self, user_id: str) -> tuple[int, int]:
+        """Delete everything held about the user: their events and row in the database, their cached events and
+        every cached embedding (any bundle version): (events deleted, embeddings deleted). The database goes
+        first; an embedding cached in between is keyed by the events' digest and is deleted right after. Raises
+        EventStoreUnavailable or CacheUnavailable: nothing may be assumed deleted, retry."""
+        deleted = 0
+        if self.records is not None:
+            records = self.records
+            try:
+                deleted = await records.run(lambda: records.delete_user(user_id), guarded=False)
+            except RecordsUnavailable as e:
+                raise EventStoreUnavailable(str(e)) from e
+        if self.events is not None:
+            await self.events.delete(user_id)
+        return deleted, await self.cache.delete_user(user_id)
 
-    async def record_events(self, events: dict[str, list[str]]) -> None:
-        """Append events (user id -> entries, oldest first) and refresh each user's cached embedding, so the
-        next request finds the new one: the users' events read back at once (one round trip with Redis), their
-        embeddings computed in one user-encoder call. Raises EventStoreUnavailable if the store did not take
-        them."""
-        if self.events is None:
-            raise EventStoreUnavailable("no event store is configured")
-        await self.events.append(events)
-        freshes = await asyncio.gather(*(self.fresh_history(user_id) for user_id in events))
-        todo = [(user_id, fresh) for user_id, fresh in zip(events, freshes, strict=True) if not fresh.empty]
+    async def record_events(self, events: list[NewEvent]) -> int:
+        """Store `events` (in order) in the database, then refresh each user's cached events and embedding from
+        what the database holds, so the next request finds them: their embeddings computed in one user-encoder
+        call. The number of events that were new (a retried event_id is stored once). Raises
+        EventStoreUnavailable if the database did not take them (nothing was written)."""
+        if self.records is None:
+            raise EventStoreUnavailable("no database is configured")
+        records = self.records
+        try:
+            new = await records.run(lambda: records.add_events(events))
+        except RecordsUnavailable as e:
+            raise EventStoreUnavailable(str(e)) from e
+        user_ids = list(dict.fromkeys(e.user_id for e in events))
+        try:
+            held = await records.run(lambda: {u: records.recent_entries(u) for u in user_ids})
+        except RecordsUnavailable:  # stored, but not read back: the caches are dropped, the next request reads
+            self.metrics.event_store_errors.labels("database_read").inc()
+            for user_id in user_ids:
+                with contextlib.suppress(EventStoreUnavailable):
+                    if self.events is not None:
+                        await self.events.delete(user_id)
+            return sum(new)
+        todo = []
+        for user_id, entries in held.items():
+            if self.events is not None and not await self.events.fill(user_id, entries, overwrite=True):
+                self.metrics.event_store_errors.labels("cache_write").inc()
+            fresh = self.fresh_from(entries)
+            if not fresh.empty:
+                todo.append((user_id, fresh))
         if not todo:
-            return
+            return sum(new)
         pipeline = self.pipeline
         users = np.array([pipeline.user_index(user_id) for user_id, _ in todo], dtype=np.int64)
         histories = [pipeline.history(int(u), fresh.interactions) for u, (_, fresh) in zip(users, todo, strict=True)]
@@ -485,3 +537,4 @@ class Recommender:
         self.metrics.stage_latency.labels("user_encoding").observe(time.perf_counter() - t0)
         for (user_id, fresh), embedding in zip(todo, embeddings, strict=True):  # one at a time: a bounded pool
             await self.store_embedding(self.cache_key(user_id, fresh), embedding)
+        return sum(new)

@@ -77,6 +77,12 @@ class Event(BaseModel):
     timestamp: StrictFloat | None = Field(
         None, ge=0, description="Unix seconds; orders a batch's events per user (default: arrival order)."
     )
+    event_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="The client's id for the event: sent again (a retry), it is stored once.",
+    )
 
 
 class EventBatch(BaseModel):
@@ -89,8 +95,9 @@ class EventBatch(BaseModel):
 
 
 class EventsAccepted(BaseModel):
-    accepted: int
+    accepted: int = Field(description="Events in the request, every one now stored (durably, in the database).")
     users: int
+    duplicates: int = Field(0, description="Of those, events whose event_id was already stored (not stored again).")
 
 
 class ItemUpsert(BaseModel):
@@ -157,6 +164,10 @@ class ReadinessResponse(BaseModel):
     faiss_device: str | None
     cache_backend: str | None
     cache_status: str | None
+    database_backend: str | None = Field(None, description="sqlite | postgresql: the system of record")
+    database_status: str | None = Field(
+        None, description="ok | unreachable; reported, never required: recommendations are served without it"
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -166,8 +177,27 @@ class ErrorResponse(BaseModel):
 
 
 class UserDeleted(BaseModel):
-    events_deleted: bool = Field(description="Whether the user had fresh events stored (now deleted).")
+    events_deleted: int = Field(description="The user's events deleted from the database.")
     embeddings_deleted: int = Field(description="Cached user embeddings deleted (every bundle version).")
+
+
+class StoredEventOut(BaseModel):
+    event_id: str | None
+    item_id: str
+    event_type: str
+    timestamp: float | None = Field(description="The client's time, if it sent one.")
+    received_at: float = Field(description="When the service stored it (Unix seconds).")
+
+
+class UserRecord(BaseModel):
+    """Everything the service holds about a user (the right of access): the system of record's row and events,
+    and whether the served bundle was trained on the user's interactions."""
+
+    user_id: str
+    known_to_bundle: bool = Field(description="The served bundle has this user (trained on their interactions).")
+    first_seen: float | None = Field(description="Their first event received (Unix seconds); null: none.")
+    last_seen: float | None
+    events: list[StoredEventOut] = Field(description="Every event stored for the user, oldest first.")
 
 
 class ReloadRequest(BaseModel):

@@ -60,10 +60,25 @@ class Settings(BaseSettings):
     breaker_failures: int = Field(3, ge=1, description="Consecutive Redis errors that open the breaker.")
     breaker_reset_s: float = Field(5.0, gt=0, description="How long an open breaker skips Redis.")
 
-    # Fresh user events (POST /v1/events): in Redis when redis_url is set, else in process.
-    events_per_user: int = Field(200, ge=1, description="Latest events kept per user.")
-    events_ttl_s: int = Field(30 * 86400, ge=1, description="A user's events expire this long after their last one.")
-    events_local_users: int = Field(100_000, ge=1, description="Users the in-process event store holds.")
+    # The system of record (service.records): every acknowledged event, the users heard of, deletions.
+    database_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL of the system of record, e.g. postgresql+psycopg://reco@db:5432/reco (a password "
+        "in it stays secret); unset: a SQLite file reco.sqlite3 in the bundles root (one machine only).",
+    )
+    database_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="Bound on each database call (connect, statement, lock wait); beyond it a 503 for a write.",
+    )
+    database_threads: int = Field(4, ge=1, description="Threads that run database calls off the event loop.")
+    database_migrate: bool = Field(
+        True, description="Apply the schema's Alembic migrations at start (off: run `alembic upgrade head` yourself)."
+    )
+    # Recent user events (POST /v1/events), a cache of the database's: in Redis when redis_url is set, else in process.
+    events_per_user: int = Field(200, ge=1, description="Latest events per user the cache holds and requests read.")
+    events_ttl_s: int = Field(30 * 86400, ge=1, description="How long Redis keeps a user's cached recent events.")
+    events_local_users: int = Field(100_000, ge=1, description="Users the in-process recent-events cache holds.")
     events_redis_timeout_s: float = Field(0.2, gt=0, description="Per-command timeout of the Redis event store.")
     max_events_per_request: int = Field(1000, ge=1, description="Largest batch POST /v1/events takes.")
     max_event_users_per_request: int = Field(
@@ -183,6 +198,13 @@ class Settings(BaseSettings):
     def reload_root(self) -> Path:
         """The directory reloads may load from (resolved: symlinks followed)."""
         return (self.bundles_root or self.bundle_path.resolve().parent).resolve()
+
+    @property
+    def database(self) -> str:
+        """The database URL in use (the SQLite default resolved)."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.reload_root / 'reco.sqlite3'}"
 
     @property
     def batch_loops(self) -> int:

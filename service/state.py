@@ -18,11 +18,12 @@ from service.breaker import CircuitBreaker
 from service.bundle import Bundle, BundleError, load_bundle
 from service.cache import EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
 from service.errors import Conflict, NotReady, Overloaded
-from service.events import EventStore, LocalEventStore, RedisEventStore
+from service.events import EventCache, LocalEventCache, RedisEventCache
 from service.item_encoder import ItemEncoder
 from service.live_items import LiveItems
 from service.metrics import Metrics
 from service.pipeline import BatchingOptions, Pipeline, Recommender
+from service.records import Records, migrate
 from service.redis_batch import ReadPipeline
 from service.runtime import limit_native_threads, release_free_memory
 from service.settings import Settings
@@ -59,7 +60,8 @@ class AppState:
     serving: Serving
     cache: EmbeddingCache
     executor: LifoThreadPool
-    events: EventStore
+    events: EventCache
+    records: Records  # the system of record (events, users, deletions)
     ready: bool = False  # loaded and warmed up: requests are served
     draining: bool = False  # SIGTERM received: still serving, but /readyz says 503 so traffic moves away
     in_flight: int = 0
@@ -122,23 +124,32 @@ class AppState:
             initargs=(settings.faiss_omp_threads,),
         )
         cache: EmbeddingCache | None = None
-        events: EventStore | None = None
+        events: EventCache | None = None
+        records: Records | None = None
         reads = open_shared_reads(settings)
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s) if reads is not None else None
+        loop = asyncio.get_running_loop()
         try:
-            bundle = await asyncio.get_running_loop().run_in_executor(executor, load_bundle, settings.bundle_path)
+            if settings.database_migrate:
+                await loop.run_in_executor(executor, migrate, settings.database)
+            records = open_records(settings)
+            bundle = await loop.run_in_executor(executor, load_bundle, settings.bundle_path)
             cache = open_cache(settings, bundle.manifest.dims.embedding_dim, reads, breaker)
-            events = open_event_store(settings, reads, breaker)
-            serving = await open_serving(bundle, settings, metrics, executor, cache, events)
+            events = open_event_cache(settings, reads, breaker)
+            serving = await open_serving(bundle, settings, metrics, executor, cache, events, records)
         except BaseException:
             if cache is not None:
                 await cache.close()
             if events is not None:
                 await events.close()
+            if records is not None:
+                records.close()
             await close_shared_reads(reads)
             executor.shutdown(wait=False)
             raise
-        state = cls(settings, metrics, serving, cache, executor, events, redis_reads=reads, redis_breaker=breaker)
+        state = cls(
+            settings, metrics, serving, cache, executor, events, records, redis_reads=reads, redis_breaker=breaker
+        )
         state.ready = True
         metrics.ready.set(1)
         state.publish()
@@ -186,7 +197,9 @@ class AppState:
             dim, served_dim = bundle.manifest.dims.embedding_dim, self.bundle.manifest.dims.embedding_dim
             if dim != served_dim:
                 raise BundleError(f"{bundle.path}: embedding_dim {dim} != {served_dim} served; restart to change it")
-            serving = await open_serving(bundle, self.settings, self.metrics, self.executor, self.cache, self.events)
+            serving = await open_serving(
+                bundle, self.settings, self.metrics, self.executor, self.cache, self.events, self.records
+            )
             old = self.serving
             self.serving = serving  # one assignment: every request from here on sees the new bundle
             self.previous_bundle = old.bundle.path
@@ -219,6 +232,7 @@ class AppState:
         await self.cache.close()
         await self.events.close()
         await close_shared_reads(self.redis_reads)
+        self.records.close()
         self.executor.shutdown(wait=True)
         self.metrics.process_exited()
 
@@ -229,7 +243,8 @@ async def open_serving(
     metrics: Metrics,
     executor: LifoThreadPool,
     cache: EmbeddingCache,
-    events: EventStore,
+    events: EventCache,
+    records: Records,
 ) -> Serving:
     """Models, index and items added live for `bundle`, warmed up (first ONNX runs allocate and optimise)."""
     delta = settings.live_items_path or settings.bundle_path.parent / "live_items.jsonl"
@@ -253,7 +268,9 @@ async def open_serving(
         settings.batch_max_wait_ms / 1000,
         settings.batch_loops,
     )
-    recommender = Recommender(pipeline, cache, metrics, executor, settings.num_candidates, events, batching)
+    recommender = Recommender(
+        pipeline, cache, metrics, executor, settings.num_candidates, events, batching, records=records
+    )
     await asyncio.get_running_loop().run_in_executor(executor, release_free_memory)  # loading's temporaries
     return Serving(pipeline, recommender, live_items)
 
@@ -298,11 +315,11 @@ def open_cache(
     return LocalEmbeddingCache(settings.local_cache_size, settings.cache_ttl_s, dim)
 
 
-def open_event_store(settings: Settings, reads: ReadPipeline | None, breaker: CircuitBreaker | None) -> EventStore:
-    """In Redis when the service has Redis (`reads`: `open_shared_reads`; `breaker`: Redis's one breaker), else
-    in process."""
+def open_event_cache(settings: Settings, reads: ReadPipeline | None, breaker: CircuitBreaker | None) -> EventCache:
+    """Recent events cached in Redis when the service has Redis (`reads`: `open_shared_reads`; `breaker`: Redis's
+    one breaker), else in process."""
     if settings.redis_url and reads is not None and breaker is not None:
-        return RedisEventStore(
+        return RedisEventCache(
             settings.redis_url,
             settings.events_per_user,
             settings.events_ttl_s,
@@ -312,7 +329,17 @@ def open_event_store(settings: Settings, reads: ReadPipeline | None, breaker: Ci
             breaker=breaker,
             password=settings.redis_password.get_secret_value() if settings.redis_password else None,
         )
-    return LocalEventStore(settings.events_per_user, settings.events_local_users)
+    return LocalEventCache(settings.events_per_user, settings.events_local_users)
+
+
+def open_records(settings: Settings) -> Records:
+    return Records(
+        settings.database,
+        timeout_s=settings.database_timeout_s,
+        threads=settings.database_threads,
+        recent=settings.events_per_user,
+        breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+    )
 
 
 async def get_state(request: Request) -> AppState:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from service.main import create_app
 from service.settings import Settings
@@ -68,6 +69,7 @@ def settings(tiny_bundle: Path, tmp_path: Path) -> Settings:
         dev_mode=True,
         request_timeout_s=30.0,
         live_items_path=tmp_path / "live_items.jsonl",  # never beside the session's shared bundle
+        database_url=SecretStr(f"sqlite:///{tmp_path / 'reco.sqlite3'}"),  # each test its own system of record
     )
 
 

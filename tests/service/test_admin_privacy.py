@@ -76,7 +76,7 @@ def test_delete_user_in_process(client: TestClient, tiny_bundle: Path) -> None:
     assert client.post("/v1/recommendations", json={"user_id": other, "k": 5}).status_code == 200
 
 
-def test_delete_user_leaves_nothing_in_redis(settings: Settings, tiny_bundle: Path) -> None:
+def test_delete_user_leaves_nothing_in_redis_or_the_database(settings: Settings, tiny_bundle: Path) -> None:
     if not redis_available():
         pytest.skip("no Redis server at 127.0.0.1:6379")
     r = redis.Redis(port=6379, db=15)
@@ -99,8 +99,12 @@ def test_delete_user_leaves_nothing_in_redis(settings: Settings, tiny_bundle: Pa
             assert len(keys_of(user)) == 3  # events list, embedding after events, the old bundle's embedding
             response = client.delete(f"/v1/users/{user}")
             assert response.status_code == 200
-            assert response.json() == {"events_deleted": True, "embeddings_deleted": 2}
+            assert response.json() == {"events_deleted": 3, "embeddings_deleted": 2}
             assert keys_of(user) == []
+            held = client.get(f"/v1/users/{user}").json()  # the right of access: nothing is left
+            assert held["events"] == []
+            assert held["first_seen"] is None
+            assert client.get(f"/v1/users/{other}").json()["events"] != []
             assert len(keys_of(other)) == 2  # nobody else is touched
             metrics = client.get("/metrics").text
             assert "reco_user_deletions_total 1.0" in metrics

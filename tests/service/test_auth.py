@@ -21,6 +21,7 @@ OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oaut
 ADMIN_ROUTES = {
     ("PUT", "/v1/items/{item_id}"),
     ("DELETE", "/v1/users/{user_id}"),
+    ("GET", "/v1/users/{user_id}"),
     ("POST", "/admin/reload"),
     ("POST", "/admin/rollback"),
 }

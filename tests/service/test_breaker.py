@@ -10,7 +10,7 @@ import pytest
 
 from service.breaker import CircuitBreaker, Permit
 from service.cache import CacheResult, RedisEmbeddingCache
-from service.events import EventReadFailed, EventStoreUnavailable, RedisEventStore
+from service.events import EventReadFailed, RedisEventCache
 
 NEVER_CONNECTED = "redis://127.0.0.1:1/0"  # the clients are never used: reads go to the pipeline given
 
@@ -65,7 +65,7 @@ class FailingReads:
         raise ConnectionError("refused")
 
 
-def stores(reads: object, breaker: CircuitBreaker) -> tuple[RedisEmbeddingCache, RedisEventStore]:
+def stores(reads: object, breaker: CircuitBreaker) -> tuple[RedisEmbeddingCache, RedisEventCache]:
     cache = RedisEmbeddingCache(
         NEVER_CONNECTED,
         ttl_s=60,
@@ -76,7 +76,7 @@ def stores(reads: object, breaker: CircuitBreaker) -> tuple[RedisEmbeddingCache,
         breaker=breaker,
         reads=reads,  # type: ignore[arg-type]
     )
-    events = RedisEventStore(
+    events = RedisEventCache(
         NEVER_CONNECTED,
         cap=10,
         ttl_s=60,
@@ -111,8 +111,8 @@ def test_a_cancelled_trial_does_not_leave_the_breaker_open(store: str) -> None:
 
 
 def test_event_read_errors_open_the_breaker_the_cache_shares() -> None:
-    """One breaker per Redis: the event store's failed reads open it, and then neither store asks Redis (no
-    request waits out a timeout) until the reset period has passed; writes are refused at once (503)."""
+    """One breaker per Redis: the event cache's failed reads open it, and then neither cache asks Redis (no
+    request waits out a timeout) until the reset period has passed; cache fills are skipped at once."""
 
     async def scenario() -> None:
         breaker = CircuitBreaker(failures=2, reset_s=60)
@@ -127,8 +127,7 @@ def test_event_read_errors_open_the_breaker_the_cache_shares() -> None:
         with pytest.raises(EventReadFailed) as skipped:
             await events.recent("u")
         assert skipped.value.bypassed
-        with pytest.raises(EventStoreUnavailable):
-            await events.append({"u": ["1"]})
+        assert not await events.fill("u", ["1"], overwrite=True)
         assert await cache.status() == "breaker_open"
         await cache.close()
         await events.close()

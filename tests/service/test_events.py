@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from service.bundle import Bundle, load_bundle
 from service.main import create_app
@@ -57,7 +58,7 @@ def test_events_shift_the_next_list_toward_their_genre(client: TestClient, tiny_
         genre = min(candidates, key=lambda g: genre_share(bundle, before, g))
         clicked = genre_items(bundle, genre, seen)[:10]
         events = [{"user_id": user_id, "item_id": bundle.item_ids[i], "event_type": "click"} for i in clicked]
-        assert post_events(client, events) == {"accepted": 10, "users": 1}
+        assert post_events(client, events) == {"accepted": 10, "users": 1, "duplicates": 0}
         after = [it["item_id"] for it in recommend(client, user_id=user_id, k=20)["items"]]
         shifts.append(genre_share(bundle, after, genre) - genre_share(bundle, before, genre))
         # The clicked items are now seen: never recommended again.
@@ -99,7 +100,7 @@ def test_an_events_batch_is_bounded_in_users_and_encodes_them_at_once(client: Te
         return registry.get_sample_value("reco_stage_duration_seconds_count", {"stage": "user_encoding"}) or 0.0
 
     before = encodings()
-    assert post_events(client, events) == {"accepted": 40, "users": 40}
+    assert post_events(client, events) == {"accepted": 40, "users": 40, "duplicates": 0}
     assert encodings() == before + 1  # one call for 40 users
     recommender, pipeline = state.recommender, state.pipeline
     for n in (0, 17, 39):
@@ -246,8 +247,8 @@ def test_redis_event_store_keeps_the_latest_events(
         items = [bundle.item_ids[i] for i in range(6)]
         events = [{"user_id": user_id, "item_id": i, "timestamp": 100 - n} for n, i in enumerate(items)]
         post_events(client, events)
-        # Ordered by timestamp (the batch came newest first), capped at the latest 4.
-        assert [v.decode() for v in r.lrange(key, 0, -1)] == items[::-1][-4:]
+        # Ordered by timestamp (the batch came newest first), capped at the latest 4, behind the cache's marker.
+        assert [v.decode() for v in r.lrange(key, 0, -1)] == ["~", *items[::-1][-4:]]
         assert 0 < r.ttl(key) <= 30 * 86400
         ids = [it["item_id"] for it in recommend(client, user_id=user_id, k=10)["items"]]
         assert not set(items[::-1][-4:]) & set(ids)
@@ -255,15 +256,46 @@ def test_redis_event_store_keeps_the_latest_events(
         r.delete(key)
 
 
-def test_event_store_down_rejects_writes_and_still_serves(settings: Settings, tiny_bundle: Path) -> None:
+def test_with_redis_down_events_are_stored_and_read_from_the_database(settings: Settings, tiny_bundle: Path) -> None:
+    """Redis is only a cache of events: refused, the write is still acknowledged (the database has it) and the
+    next recommendation reads it from the database."""
     refused = f"redis://127.0.0.1:{free_port()}/0"
     with TestClient(create_app(settings.model_copy(update={"redis_url": refused}))) as client:
+        bundle = load_bundle(tiny_bundle)
+        user_id = bundle.user_ids[3]
+        before = {it["item_id"] for it in recommend(client, user_id=user_id, k=10)["items"]}
+        clicked = sorted(before)[:2]
+        events = [{"user_id": user_id, "item_id": i} for i in clicked]
+        assert client.post("/v1/events", json={"events": events}).status_code == 200
+        after = {it["item_id"] for it in recommend(client, user_id=user_id, k=10)["items"]}
+        assert not set(clicked) & after  # now seen: the database's events reached the request
+        metrics = client.app.state.metrics  # type: ignore[attr-defined]
+        assert metrics.event_store_errors.labels("write")._value.get() == 0
+        assert (
+            metrics.event_store_errors.labels("read")._value.get()
+            + metrics.event_store_errors.labels("read_bypass")._value.get()
+            >= 1
+        )
+
+
+def test_with_the_database_down_writes_are_503_and_recommendations_still_served(
+    settings: Settings, tiny_bundle: Path
+) -> None:
+    """The system of record unreachable: an event write is a 503 with Retry-After (nothing acknowledged),
+    recommendations are served from the bundle and the cache, and /readyz reports the database."""
+    down = SecretStr(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test")
+    update = {"database_url": down, "database_migrate": False, "database_timeout_s": 0.5}
+    with TestClient(create_app(settings.model_copy(update=update))) as client:
         bundle = load_bundle(tiny_bundle)
         response = client.post("/v1/events", json={"events": [{"user_id": "1", "item_id": bundle.item_ids[0]}]})
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
-        assert "event store" in response.json()["message"]
+        assert "database" in response.json()["message"]
+        assert "127.0.0.1" not in response.json()["message"]  # no connection details in an error
         assert recommend(client, user_id=bundle.user_ids[0], k=5)["items"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["database_status"] == "unreachable"
         metrics = client.app.state.metrics  # type: ignore[attr-defined]
         assert metrics.event_store_errors.labels("write")._value.get() == 1
-        assert metrics.event_store_errors.labels("read")._value.get() >= 1
+        assert metrics.event_store_errors.labels("database_read")._value.get() >= 1

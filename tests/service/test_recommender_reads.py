@@ -11,12 +11,12 @@ import numpy as np
 
 from service.bundle import load_bundle
 from service.cache import CacheResult, LocalEmbeddingCache
-from service.events import LocalEventStore
+from service.events import LocalEventCache
 from service.metrics import Metrics
 from service.pipeline import Pipeline, Recommender
 
 
-class OverlapCheckingEvents(LocalEventStore):
+class OverlapCheckingEvents(LocalEventCache):
     """An event store whose read finishes only once the cache has been asked too (or after a timeout)."""
 
     def __init__(self, cache_asked: asyncio.Event) -> None:
@@ -24,7 +24,7 @@ class OverlapCheckingEvents(LocalEventStore):
         self.cache_asked = cache_asked
         self.overlapped: list[bool] = []
 
-    async def recent(self, user_id: str) -> list[str]:
+    async def recent(self, user_id: str) -> list[str] | None:
         try:
             await asyncio.wait_for(self.cache_asked.wait(), timeout=0.5)
             self.overlapped.append(True)
@@ -67,7 +67,7 @@ def test_events_and_cache_are_read_together_and_fresh_events_pick_their_own_key(
             assert first.cache is CacheResult.HIT
             np.testing.assert_array_equal(first.recommendations.embedding, marker)
 
-            await events.append({user_id: [pipeline.bundle.item_ids[7]]})
+            await events.fill(user_id, [pipeline.bundle.item_ids[7]], overwrite=True)
             second = await recommender.recommend(user_id, 5, [])
             assert second.fresh_events == 1
             assert cache.keys[1] == plain_key  # read speculatively, then the key with the events' digest

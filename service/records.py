@@ -1,0 +1,248 @@
+"""The system of record: a SQL database (SQLAlchemy 2 Core; schema by Alembic, `service/migrations`) holding every
+event the service acknowledged, the users it has heard of, and the deletions it carried out.
+
+`RECO_DATABASE_URL`: a SQLite file by default (embedded, one machine), PostgreSQL in production (shared by every
+replica: `postgresql+psycopg://user@host/db`). Redis and the in-process stores are caches of it: an event is
+acknowledged only once it is committed here; a user's recent events are read from here when the cache does not
+hold them. Events are append-only; an `event_id` given by the client makes a retried write a no-op.
+
+Every method is blocking and runs in the service's database thread pool (`Records.run`), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from service.breaker import CircuitBreaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+metadata = sa.MetaData()
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(128), nullable=True, unique=True),  # the client's, for idempotent retries
+    sa.Column("user_id", sa.String(128), nullable=False, index=True),
+    sa.Column("item_id", sa.String(128), nullable=False),
+    sa.Column("event_type", sa.String(16), nullable=False),
+    sa.Column("timestamp", sa.Float(), nullable=True),  # the client's time, if it sent one
+    sa.Column("received_at", sa.Float(), nullable=False),
+)
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("user_id", sa.String(128), primary_key=True),
+    sa.Column("first_seen", sa.Float(), nullable=False),
+    sa.Column("last_seen", sa.Float(), nullable=False),
+)
+deletions = sa.Table(
+    "deletions",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.String(128), nullable=False, index=True),
+    sa.Column("deleted_at", sa.Float(), nullable=False),
+    sa.Column("events_deleted", sa.Integer(), nullable=False),
+)
+
+
+class RecordsUnavailable(Exception):
+    """The database did not answer or refused; nothing may be assumed written."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: float | None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: str | None
+    item_id: str
+    event_type: str
+    timestamp: float | None
+    received_at: float
+
+
+def open_engine(url: str, timeout_s: float) -> Engine:
+    """An engine for `url` with bounded waits: SQLite's busy timeout (and WAL, so readers never wait for a
+    writer), PostgreSQL's connect and statement timeouts. A relative SQLite path's folder is created."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": timeout_s, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(connection: Any, _: object) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
+            cursor.close()
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        ms = int(timeout_s * 1000)
+        options = f"-c statement_timeout={ms} -c lock_timeout={ms}"
+        return sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_timeout=timeout_s,
+            connect_args={"connect_timeout": max(1, int(timeout_s)), "options": options},
+        )
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def migrate(url: str) -> None:
+    """Bring the database's schema to the latest Alembic revision (`service/migrations`)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+def entry(event_type: str, item_id: str) -> str:
+    """An event as the recent-events caches hold it (service.events): the item id, '!'-prefixed for a dislike."""
+    return ("!" if event_type == "dislike" else "") + item_id
+
+
+class Records:
+    def __init__(
+        self, url: str, *, timeout_s: float, threads: int, recent: int, breaker: CircuitBreaker | None = None
+    ) -> None:
+        self.engine = open_engine(url, timeout_s)
+        self.backend = self.engine.dialect.name
+        self._timeout_s = timeout_s
+        self._recent = recent
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="reco-db")
+        # A hung database costs one timeout per reset period, not one per request (as for Redis).
+        self.breaker = breaker or CircuitBreaker(3, 5.0)
+
+    async def run(self, fn: Callable[[], T], *, guarded: bool = True) -> T:
+        """`fn` in the database threads, within the timeout; any database error is RecordsUnavailable, and so is
+        a call the breaker skips (`guarded=False`: always tried, for a deletion)."""
+        permit = self.breaker.admit() if guarded else None
+        if guarded and permit is None:
+            raise RecordsUnavailable(f"the database ({self.backend}) is skipped after repeated errors; retry shortly")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._timeout_s * 2):
+                out = await loop.run_in_executor(self._pool, fn)
+        except (sa.exc.SQLAlchemyError, OSError, TimeoutError) as e:
+            self.breaker.failure()
+            raise RecordsUnavailable(f"the database ({self.backend}) did not answer: {type(e).__name__}") from e
+        finally:
+            if permit is not None:
+                self.breaker.release(permit)
+        self.breaker.success()
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ blocking operations (database threads)
+
+    def add_events(self, batch: Sequence[NewEvent]) -> list[bool]:
+        """Append `batch` in one transaction; per event, whether it is new (False: its event_id was stored before,
+        or earlier in this batch). Users are created or touched."""
+        now = time.time()
+        given = [e.event_id for e in batch if e.event_id is not None]
+        with self.engine.begin() as connection:
+            known: set[str] = set()
+            for start in range(0, len(given), 500):
+                chunk = given[start : start + 500]
+                found = connection.execute(sa.select(events.c.event_id).where(events.c.event_id.in_(chunk)))
+                known.update(row[0] for row in found)
+            fresh: list[bool] = []
+            rows = []
+            for e in batch:
+                new = e.event_id is None or e.event_id not in known
+                fresh.append(new)
+                if not new:
+                    continue
+                if e.event_id is not None:
+                    known.add(e.event_id)
+                rows.append(
+                    {
+                        "event_id": e.event_id,
+                        "user_id": e.user_id,
+                        "item_id": e.item_id,
+                        "event_type": e.event_type,
+                        "timestamp": e.timestamp,
+                        "received_at": now,
+                    }
+                )
+            if rows:
+                # A concurrent retry of the same event_id loses quietly (ON CONFLICT DO NOTHING), never twice stored.
+                connection.execute(self._insert(events).on_conflict_do_nothing(index_elements=["event_id"]), rows)
+                touched = sorted({e.user_id for e in batch})
+                upsert = self._insert(users).values(
+                    [{"user_id": u, "first_seen": now, "last_seen": now} for u in touched]
+                )
+                connection.execute(upsert.on_conflict_do_update(index_elements=["user_id"], set_={"last_seen": now}))
+        return fresh
+
+    def _insert(self, table: sa.Table) -> Any:
+        dialect = postgresql if self.backend == "postgresql" else sqlite
+        return dialect.insert(table)
+
+    def recent_entries(self, user_id: str) -> list[str]:
+        """The user's latest events (at most the recent-events cap), oldest first, as cache entries."""
+        query = (
+            sa.select(events.c.event_type, events.c.item_id)
+            .where(events.c.user_id == user_id)
+            .order_by(events.c.id.desc())
+            .limit(self._recent)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [entry(t, i) for t, i in reversed(rows)]
+
+    def user(self, user_id: str) -> tuple[dict[str, float] | None, list[StoredEvent]]:
+        """What is held about the user: their row (first and last seen) and every event, oldest first."""
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(users).where(users.c.user_id == user_id)).mappings().first()
+            stored = connection.execute(
+                sa.select(
+                    events.c.event_id, events.c.item_id, events.c.event_type, events.c.timestamp, events.c.received_at
+                )
+                .where(events.c.user_id == user_id)
+                .order_by(events.c.id)
+            ).all()
+        profile = {"first_seen": row["first_seen"], "last_seen": row["last_seen"]} if row else None
+        return profile, [StoredEvent(*r) for r in stored]
+
+    def delete_user(self, user_id: str) -> int:
+        """Delete the user's events and row, and record the deletion (when and how many events, no content)."""
+        with self.engine.begin() as connection:
+            deleted = connection.execute(sa.delete(events).where(events.c.user_id == user_id)).rowcount
+            connection.execute(sa.delete(users).where(users.c.user_id == user_id))
+            connection.execute(
+                sa.insert(deletions).values(user_id=user_id, deleted_at=time.time(), events_deleted=deleted)
+            )
+        return int(deleted)
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))

@@ -1,0 +1,180 @@
+"""The system of record, on SQLite and on the real PostgreSQL (127.0.0.1:5432, database `test`; .ci/run makes sure
+it is up): idempotent appends, recent events, access and deletion; two service instances sharing one database;
+every acknowledged event still there, once, after a `kill -9`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from service.bundle import load_bundle
+from service.main import create_app
+from service.records import NewEvent, Records, migrate
+from service.settings import Settings
+from tests.conftest import uvicorn_server
+
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def postgres_available() -> bool:
+    engine = sa.create_engine(POSTGRES, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect() as c:
+            c.execute(sa.text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
+if os.environ.get("RECO_TEST_REQUIRE_POSTGRES") == "1" and not postgres_available():
+    raise RuntimeError("RECO_TEST_REQUIRE_POSTGRES=1 but no PostgreSQL answers at 127.0.0.1:5432 (database test)")
+needs_postgres = pytest.mark.skipif(not postgres_available(), reason="no PostgreSQL at 127.0.0.1:5432")
+
+
+@contextlib.contextmanager
+def fresh_postgres() -> Iterator[str]:
+    """A database of its own on the test server (dropped afterwards), so tests never see each other's rows."""
+    name = f"reco_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'reco.sqlite3'}"
+        return
+    with fresh_postgres() as url:
+        yield url
+
+
+def test_appends_are_idempotent_by_event_id_and_deletion_leaves_nothing(database: str) -> None:
+    migrate(database)
+    migrate(database)  # at head already: nothing to do
+    records = Records(database, timeout_s=2, threads=2, recent=3)
+    try:
+        first = [
+            NewEvent("u", "i1", "click", 10.0, "e1"),
+            NewEvent("u", "i2", "dislike", None, "e2"),
+            NewEvent("u", "i2", "dislike", None, "e2"),  # twice in one batch
+            NewEvent("v", "i3", "view", None),
+        ]
+        assert records.add_events(first) == [True, True, False, True]
+        assert records.add_events([NewEvent("u", "i1", "click", 10.0, "e1"), NewEvent("u", "i4", "like", None)]) == [
+            False,
+            True,
+        ]
+        assert records.recent_entries("u") == ["i1", "!i2", "i4"]
+        profile, stored = records.user("u")
+        assert profile is not None
+        assert profile["first_seen"] <= profile["last_seen"]
+        assert [(e.event_id, e.item_id, e.event_type) for e in stored] == [
+            ("e1", "i1", "click"),
+            ("e2", "i2", "dislike"),
+            (None, "i4", "like"),
+        ]
+        assert records.delete_user("u") == 3
+        assert records.user("u") == (None, [])
+        assert records.recent_entries("v") == ["i3"]  # nobody else touched
+        with records.engine.connect() as c:
+            left = c.execute(sa.text("SELECT count(*) FROM events WHERE user_id = 'u'")).scalar_one()
+            logged = c.execute(sa.text("SELECT events_deleted FROM deletions WHERE user_id = 'u'")).scalar_one()
+        assert (left, logged) == (0, 3)
+    finally:
+        records.close()
+
+
+@needs_postgres
+def test_two_instances_share_one_database(settings: Settings, tiny_bundle: Path, tmp_path: Path) -> None:
+    """Events posted to one instance shape the other's next recommendation (no Redis: each has only its own
+    in-process cache, so the second reads the database)."""
+    bundle = load_bundle(tiny_bundle)
+    user_id = bundle.user_ids[5]
+    with fresh_postgres() as url:
+        shared = {"database_url": SecretStr(url)}
+        one = create_app(settings.model_copy(update=shared | {"live_items_path": tmp_path / "one.jsonl"}))
+        other = create_app(settings.model_copy(update=shared | {"live_items_path": tmp_path / "other.jsonl"}))
+        with TestClient(one) as a, TestClient(other) as b:
+            before = [
+                it["item_id"]
+                for it in b.post("/v1/recommendations", json={"user_id": user_id, "k": 10}).json()["items"]
+            ]
+            clicked = before[:3]
+            events = [{"user_id": user_id, "item_id": i, "event_id": f"ev-{i}"} for i in clicked]
+            assert a.post("/v1/events", json={"events": events}).json()["duplicates"] == 0
+            assert b.post("/v1/events", json={"events": events}).json()["duplicates"] == 3  # a retry elsewhere
+            # b had cached the user's (empty) events when it served them: its cache was filled again on the write.
+            after = [
+                it["item_id"]
+                for it in b.post("/v1/recommendations", json={"user_id": user_id, "k": 10}).json()["items"]
+            ]
+            assert not set(clicked) & set(after)
+            assert len(b.get(f"/v1/users/{user_id}").json()["events"]) == 3
+
+
+def post(url: str, path: str, body: object) -> dict:  # type: ignore[type-arg]
+    request = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def get(url: str, path: str) -> dict:  # type: ignore[type-arg]
+    with urllib.request.urlopen(url + path, timeout=10) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=needs_postgres)])
+def test_every_acknowledged_event_survives_kill_9_once(backend: str, tiny_bundle: Path, tmp_path: Path) -> None:
+    """A real server process takes events (some retried), is killed with SIGKILL right after its last answer,
+    and restarted: every acknowledged event is in the database, none twice."""
+    bundle = load_bundle(tiny_bundle)
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'reco.sqlite3'}" if backend == "sqlite" else stack.enter_context(fresh_postgres())
+        env = {
+            "RECO_BUNDLE_PATH": str(tiny_bundle),
+            "RECO_DEV_MODE": "true",
+            "RECO_DATABASE_URL": url,
+            "RECO_LIVE_ITEMS_PATH": str(tmp_path / "live.jsonl"),
+            "RECO_ACCESS_LOG": "false",
+            "RECO_WARMUP_REQUESTS": "1",
+        }
+        users = [f"kill-{n}" for n in range(5)]
+        acknowledged: dict[str, list[str]] = {u: [] for u in users}
+        with uvicorn_server(env) as (server, process):
+            for n in range(40):
+                user = users[n % len(users)]
+                event = {"user_id": user, "item_id": bundle.item_ids[n], "event_id": f"{user}-{n}"}
+                answer = post(server, "/v1/events", {"events": [event]})
+                assert answer["accepted"] == 1
+                acknowledged[user].append(event["item_id"])
+                if n % 7 == 0:  # a client retry of an acknowledged event
+                    assert post(server, "/v1/events", {"events": [event]})["duplicates"] == 1
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        with uvicorn_server(env) as (server, _):
+            for user in users:
+                stored = get(server, f"/v1/users/{user}")["events"]
+                assert [e["item_id"] for e in stored] == acknowledged[user]
+                assert len({e["event_id"] for e in stored}) == len(stored)
