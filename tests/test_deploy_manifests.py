@@ -30,7 +30,7 @@ KUBECTL = shutil.which("kubectl")
 if KUBECTL is None and os.environ.get("RECO_TEST_REQUIRE_KUBECTL") == "1":
     raise RuntimeError("RECO_TEST_REQUIRE_KUBECTL=1 but kubectl (with kustomize) is not installed")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
-SECRETS = {"redis-password": "r" * 24, "admin-token": "a" * 32, "api-key": "k" * 32}
+SECRETS = {"redis-password": "r" * 24, "admin-token": "a" * 32, "api-key": "k" * 32, "postgres-password": "p" * 24}
 
 
 def dockerfile_stages() -> dict[str, str]:
@@ -78,6 +78,7 @@ def interpolate(value: str) -> str:
         "REDIS_PASSWORD": SECRETS["redis-password"],
         "RECO_ADMIN_TOKEN": SECRETS["admin-token"],
         "RECO_API_KEY": SECRETS["api-key"],
+        "POSTGRES_PASSWORD": SECRETS["postgres-password"],
     }
 
     def one(m: re.Match[str]) -> str:
@@ -108,9 +109,10 @@ def test_compose_starts_the_service_with_a_configuration_it_accepts(
     stages = dockerfile_stages()
     assert service["build"]["target"] in stages
     assert service["build"]["target"] == list(stages)[-1], "the service image is the Dockerfile's default target"
-    # The bundle comes from the export job's volume, after it finished; Redis is up first.
+    # The bundle comes from the export job's volume, after it finished; PostgreSQL and Redis are up first.
     assert service["depends_on"]["export"]["condition"] == "service_completed_successfully"
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
     export = spec["services"]["export"]
     assert export["build"]["target"] == "exporter"
     assert "exporter" in stages
@@ -124,6 +126,11 @@ def test_compose_starts_the_service_with_a_configuration_it_accepts(
     assert settings.redis_password is not None
     assert settings.redis_password.get_secret_value() == SECRETS["redis-password"]
     assert "--requirepass" in spec["services"]["redis"]["command"]
+    # The system of record is the compose PostgreSQL, on a volume; its password is the one the service uses.
+    postgres = spec["services"]["postgres"]
+    assert settings.database == f"postgresql+psycopg://reco:{SECRETS['postgres-password']}@postgres:5432/reco"
+    assert interpolate(postgres["environment"]["POSTGRES_PASSWORD"]) == SECRETS["postgres-password"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
     assert (settings.device == "cuda") == (name == "recsys-gpu")
     if name == "recsys-gpu":
         devices = service["deploy"]["resources"]["reservations"]["devices"]
@@ -234,12 +241,22 @@ def test_overlay_runs_the_service_hardened_probed_and_configured(
     assert container["envFrom"][0]["configMapRef"]["name"] == config["metadata"]["name"]
     env = dict(config["data"])
     for var in container["env"]:
+        if "value" in var:  # $(NAME) refers to an earlier variable, as Kubernetes expands it
+            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], var["value"])
+            continue
         ref = var["valueFrom"]["secretKeyRef"]
         assert ref["name"] == "reco-secrets"
         env[var["name"]] = SECRETS[ref["key"]]
     settings = settings_from(env, tiny_bundle, monkeypatch)
     redis_service = find(docs, "Service", "reco-redis")
     assert settings.redis_url == f"redis://{redis_service['metadata']['name']}:6379/0"
+    # Every replica shares one system of record: the StatefulSet's PostgreSQL, on a claimed volume.
+    postgres = find(docs, "StatefulSet", "reco-postgres")
+    postgres_service = find(docs, "Service", "reco-postgres")
+    host = postgres_service["metadata"]["name"]
+    assert settings.database == f"postgresql+psycopg://reco:{SECRETS['postgres-password']}@{host}:5432/reco"
+    assert postgres["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert postgres_service["spec"]["selector"].items() <= postgres["spec"]["template"]["metadata"]["labels"].items()
     assert (settings.device == "cuda") == (overlay == "gpu")
     gpus = container["resources"]["limits"].get("nvidia.com/gpu")
     assert (gpus == "1") == (overlay == "gpu")
