@@ -8,7 +8,6 @@ work in a thread pool, and the stage timings and counts into the metrics.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -507,19 +506,9 @@ class Recommender:
             raise EventStoreUnavailable("no database is configured")
         records = self.records
         try:
-            new = await records.run(lambda: records.add_events(events))
+            new, held = await records.append_events(events)
         except RecordsUnavailable as e:
             raise EventStoreUnavailable(str(e)) from e
-        user_ids = list(dict.fromkeys(e.user_id for e in events))
-        try:
-            held = await records.run(lambda: {u: records.recent_entries(u) for u in user_ids})
-        except RecordsUnavailable:  # stored, but not read back: the caches are dropped, the next request reads
-            self.metrics.event_store_errors.labels("database_read").inc()
-            for user_id in user_ids:
-                with contextlib.suppress(EventStoreUnavailable):
-                    if self.events is not None:
-                        await self.events.delete(user_id)
-            return sum(new)
         todo = []
         for user_id, entries in held.items():
             if self.events is not None and not await self.events.fill(user_id, entries, overwrite=True):

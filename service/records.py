@@ -12,6 +12,7 @@ Every method is blocking and runs in the service's database thread pool (`Record
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from service.batching import MicroBatcher
 from service.breaker import CircuitBreaker
 
 log = logging.getLogger(__name__)
@@ -110,15 +112,42 @@ def open_engine(url: str, timeout_s: float) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+MIGRATION_LOCK = 727_274_001  # PostgreSQL advisory lock key: one migration at a time across processes and pods
+
+
 def migrate(url: str) -> None:
-    """Bring the database's schema to the latest Alembic revision (`service/migrations`)."""
+    """Bring the database's schema to the latest Alembic revision (`service/migrations`). Safe when several
+    processes or replicas start at once: PostgreSQL runs them one after the other under an advisory lock, SQLite
+    under an exclusive lock on a file beside the database; the later ones find the schema at head."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        if engine.dialect.name == "postgresql":
+            with engine.connect() as connection:
+                connection.execute(sa.select(sa.func.pg_advisory_lock(MIGRATION_LOCK)))
+                try:
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, "head")
+                    connection.commit()
+                finally:
+                    connection.execute(sa.select(sa.func.pg_advisory_unlock(MIGRATION_LOCK)))
+                    connection.commit()
+            return
+        database = sa.make_url(url).database or ""
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            with open(f"{database}.migrate.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                command.upgrade(config, "head")
+            return
+        command.upgrade(config, "head")
+    finally:
+        engine.dispose()
 
 
 def entry(event_type: str, item_id: str) -> str:
@@ -137,6 +166,38 @@ class Records:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="reco-db")
         # A hung database costs one timeout per reset period, not one per request (as for Redis).
         self.breaker = breaker or CircuitBreaker(3, 5.0)
+        # Concurrent requests' event writes, coalesced: the batches waiting while one commits go to the database
+        # as one transaction (one commit, one read-back), at most two transactions in flight.
+        self._writes: MicroBatcher[Sequence[NewEvent], tuple[list[bool], dict[str, list[str]]]] = MicroBatcher(
+            self._append_many, self._pool, max_batch=64, workers=2
+        )
+
+    async def append_events(self, batch: Sequence[NewEvent]) -> tuple[list[bool], dict[str, list[str]]]:
+        """`append`, coalesced with other requests' writes; RecordsUnavailable if the database did not take them
+        (then none of the coalesced writes was stored)."""
+        permit = self.breaker.admit()
+        if permit is None:
+            raise RecordsUnavailable(f"the database ({self.backend}) is skipped after repeated errors; retry shortly")
+        try:
+            async with asyncio.timeout(self._timeout_s * 2):
+                out = await self._writes.submit(batch)
+        except (sa.exc.SQLAlchemyError, OSError, TimeoutError) as e:
+            self.breaker.failure()
+            raise RecordsUnavailable(f"the database ({self.backend}) did not answer: {type(e).__name__}") from e
+        finally:
+            self.breaker.release(permit)
+        self.breaker.success()
+        return out
+
+    def _append_many(self, batches: Sequence[Sequence[NewEvent]]) -> list[tuple[list[bool], dict[str, list[str]]]]:
+        """Several requests' batches in one transaction; each gets its own events' flags and users' events."""
+        new, held = self.append([e for batch in batches for e in batch])
+        out, start = [], 0
+        for batch in batches:
+            mine = new[start : start + len(batch)]
+            start += len(batch)
+            out.append((mine, {e.user_id: held[e.user_id] for e in batch}))
+        return out
 
     async def run(self, fn: Callable[[], T], *, guarded: bool = True) -> T:
         """`fn` in the database threads, within the timeout; any database error is RecordsUnavailable, and so is
@@ -163,45 +224,57 @@ class Records:
 
     # ------------------------------------------------------------------ blocking operations (database threads)
 
-    def add_events(self, batch: Sequence[NewEvent]) -> list[bool]:
-        """Append `batch` in one transaction; per event, whether it is new (False: its event_id was stored before,
-        or earlier in this batch). Users are created or touched."""
+    def append(self, batch: Sequence[NewEvent]) -> tuple[list[bool], dict[str, list[str]]]:
+        """Append `batch` in one transaction: per event, whether it is new (False: its event_id was stored before,
+        or earlier in this batch), and each of its users' latest events as the transaction leaves them (cache
+        entries, oldest first). Users are created or touched."""
         now = time.time()
-        given = [e.event_id for e in batch if e.event_id is not None]
-        with self.engine.begin() as connection:
-            known: set[str] = set()
-            for start in range(0, len(given), 500):
-                chunk = given[start : start + 500]
-                found = connection.execute(sa.select(events.c.event_id).where(events.c.event_id.in_(chunk)))
-                known.update(row[0] for row in found)
-            fresh: list[bool] = []
-            rows = []
-            for e in batch:
-                new = e.event_id is None or e.event_id not in known
-                fresh.append(new)
-                if not new:
+        rows, ids = [], set()
+        for e in batch:
+            if e.event_id is not None:
+                if e.event_id in ids:
                     continue
-                if e.event_id is not None:
-                    known.add(e.event_id)
-                rows.append(
-                    {
-                        "event_id": e.event_id,
-                        "user_id": e.user_id,
-                        "item_id": e.item_id,
-                        "event_type": e.event_type,
-                        "timestamp": e.timestamp,
-                        "received_at": now,
-                    }
-                )
-            if rows:
-                # A concurrent retry of the same event_id loses quietly (ON CONFLICT DO NOTHING), never twice stored.
-                connection.execute(self._insert(events).on_conflict_do_nothing(index_elements=["event_id"]), rows)
-                touched = sorted({e.user_id for e in batch})
-                upsert = self._insert(users).values(
-                    [{"user_id": u, "first_seen": now, "last_seen": now} for u in touched]
-                )
-                connection.execute(upsert.on_conflict_do_update(index_elements=["user_id"], set_={"last_seen": now}))
-        return fresh
+                ids.add(e.event_id)
+            rows.append(
+                {
+                    "event_id": e.event_id,
+                    "user_id": e.user_id,
+                    "item_id": e.item_id,
+                    "event_type": e.event_type,
+                    "timestamp": e.timestamp,
+                    "received_at": now,
+                }
+            )
+        touched = sorted({e.user_id for e in batch})
+        with self.engine.begin() as connection:
+            # An event_id stored before (a retry, here or on another replica) is skipped by the database itself,
+            # atomically: what comes back is what was inserted.
+            insert = self._insert(events).on_conflict_do_nothing(index_elements=["event_id"])
+            inserted = {r[0] for r in connection.execute(insert.returning(events.c.event_id), rows)}
+            upsert = self._insert(users).values([{"user_id": u, "first_seen": now, "last_seen": now} for u in touched])
+            connection.execute(upsert.on_conflict_do_update(index_elements=["user_id"], set_={"last_seen": now}))
+            held = self._recent_of(connection, touched)
+        new, counted = [], set()
+        for e in batch:
+            fresh = e.event_id is None or (e.event_id in inserted and e.event_id not in counted)
+            if e.event_id is not None:
+                counted.add(e.event_id)
+            new.append(fresh)
+        return new, held
+
+    def _recent_of(self, connection: sa.Connection, user_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The latest events (at most the cap) of each of `user_ids`, oldest first, in one query."""
+        latest = sa.func.row_number().over(partition_by=events.c.user_id, order_by=events.c.id.desc()).label("n")
+        ranked = (
+            sa.select(events.c.user_id, events.c.event_type, events.c.item_id, events.c.id, latest)
+            .where(events.c.user_id.in_(user_ids))
+            .subquery()
+        )
+        query = sa.select(ranked.c.user_id, ranked.c.event_type, ranked.c.item_id).where(ranked.c.n <= self._recent)
+        held: dict[str, list[str]] = {u: [] for u in user_ids}
+        for user_id, event_type, item_id in connection.execute(query.order_by(ranked.c.user_id, ranked.c.id)):
+            held[user_id].append(entry(event_type, item_id))
+        return held
 
     def _insert(self, table: sa.Table) -> Any:
         dialect = postgresql if self.backend == "postgresql" else sqlite
@@ -218,6 +291,10 @@ class Records:
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return [entry(t, i) for t, i in reversed(rows)]
+
+    def add_events(self, batch: Sequence[NewEvent]) -> list[bool]:
+        """`append` without the read-back."""
+        return self.append(batch)[0]
 
     def user(self, user_id: str) -> tuple[dict[str, float] | None, list[StoredEvent]]:
         """What is held about the user: their row (first and last seen) and every event, oldest first."""

@@ -178,3 +178,18 @@ def test_every_acknowledged_event_survives_kill_9_once(backend: str, tiny_bundle
                 stored = get(server, f"/v1/users/{user}")["events"]
                 assert [e["item_id"] for e in stored] == acknowledged[user]
                 assert len({e["event_id"] for e in stored}) == len(stored)
+
+
+def test_processes_starting_at_once_migrate_one_after_the_other(database: str) -> None:
+    """Several service processes (RECO_WORKERS, or replicas) migrating a fresh database at the same moment: each
+    succeeds, and the schema is at head once."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(migrate, [database] * 4)
+    engine = sa.create_engine(database)
+    try:
+        with engine.connect() as c:
+            assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+    finally:
+        engine.dispose()
