@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return sample_data(argv[1:])
     if argv and argv[0] == "train":
         return train_from_files(argv[1:])
+    if argv and argv[0] == "import":
+        return import_into_database(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m model_export", description=__doc__)
     parser.add_argument("--dataset", choices=["synthetic", "movielens"], default="synthetic")
     parser.add_argument("--data-dir", type=Path, help="MovieLens directory (ml-100k, ml-1m, ml-latest-small, ml-25m)")
@@ -76,13 +79,53 @@ def train_from_files(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m model_export train", description="Train a bundle on tables in the data contract (docs/data.md)."
     )
-    parser.add_argument("--interactions", type=Path, required=True, help="CSV or Parquet: user_id, item_id, timestamp")
-    parser.add_argument("--items", type=Path, required=True, help="CSV or Parquet: item_id, title, categories ...")
+    parser.add_argument("--interactions", type=Path, help="CSV or Parquet: user_id, item_id, timestamp")
+    parser.add_argument("--items", type=Path, help="CSV or Parquet: item_id, title, categories ...")
     parser.add_argument("--users", type=Path, help="CSV or Parquet: user_id and categorical columns (optional)")
-    parser.add_argument("--name", default="contract", help="the dataset's name in the bundle's version")
+    parser.add_argument(
+        "--database",
+        help="train on everything the service's database holds instead (imported data, every event since, deleted "
+        "users left out): a SQLAlchemy URL, e.g. sqlite:///bundles/reco.sqlite3",
+    )
+    parser.add_argument("--name", help="the dataset's name in the bundle's version (default: contract, database)")
     add_training_arguments(parser)
     args = parser.parse_args(argv)
-    return build(args, lambda config: load_contract(args.interactions, args.items, args.users, name=args.name))
+    if args.database is not None:
+        if args.interactions or args.items or args.users:
+            parser.error("--database trains on the database's contents: leave out --interactions, --items, --users")
+
+        def from_database(config: ExportConfig) -> Dataset:
+            from model_export.database import load_database
+
+            with tempfile.TemporaryDirectory(prefix="reco-train-") as workdir:
+                return load_database(args.database, Path(workdir), name=args.name or "database")
+
+        return build(args, from_database)
+    if args.interactions is None or args.items is None:
+        parser.error("give --interactions and --items (or --database)")
+    name = args.name or "contract"
+    return build(args, lambda config: load_contract(args.interactions, args.items, args.users, name=name))
+
+
+def import_into_database(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export import",
+        description="Load tables in the data contract (docs/data.md) into the service's database, once.",
+    )
+    parser.add_argument("--database", required=True, help="a SQLAlchemy URL (the service's RECO_DATABASE_URL)")
+    parser.add_argument("--interactions", type=Path, required=True)
+    parser.add_argument("--items", type=Path, required=True)
+    parser.add_argument("--users", type=Path)
+    args = parser.parse_args(argv)
+    from model_export.database import import_tables
+
+    try:
+        written = import_tables(args.database, args.interactions, args.items, args.users)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(written))
+    return 0
 
 
 def sample_data(argv: list[str]) -> int:

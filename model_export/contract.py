@@ -136,7 +136,8 @@ def _number(table: Table, row: int, column: str) -> float:
     return number
 
 
-def _timestamp(table: Table, row: int) -> int:
+def timestamp_of(table: Table, row: int) -> int:
+    """Row `row`'s timestamp in seconds since the epoch (the column holds seconds or ISO 8601)."""
     value = table.columns["timestamp"][row]
     if not value:
         raise DataError(f"{table.where(row, 'timestamp')}: empty (a timestamp is required)")
@@ -193,7 +194,7 @@ def load_contract(interactions: Path, items: Path, users: Path | None = None, na
         if found is None:
             raise DataError(f"{log.where(row, 'item_id')}: item {item_id!r} is not in {item_table.path}")
         item_rows[row] = found
-    timestamps = np.fromiter((_timestamp(log, r) for r in range(len(log))), dtype=np.int64, count=len(log))
+    timestamps = np.fromiter((timestamp_of(log, r) for r in range(len(log))), dtype=np.int64, count=len(log))
     ratings = _ratings(log)
 
     user_ids = list(dict.fromkeys(user_column))

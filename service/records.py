@@ -42,6 +42,7 @@ events = sa.Table(
     sa.Column("event_type", sa.String(16), nullable=False),
     sa.Column("timestamp", sa.Float(), nullable=True),  # the client's time, if it sent one
     sa.Column("received_at", sa.Float(), nullable=False),
+    sa.Column("rating", sa.Float(), nullable=True),  # an imported interaction's rating, if it had one
 )
 users = sa.Table(
     "users",
@@ -49,6 +50,19 @@ users = sa.Table(
     sa.Column("user_id", sa.String(128), primary_key=True),
     sa.Column("first_seen", sa.Float(), nullable=False),
     sa.Column("last_seen", sa.Float(), nullable=False),
+    sa.Column("attributes", sa.Text(), nullable=False, server_default="{}"),  # JSON: imported categorical columns
+)
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("item_id", sa.String(128), primary_key=True),
+    sa.Column("title", sa.Text(), nullable=False),
+    sa.Column("description", sa.Text(), nullable=False, server_default=""),
+    sa.Column("categories", sa.Text(), nullable=False, server_default=""),  # '|'-separated
+    sa.Column("year", sa.Integer(), nullable=True),
+    sa.Column("attributes", sa.Text(), nullable=False, server_default="{}"),  # JSON: other columns
+    sa.Column("source", sa.String(16), nullable=False),  # import | live
+    sa.Column("created_at", sa.Float(), nullable=False),
 )
 deletions = sa.Table(
     "deletions",

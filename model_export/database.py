@@ -1,0 +1,195 @@
+"""Training from the system of record: import a dataset in the data contract into the service's database, and
+read back everything it holds (imported data, every event posted since, minus deleted users) to train on.
+
+    python -m model_export import --database URL --interactions F --items F [--users F]
+    python -m model_export train --database URL --out bundles/
+
+The schema is the service's (`service.records`, migrated here first). An import is idempotent: its events get
+ids derived from the interactions file's content and row, so importing the same file again adds nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from model_export.contract import ITEM_TEXT_COLUMNS, load_contract, read_table, timestamp_of
+from model_export.data import DataError, Dataset
+from service.records import events, items, migrate, users
+
+log = logging.getLogger(__name__)
+CHUNK = 5000
+
+
+def _insert(engine: sa.Engine, table: sa.Table) -> Any:
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def import_tables(url: str, interactions: Path, item_file: Path, user_file: Path | None = None) -> dict[str, int]:
+    """Load the tables into the database at `url` (validated in full first: nothing is written if a row is
+    wrong). Items and users are upserted; interactions appended once. What was written, by table."""
+    load_contract(interactions, item_file, user_file)  # every row checked, errors naming file, row and column
+    migrate(url)
+    engine = sa.create_engine(url)
+    now = time.time()
+    try:
+        item_table = read_table(item_file)
+        extra = [c for c in item_table.columns if c not in ("item_id", "year", *ITEM_TEXT_COLUMNS)]
+        years = item_table.columns.get("year")
+        item_rows = [
+            {
+                "item_id": item_id,
+                "title": item_table.columns.get("title", [""] * len(item_table))[r] or item_id,
+                "description": item_table.columns.get("description", [""] * len(item_table))[r],
+                "categories": item_table.columns.get("categories", [""] * len(item_table))[r],
+                "year": int(float(years[r])) if years and years[r] else None,
+                "attributes": json.dumps({c: item_table.columns[c][r] for c in extra if item_table.columns[c][r]}),
+                "source": "import",
+                "created_at": now,
+            }
+            for r, item_id in enumerate(item_table.columns["item_id"])
+        ]
+        log_table = read_table(interactions)
+        digest = hashlib.sha256(Path(interactions).read_bytes()).hexdigest()[:16]
+        columns = log_table.columns
+        event_rows = []
+        for r in range(len(log_table)):
+            rating = columns["rating"][r] if "rating" in columns else ""
+            weight = columns["weight"][r] if "weight" in columns else ""
+            event_type = columns["event_type"][r] if "event_type" in columns else ""
+            if not event_type:
+                event_type = "dislike" if weight and float(weight) <= 0 else "view"
+            event_rows.append(
+                {
+                    "event_id": f"import:{digest}:{r}",
+                    "user_id": columns["user_id"][r],
+                    "item_id": columns["item_id"][r],
+                    "event_type": event_type,
+                    "timestamp": float(timestamp_of(log_table, r)),
+                    "received_at": now,
+                    "rating": float(rating) if rating else None,
+                }
+            )
+        user_rows: dict[str, dict[str, object]] = {
+            u: {"user_id": u, "first_seen": now, "last_seen": now, "attributes": "{}"} for u in columns["user_id"]
+        }
+        profiles = []  # the users file's attributes replace what an earlier import gave
+        if user_file is not None:
+            user_table = read_table(user_file)
+            names = [c for c in user_table.columns if c != "user_id"]
+            for r, user_id in enumerate(user_table.columns["user_id"]):
+                attributes = {c: user_table.columns[c][r] for c in names if user_table.columns[c][r]}
+                profiles.append(
+                    {"user_id": user_id, "first_seen": now, "last_seen": now, "attributes": json.dumps(attributes)}
+                )
+                user_rows.pop(user_id, None)
+        written = {"items": len(item_rows), "users": len(user_rows) + len(profiles), "events": 0}
+        with engine.begin() as connection:
+            upsert = _insert(engine, items)
+            keep = {c: upsert.excluded[c] for c in ("title", "description", "categories", "year", "attributes")}
+            for start in range(0, len(item_rows), CHUNK):
+                connection.execute(
+                    upsert.on_conflict_do_update(index_elements=["item_id"], set_=keep),
+                    item_rows[start : start + CHUNK],
+                )
+            upsert = _insert(engine, users)
+            keep_attributes = upsert.on_conflict_do_update(
+                index_elements=["user_id"], set_={"attributes": upsert.excluded.attributes}
+            )
+            for start in range(0, len(profiles), CHUNK):
+                connection.execute(keep_attributes, profiles[start : start + CHUNK])
+            rows = list(user_rows.values())
+            for start in range(0, len(rows), CHUNK):
+                connection.execute(
+                    upsert.on_conflict_do_nothing(index_elements=["user_id"]), rows[start : start + CHUNK]
+                )
+            insert = _insert(engine, events).on_conflict_do_nothing(index_elements=["event_id"])
+            for start in range(0, len(event_rows), CHUNK):
+                result = connection.execute(insert.returning(events.c.id), event_rows[start : start + CHUNK])
+                written["events"] += len(result.all())
+        return written
+    finally:
+        engine.dispose()
+
+
+def export_tables(url: str, directory: Path) -> dict[str, Path]:
+    """Everything the database holds as contract CSVs in `directory`: its items, every event (an event on an
+    item the database does not list is left out, and counted in the log), its users' attributes."""
+    engine = sa.create_engine(url)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {name: directory / f"{name}.csv" for name in ("interactions", "items", "users")}
+    try:
+        with engine.connect() as connection:
+            item_rows = connection.execute(sa.select(items).order_by(items.c.item_id)).mappings().all()
+            if not item_rows:
+                where = engine.url.render_as_string(hide_password=True)
+                raise DataError(f"{where}: the database holds no items (import them first)")
+            known = {row["item_id"] for row in item_rows}
+            attributes = [json.loads(row["attributes"]) for row in item_rows]
+            extra = sorted({k for a in attributes for k in a})
+            with paths["items"].open("w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["item_id", "title", "description", "categories", "year", *extra])
+                for row, attrs in zip(item_rows, attributes, strict=True):
+                    year = "" if row["year"] is None else str(row["year"])
+                    writer.writerow(
+                        [
+                            row["item_id"],
+                            row["title"],
+                            row["description"],
+                            row["categories"],
+                            year,
+                            *(attrs.get(k, "") for k in extra),
+                        ]
+                    )
+            skipped = 0
+            with paths["interactions"].open("w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["user_id", "item_id", "timestamp", "event_type", "rating"])
+                query = sa.select(
+                    events.c.user_id,
+                    events.c.item_id,
+                    events.c.timestamp,
+                    events.c.received_at,
+                    events.c.event_type,
+                    events.c.rating,
+                ).order_by(events.c.id)
+                for user_id, item_id, ts, received, event_type, rating in connection.execute(query):
+                    if item_id not in known:
+                        skipped += 1
+                        continue
+                    when = ts if ts is not None else received
+                    value = "" if rating is None or not math.isfinite(rating) else f"{rating:g}"
+                    writer.writerow([user_id, item_id, f"{when:.3f}", event_type, value])
+            if skipped:
+                log.warning("%d events on items the database does not list were left out", skipped)
+            user_rows = connection.execute(
+                sa.select(users.c.user_id, users.c.attributes).order_by(users.c.user_id)
+            ).all()
+            user_attributes = [(u, json.loads(a or "{}")) for u, a in user_rows]
+            names = sorted({k for _, a in user_attributes for k in a})
+            with paths["users"].open("w", encoding="utf-8", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["user_id", *names])
+                for user_id, attrs in user_attributes:
+                    writer.writerow([user_id, *(attrs.get(k, "") for k in names)])
+    finally:
+        engine.dispose()
+    return paths
+
+
+def load_database(url: str, workdir: Path, name: str = "database") -> Dataset:
+    """The database's contents as the exporter's Dataset (through the contract's reader)."""
+    paths = export_tables(url, workdir)
+    return load_contract(paths["interactions"], paths["items"], paths["users"], name=name)

@@ -1,0 +1,67 @@
+"""Training from the system of record: a dataset imported once (a second import adds nothing), events posted to
+the service and a user deleted through it, then `train --database`: the bundle learns the new user's events and
+holds nothing of the deleted one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from model_export.contract import load_contract
+from model_export.database import import_tables, load_database
+from service.bundle import load_bundle
+from service.main import create_app
+from service.settings import Settings
+from tests.service.test_records import fresh_postgres, needs_postgres
+
+CLI = [sys.executable, "-m", "model_export"]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("sample")
+    subprocess.run([*CLI, "sample-data", "--out", str(out)], check=True, capture_output=True)
+    return {name: out / f"{name}.csv" for name in ("interactions", "items", "users")}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=needs_postgres)])
+def test_import_once_and_read_back_the_same_data(backend: str, sample: dict[str, Path], tmp_path: Path) -> None:
+    sqlite = contextlib.nullcontext(f"sqlite:///{tmp_path / 'reco.sqlite3'}")
+    with fresh_postgres() if backend == "postgresql" else sqlite as url:
+        first = import_tables(url, sample["interactions"], sample["items"], sample["users"])
+        again = import_tables(url, sample["interactions"], sample["items"], sample["users"])
+        assert first["events"] > 0
+        assert again["events"] == 0  # the same file again adds nothing
+        original = load_contract(sample["interactions"], sample["items"], sample["users"])
+        back = load_database(url, tmp_path / "export")
+        assert sorted(back.item_ids) == sorted(original.item_ids)
+        assert len(back.interactions) == len(original.interactions)
+        assert sorted(back.user_ids) == sorted(original.user_ids)
+        assert back.user_categorical_names == original.user_categorical_names
+
+
+def test_train_on_the_database_learns_new_events_and_forgets_deleted_users(
+    sample: dict[str, Path], settings: Settings, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'reco.sqlite3'}"
+    import_tables(url, sample["interactions"], sample["items"], sample["users"])
+    served = settings.model_copy(update={"database_url": SecretStr(url)})
+    bundle = load_bundle(settings.bundle_path)
+    with TestClient(create_app(served)) as client:
+        events = [{"user_id": "brand-new", "item_id": bundle.item_ids[i], "event_type": "like"} for i in range(4)]
+        assert client.post("/v1/events", json={"events": events}).status_code == 200
+        assert client.delete("/v1/users/1").status_code == 200
+    command = [*CLI, "train", "--database", url, "--out", str(tmp_path / "bundles"), "--preset", "tiny"]
+    built = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, check=False)
+    assert built.returncode == 0, built.stderr[-3000:]
+    trained = load_bundle(Path(json.loads(built.stdout.strip().splitlines()[-1])["bundle"]))
+    assert "brand-new" in trained.user_index  # learnt from the events posted to the service
+    assert "1" not in trained.user_index  # deleted: none of their rows reached training
+    assert trained.manifest.dataset["name"] == "database"
