@@ -388,7 +388,7 @@ class Recommender:
             return entries or []
         records = self.records
         try:
-            entries = await records.run(lambda: records.recent_entries(user_id))
+            entries = await records.run(lambda: records.recent_entries(user_id), timeout_s=records.read_timeout_s)
         except RecordsUnavailable:
             self.metrics.event_store_errors.labels("database_read").inc()
             return []

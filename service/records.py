@@ -171,11 +171,19 @@ def entry(event_type: str, item_id: str) -> str:
 
 class Records:
     def __init__(
-        self, url: str, *, timeout_s: float, threads: int, recent: int, breaker: CircuitBreaker | None = None
+        self,
+        url: str,
+        *,
+        timeout_s: float,
+        threads: int,
+        recent: int,
+        breaker: CircuitBreaker | None = None,
+        read_timeout_s: float | None = None,
     ) -> None:
         self.engine = open_engine(url, timeout_s)
         self.backend = self.engine.dialect.name
         self._timeout_s = timeout_s
+        self.read_timeout_s = read_timeout_s or timeout_s  # `run(..., timeout_s=records.read_timeout_s)`
         self._recent = recent
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="reco-db")
         # A hung database costs one timeout per reset period, not one per request (as for Redis).
@@ -213,15 +221,16 @@ class Records:
             out.append((mine, {e.user_id: held[e.user_id] for e in batch}))
         return out
 
-    async def run(self, fn: Callable[[], T], *, guarded: bool = True) -> T:
-        """`fn` in the database threads, within the timeout; any database error is RecordsUnavailable, and so is
-        a call the breaker skips (`guarded=False`: always tried, for a deletion)."""
+    async def run(self, fn: Callable[[], T], *, guarded: bool = True, timeout_s: float | None = None) -> T:
+        """`fn` in the database threads, within the timeout (default: twice the statement timeout); any database
+        error is RecordsUnavailable, and so is a call the breaker skips (`guarded=False`: always tried, for a
+        deletion)."""
         permit = self.breaker.admit() if guarded else None
         if guarded and permit is None:
             raise RecordsUnavailable(f"the database ({self.backend}) is skipped after repeated errors; retry shortly")
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._timeout_s * 2):
+            async with asyncio.timeout(timeout_s or self._timeout_s * 2):
                 out = await loop.run_in_executor(self._pool, fn)
         except (sa.exc.SQLAlchemyError, OSError, TimeoutError) as e:
             self.breaker.failure()

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Bound on each database call (connect, statement, lock wait); beyond it a 503 for a write.",
     )
+    database_read_timeout_s: float = Field(
+        0.25,
+        gt=0,
+        description="Bound on a request's read of a user's events from the database (a cache miss); past it the "
+        "request goes on without fresh events, well within its own deadline.",
+    )
     database_threads: int = Field(4, ge=1, description="Threads that run database calls off the event loop.")
     database_migrate: bool = Field(
         True, description="Apply the schema's Alembic migrations at start (off: run `alembic upgrade head` yourself)."

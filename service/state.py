@@ -339,6 +339,7 @@ def open_records(settings: Settings) -> Records:
         threads=settings.database_threads,
         recent=settings.events_per_user,
         breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+        read_timeout_s=settings.database_read_timeout_s,
     )
 
 

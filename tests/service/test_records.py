@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -193,3 +194,83 @@ def test_processes_starting_at_once_migrate_one_after_the_other(database: str) -
             assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
     finally:
         engine.dispose()
+
+
+@needs_postgres
+def test_two_processes_share_the_database_and_redis(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Two `uvicorn` processes on one PostgreSQL and one Redis: events posted to one shape the other's next
+    recommendation, and either tells the whole story of the user."""
+    from tests.conftest import redis_available
+
+    if not redis_available():
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    bundle = load_bundle(tiny_bundle)
+    user_id = f"shared-{uuid.uuid4().hex[:8]}"
+    with fresh_postgres() as url:
+        env = {
+            "RECO_BUNDLE_PATH": str(tiny_bundle),
+            "RECO_DEV_MODE": "true",
+            "RECO_DATABASE_URL": url,
+            "RECO_REDIS_URL": "redis://127.0.0.1:6379/13",
+            "RECO_ACCESS_LOG": "false",
+            "RECO_WARMUP_REQUESTS": "1",
+        }
+        one_env = env | {"RECO_LIVE_ITEMS_PATH": str(tmp_path / "one.jsonl")}
+        other_env = env | {"RECO_LIVE_ITEMS_PATH": str(tmp_path / "other.jsonl")}
+        with uvicorn_server(one_env) as (one, _), uvicorn_server(other_env) as (other, _):
+            before = post(other, "/v1/recommendations", {"user_id": user_id, "k": 10})["items"]
+            clicked = [it["item_id"] for it in before[:3]]
+            events = [{"user_id": user_id, "item_id": i, "event_id": f"{user_id}-{i}"} for i in clicked]
+            assert post(one, "/v1/events", {"events": events})["duplicates"] == 0
+            after = post(other, "/v1/recommendations", {"user_id": user_id, "k": 10})["items"]
+            assert not set(clicked) & {it["item_id"] for it in after}
+            assert [e["item_id"] for e in get(other, f"/v1/users/{user_id}")["events"]] == clicked
+            assert len(bundle.item_ids) > 0
+
+
+def test_a_hung_database_under_load_costs_no_request(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The database accepts connections and never answers (a hung server): under steady load every
+    recommendation is still served, and the breaker keeps the typical request fast; an event write is a 503."""
+    import socket
+
+    from benchmarks.redis_hang import SteadyLoad, known_users
+    from benchmarks.serve import Server
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(256)  # the kernel completes handshakes; nobody ever reads or writes
+    port = listener.getsockname()[1]
+    env = {
+        "RECO_DEV_MODE": "true",
+        "RECO_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:{port}/test",
+        "RECO_DATABASE_MIGRATE": "false",
+        "RECO_LIVE_ITEMS_PATH": str(tmp_path / "live.jsonl"),
+        "RECO_WARMUP_REQUESTS": "1",
+    }
+    server = Server(tiny_bundle, env)
+    try:
+        with SteadyLoad(server.url, 4, known_users(tiny_bundle, 30)) as load:
+            import time
+
+            time.sleep(6)
+            status = post_status(server.url, "/v1/events", {"events": [{"user_id": "1", "item_id": "1"}]})
+        results = list(load.results)
+    finally:
+        server.stop()
+        listener.close()
+    assert status == 503
+    assert len(results) > 50
+    assert {s for _, s, _ in results} == {200}
+    seconds = sorted(s for _, _, s in results)
+    assert seconds[len(seconds) // 2] < 0.2  # the breaker skips the database: the median request waits for nothing
+
+
+def post_status(url: str, path: str, body: object) -> int:
+    request = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
