@@ -3,7 +3,7 @@
 The cache is an optimisation, never a dependency: every failure (refused, hung, slow, garbage) becomes a
 result the caller counts and then ignores, computing the embedding instead. Against Redis, commands have
 short socket/connect timeouts and no retries, and a circuit breaker (`service.breaker`, one per Redis, shared
-with the event store) skips Redis entirely for a while after repeated errors, so a dead or hung server costs at
+with the recent-events cache) skips Redis entirely for a while after repeated errors, so a dead or hung server costs at
 most one short timeout per breaker period.
 Values are raw float32 bytes; keys carry the bundle version, so a new model never reads an old model's vectors.
 """
@@ -151,7 +151,7 @@ class RedisEmbeddingCache:
         self._ttl = ttl_s
         self._dim = dim
         self.breaker = breaker
-        # GETs go out through `reads`, the read pipeline shared with the event store (its owner closes it): one
+        # GETs go out through `reads`, the read pipeline shared with the recent-events cache (its owner closes it): one
         # round trip for concurrent requests' reads. Its timeouts are the longer ones: this cache's shorter
         # deadline still applies to its own reads (asyncio.timeout below).
         self._reads = reads

@@ -6,7 +6,7 @@
     ├── Forbidden             403: an admin endpoint with a wrong admin token
     ├── NotFound              404: e.g. an item id the bundle does not know
     ├── Conflict              409: e.g. an item id already taken by other content
-    ├── Unavailable           503: a backend the request needs (the event store) failed; retry
+    ├── Unavailable           503: a backend the request needs (the database) failed; retry
     ├── (404, 405)            the framework's refusals (no such route, method), same body shape
     ├── Overloaded            503: too many requests in flight, or the request's deadline passed; retry
     └── NotReady              503: the service is starting or stopping

@@ -71,7 +71,7 @@ class Metrics:
         )
         self.cache_breaker_open = Gauge(
             "reco_cache_breaker_open",
-            "1 while the Redis circuit breaker is open (Redis is skipped by the cache and the event store).",
+            "1 while the Redis circuit breaker is open (Redis is skipped by the embedding and recent-events caches).",
             registry=r,
             multiprocess_mode="livemax",
         )

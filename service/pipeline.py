@@ -314,12 +314,12 @@ class RecommendationResult:
     user_index: int
     recommendations: Recommendations
     cache: CacheResult | None  # None for unknown users without events, whose embedding is never cached
-    fresh_events: int  # events from the event store that shaped this response
+    fresh_events: int  # recent events (cache or database) that shaped this response
 
 
 @dataclass(frozen=True, slots=True)
 class FreshHistory:
-    """A user's events from the event store, as bundle indices (ids the bundle does not know are skipped)."""
+    """A user's recent events, as bundle indices (ids the bundle does not know are skipped)."""
 
     interactions: np.ndarray  # (n,) int64, oldest first
     disliked: np.ndarray  # (m,) int64

@@ -3,7 +3,7 @@
 Each recommendation reads Redis twice (the user's recent events and the cached embedding, at once). Under load
 many requests reach the same step in the same event-loop turn; `ReadPipeline` collects the commands issued in
 that turn and writes them as one pipeline (one write, one round trip, the effect of MGET for GETs, for any read
-command). The service gives the embedding cache and the event store one `ReadPipeline`, so a request's two reads
+command). The service gives the embedding cache and the recent-events cache one `ReadPipeline`, so a request's two reads
 share a round trip too.
 
 It keeps one connection and lets several pipelines be in flight on it at once: Redis answers a connection's

@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     events_per_user: int = Field(200, ge=1, description="Latest events per user the cache holds and requests read.")
     events_ttl_s: int = Field(30 * 86400, ge=1, description="How long Redis keeps a user's cached recent events.")
     events_local_users: int = Field(100_000, ge=1, description="Users the in-process recent-events cache holds.")
-    events_redis_timeout_s: float = Field(0.2, gt=0, description="Per-command timeout of the Redis event store.")
+    events_redis_timeout_s: float = Field(
+        0.2, gt=0, description="Per-command timeout of the Redis recent-events cache."
+    )
     max_events_per_request: int = Field(1000, ge=1, description="Largest batch POST /v1/events takes.")
     max_event_users_per_request: int = Field(
         100,

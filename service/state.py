@@ -67,7 +67,7 @@ class AppState:
     in_flight: int = 0
     previous_bundle: Path | None = None  # what a rollback goes back to
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
-    redis_reads: ReadPipeline | None = None  # shared by the cache and the event store; closed after them
+    redis_reads: ReadPipeline | None = None  # shared by both Redis caches; closed after them
     redis_breaker: CircuitBreaker | None = None  # the one breaker in front of every Redis call (None: no Redis)
 
     @property
@@ -276,7 +276,7 @@ async def open_serving(
 
 
 def open_shared_reads(settings: Settings) -> ReadPipeline | None:
-    """One read pipeline for the embedding cache and the event store (a request's two reads, and concurrent
+    """One read pipeline for the embedding cache and the recent-events cache (a request's two reads, and concurrent
     requests', in one round trip), with the longer of their timeouts; each keeps its own deadline. None without
     Redis."""
     if not settings.redis_url:
