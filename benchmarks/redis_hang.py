@@ -170,6 +170,7 @@ def hang(
         try:
             # Dev mode: no tokens to send (the routes' checks are the same either way).
             served = {"RECO_REDIS_URL": f"redis://127.0.0.1:{port}/0", "RECO_DEV_MODE": "true"}
+            served["RECO_DATABASE_URL"] = f"sqlite:///{workdir}/reco.sqlite3"  # a system of record of its own
             server = Server(bundle, served | (env or {}))
             with SteadyLoad(server.url, concurrency, users) as load:
                 time.sleep(warmup_s)  # the users' embeddings reach Redis

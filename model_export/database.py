@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from model_export.contract import ITEM_TEXT_COLUMNS, load_contract, read_table, timestamp_of
 from model_export.data import DataError, Dataset
-from service.records import events, items, migrate, users
+from service.records import events, items, live_items, migrate, users
 
 log = logging.getLogger(__name__)
 CHUNK = 5000
@@ -131,7 +131,21 @@ def export_tables(url: str, directory: Path) -> dict[str, Path]:
     paths = {name: directory / f"{name}.csv" for name in ("interactions", "items", "users")}
     try:
         with engine.connect() as connection:
-            item_rows = connection.execute(sa.select(items).order_by(items.c.item_id)).mappings().all()
+            item_rows = [dict(r) for r in connection.execute(sa.select(items).order_by(items.c.item_id)).mappings()]
+            imported = {row["item_id"] for row in item_rows}
+            for (raw,) in connection.execute(sa.select(live_items.c.record).order_by(live_items.c.seq)):
+                live = json.loads(raw)  # an item added while serving (PUT /v1/items): trained on from now on
+                if live["item_id"] not in imported:
+                    item_rows.append(
+                        {
+                            "item_id": live["item_id"],
+                            "title": live["title"],
+                            "description": live.get("description", ""),
+                            "categories": "|".join(live.get("genres", [])),
+                            "year": live.get("year"),
+                            "attributes": "{}",
+                        }
+                    )
             if not item_rows:
                 where = engine.url.render_as_string(hide_password=True)
                 raise DataError(f"{where}: the database holds no items (import them first)")

@@ -175,6 +175,8 @@ async def put_item(
         raise Conflict(f"path.item_id: {e}") from e
     except OSError as e:
         raise Unavailable(f"the live-items file could not be written: {e}") from e
+    except RecordsUnavailable as e:
+        raise Unavailable(str(e)) from e
     state.metrics.item_upserts.labels("created" if created else "unchanged").inc()
     n_items = serving.pipeline.retriever.n_items
     state.metrics.index_items.set(n_items)

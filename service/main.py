@@ -168,7 +168,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = await AppState.open(settings, metrics)
         app.state.reco = state
         drain_on_sigterm(state, settings.shutdown_delay_s)
-        follower = asyncio.create_task(state.follow_live_items()) if settings.workers > 1 else None
+        follows = settings.live_items_store == "database" or settings.workers > 1
+        follower = asyncio.create_task(state.follow_live_items()) if follows else None
         try:
             yield
         finally:

@@ -64,6 +64,14 @@ items = sa.Table(
     sa.Column("source", sa.String(16), nullable=False),  # import | live
     sa.Column("created_at", sa.Float(), nullable=False),
 )
+live_items = sa.Table(
+    "live_items",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("item_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("record", sa.Text(), nullable=False),  # JSON: what the client sent
+    sa.Column("created_at", sa.Float(), nullable=False),
+)
 deletions = sa.Table(
     "deletions",
     metadata,
@@ -342,6 +350,26 @@ class Records:
                 sa.insert(deletions).values(user_id=user_id, deleted_at=time.time(), events_deleted=deleted)
             )
         return int(deleted)
+
+    def add_live_item(self, item_id: str, record: str) -> str | None:
+        """Store an item added live (its JSON record) unless its id is taken: None if stored, else the record the
+        database already holds for that id (the same content: an idempotent retry; other content: a conflict).
+        The unique id decides between replicas taking the same id at once."""
+        row = {"item_id": item_id, "record": record, "created_at": time.time()}
+        with self.engine.begin() as connection:
+            insert = self._insert(live_items).on_conflict_do_nothing(index_elements=["item_id"])
+            if connection.execute(insert.returning(live_items.c.seq), [row]).first() is not None:
+                return None
+            held = connection.execute(sa.select(live_items.c.record).where(live_items.c.item_id == item_id))
+            return str(held.scalar_one())
+
+    def live_items_after(self, seq: int) -> list[tuple[int, str]]:
+        """(seq, JSON record) of every item added live after `seq`, in the order the database took them."""
+        query = (
+            sa.select(live_items.c.seq, live_items.c.record).where(live_items.c.seq > seq).order_by(live_items.c.seq)
+        )
+        with self.engine.connect() as connection:
+            return [(int(q), str(r)) for q, r in connection.execute(query)]
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

@@ -99,11 +99,19 @@ class Settings(BaseSettings):
     # Items added live (PUT /v1/items/{item_id}).
     live_items_path: Path | None = Field(
         None,
-        description="JSON-lines file of items added live, replayed at start-up; unset: live_items.jsonl "
-        "next to the bundle path.",
+        description="With live_items_store=file: the JSON-lines file of items added live, replayed at start-up; "
+        "unset: live_items.jsonl next to the bundle path.",
+    )
+    live_items_store: Literal["database", "file"] = Field(
+        "database",
+        description="Where items added live are kept: database (the system of record, shared by every replica "
+        "and process) or file (live_items_path, one machine only).",
     )
     live_items_sync_s: float = Field(
-        1.0, gt=0, description="With RECO_WORKERS > 1: how often each process adds the items the others were sent."
+        1.0,
+        gt=0,
+        description="How often each process adds the items other processes and replicas were sent (the database "
+        "store; the file store: only with RECO_WORKERS > 1).",
     )
     admin_token: SecretStr | None = Field(
         None,

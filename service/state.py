@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from service.item_encoder import ItemEncoder
 from service.live_items import LiveItems
 from service.metrics import Metrics
 from service.pipeline import BatchingOptions, Pipeline, Recommender
-from service.records import Records, migrate
+from service.records import Records, RecordsUnavailable, migrate
 from service.redis_batch import ReadPipeline
 from service.runtime import limit_native_threads, release_free_memory
 from service.settings import Settings
@@ -209,18 +210,25 @@ class AppState:
             return old.bundle.version, bundle.version
 
     async def follow_live_items(self) -> None:
-        """With several processes: every `live_items_sync_s`, add the items another process appended to the
-        delta file (each process appends what it is sent; the file is the one order). Runs until cancelled."""
+        """Every `live_items_sync_s`, add the items other processes and replicas stored (in the database: read in
+        its threads, behind its breaker; or in the delta file: each appends what it is sent). Runs until
+        cancelled."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.live_items_sync_s)
             live = self.serving.live_items
-            if not live.behind():
-                continue
             try:
-                added = await loop.run_in_executor(self.executor, live.sync)
+                if self.settings.live_items_store == "database":
+                    stored = await self.records.run(functools.partial(self.records.live_items_after, live.seq))
+                    added = await loop.run_in_executor(self.executor, live.apply_stored, stored) if stored else 0
+                elif live.behind():
+                    added = await loop.run_in_executor(self.executor, live.sync)
+                else:
+                    continue
+            except RecordsUnavailable:  # the database away: the next round asks again
+                continue
             except Exception:  # an unreadable file must not end the loop; the next round retries
-                log.exception("following the live items file failed")
+                log.exception("following the live items failed")
                 continue
             if added:
                 self.metrics.index_items.set(self.pipeline.retriever.n_items)
@@ -253,8 +261,12 @@ async def open_serving(
     def build() -> tuple[Pipeline, LiveItems]:
         pipeline = Pipeline.configured(bundle, settings)
         encoder = ItemEncoder(bundle, pipeline.onnx_providers, settings.ort_intra_op_threads)
-        live = LiveItems(pipeline, encoder, delta)
-        replayed = live.sync()
+        live = LiveItems(pipeline, encoder, delta, records if settings.live_items_store == "database" else None)
+        try:
+            replayed = live.sync()
+        except RecordsUnavailable as e:  # serve without them for now: the follower adds them once it can
+            log.warning("items added live not re-applied yet (%s); they follow once the database answers", e)
+            replayed = 0
         if replayed:
             log.info("re-applied %d live items from %s", replayed, delta)
         for _ in range(settings.warmup_requests):

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -123,6 +124,8 @@ def uvicorn_server(env: dict[str, str], *extra_args: str) -> Iterator[tuple[str,
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")} | env
+    if "RECO_DATABASE_URL" not in env:  # a database of its own, never the shared test bundle's folder
+        full_env["RECO_DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='reco-test-db-')}/reco.sqlite3"
     command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--port", str(port)]
     server = subprocess.Popen([*command, "--no-access-log", *extra_args], env=full_env)
     try:

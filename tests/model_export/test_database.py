@@ -55,7 +55,10 @@ def test_train_on_the_database_learns_new_events_and_forgets_deleted_users(
     served = settings.model_copy(update={"database_url": SecretStr(url)})
     bundle = load_bundle(settings.bundle_path)
     with TestClient(create_app(served)) as client:
+        item = {"title": "Added live", "genres": ["g01"], "year": 2030, "description": "Put while serving."}
+        assert client.put("/v1/items/live-1", json=item).status_code == 200
         events = [{"user_id": "brand-new", "item_id": bundle.item_ids[i], "event_type": "like"} for i in range(4)]
+        events.append({"user_id": "brand-new", "item_id": "live-1", "event_type": "like"})
         assert client.post("/v1/events", json={"events": events}).status_code == 200
         assert client.delete("/v1/users/1").status_code == 200
     command = [*CLI, "train", "--database", url, "--out", str(tmp_path / "bundles"), "--preset", "tiny"]
@@ -64,4 +67,5 @@ def test_train_on_the_database_learns_new_events_and_forgets_deleted_users(
     trained = load_bundle(Path(json.loads(built.stdout.strip().splitlines()[-1])["bundle"]))
     assert "brand-new" in trained.user_index  # learnt from the events posted to the service
     assert "1" not in trained.user_index  # deleted: none of their rows reached training
+    assert "live-1" in trained.item_index  # the item added while serving is a trained item now
     assert trained.manifest.dataset["name"] == "database"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -77,12 +78,45 @@ def test_put_item_is_live_at_once_and_survives_a_restart(live_settings: Settings
         metrics = client.get("/metrics").text
         assert f"reco_index_items {float(n + 1)}" in metrics
         assert 'reco_item_upserts_total{result="created"} 1.0' in metrics
-    # Persisted: a restart re-applies it.
-    lines = live_settings.live_items_path.read_text().splitlines()  # type: ignore[union-attr]
-    assert json.loads(lines[0])["item_id"] == "new-1"
+    # Persisted in the system of record: a restart re-applies it.
+    engine = sa.create_engine(live_settings.database)
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT item_id FROM live_items")).scalars().all() == ["new-1"]
+    engine.dispose()
+    assert not live_settings.live_items_path.exists()  # type: ignore[union-attr]  # no file in database mode
     with TestClient(create_app(live_settings)) as client:
         assert client.get("/v1/items/new-1/similar", params={"k": 3}).status_code == 200
         assert client.app.state.reco.pipeline.retriever.n_items == n + 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("store", ["database", "file"])
+def test_an_item_put_on_one_instance_is_served_by_the_other(settings: Settings, tmp_path: Path, store: str) -> None:
+    """Two instances sharing the store (the database, or on one machine the file): an item PUT on one is
+    recommendable and findable on the other within RECO_LIVE_ITEMS_SYNC_S."""
+    shared = {
+        "live_items_store": store,
+        "live_items_path": tmp_path / "shared.jsonl",
+        "live_items_sync_s": 0.1,
+        "workers": 1,
+    }
+    one = create_app(settings.model_copy(update=shared))
+    other = create_app(settings.model_copy(update=shared))
+    with TestClient(one) as a, TestClient(other) as b:
+        if store == "file":  # a single process follows the file only with several workers: ask it once
+            b.app.state.reco.live_items.sync()  # type: ignore[attr-defined]
+        assert a.put("/v1/items/shared-1", json=NEW).json()["created"] is True
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if store == "file":
+                b.app.state.reco.live_items.sync()  # type: ignore[attr-defined]
+            found = b.get("/v1/items/shared-1/similar", params={"k": 3})
+            if found.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert found.status_code == 200, found.text
+        assert b.put("/v1/items/shared-1", json=NEW).json()["created"] is False  # the same item: idempotent
+        other_content = NEW | {"title": "Something else"}
+        assert b.put("/v1/items/shared-1", json=other_content).status_code == 409
 
 
 def test_put_item_conflicts_and_idempotence(live_settings: Settings, tiny_bundle: Path) -> None:

@@ -191,7 +191,7 @@ def test_processes_starting_at_once_migrate_one_after_the_other(database: str) -
     engine = sa.create_engine(database)
     try:
         with engine.connect() as c:
-            assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0002"]
+            assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["0003"]
     finally:
         engine.dispose()
 

@@ -198,6 +198,7 @@ def test_two_workers_serve_as_one_service(tiny_bundle: Path, tmp_path: Path) -> 
         "RECO_DEV_MODE": "true",
         "RECO_NUM_CANDIDATES": "100",
         "RECO_LIVE_ITEMS_PATH": str(tmp_path / "live_items.jsonl"),
+        "RECO_DATABASE_URL": f"sqlite:///{tmp_path / 'reco.sqlite3'}",  # shared by the two workers
         "RECO_LIVE_ITEMS_SYNC_S": "0.2",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
     }
