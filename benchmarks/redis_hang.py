@@ -47,13 +47,14 @@ COUNTED = {
 }
 
 
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """A redis-server on `port` keeping nothing on disk, once it accepts connections."""
+def start_redis(port: int, workdir: Path, *options: str) -> subprocess.Popen[bytes]:
+    """A redis-server on `port` keeping nothing on disk, once it accepts connections; `options` are more of its
+    command-line options."""
     server = shutil.which("redis-server")
     if server is None:
         raise RuntimeError("redis-server is not installed (Debian package redis-server)")
     command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen([*command, "--dir", str(workdir)], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([*command, "--dir", str(workdir), *options], stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:

@@ -15,7 +15,7 @@ import asyncio
 import fcntl
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,19 +205,7 @@ class Records:
     async def append_events(self, batch: Sequence[NewEvent]) -> tuple[list[bool], dict[str, list[str]]]:
         """`append`, coalesced with other requests' writes; RecordsUnavailable if the database did not take them
         (then none of the coalesced writes was stored)."""
-        permit = self.breaker.admit()
-        if permit is None:
-            raise RecordsUnavailable(f"the database ({self.backend}) is skipped after repeated errors; retry shortly")
-        try:
-            async with asyncio.timeout(self._timeout_s * 2):
-                out = await self._writes.submit(batch)
-        except (sa.exc.SQLAlchemyError, OSError, TimeoutError) as e:
-            self.breaker.failure()
-            raise RecordsUnavailable(f"the database ({self.backend}) did not answer: {type(e).__name__}") from e
-        finally:
-            self.breaker.release(permit)
-        self.breaker.success()
-        return out
+        return await self._call(lambda: self._writes.submit(batch), True, self._timeout_s * 2)
 
     def _append_many(self, batches: Sequence[Sequence[NewEvent]]) -> list[tuple[list[bool], dict[str, list[str]]]]:
         """Several requests' batches in one transaction; each gets its own events' flags and users' events."""
@@ -233,13 +221,17 @@ class Records:
         """`fn` in the database threads, within the timeout (default: twice the statement timeout); any database
         error is RecordsUnavailable, and so is a call the breaker skips (`guarded=False`: always tried, for a
         deletion)."""
+        loop = asyncio.get_running_loop()
+        return await self._call(lambda: loop.run_in_executor(self._pool, fn), guarded, timeout_s or self._timeout_s * 2)
+
+    async def _call(self, start: Callable[[], Awaitable[T]], guarded: bool, timeout_s: float) -> T:
+        """Await `start()` within `timeout_s`, behind the breaker unless not `guarded`."""
         permit = self.breaker.admit() if guarded else None
         if guarded and permit is None:
             raise RecordsUnavailable(f"the database ({self.backend}) is skipped after repeated errors; retry shortly")
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout_s or self._timeout_s * 2):
-                out = await loop.run_in_executor(self._pool, fn)
+            async with asyncio.timeout(timeout_s):
+                out = await start()
         except (sa.exc.SQLAlchemyError, OSError, TimeoutError) as e:
             self.breaker.failure()
             raise RecordsUnavailable(f"the database ({self.backend}) did not answer: {type(e).__name__}") from e
@@ -322,10 +314,6 @@ class Records:
         with self.engine.connect() as connection:
             rows = connection.execute(query).all()
         return [entry(t, i) for t, i in reversed(rows)]
-
-    def add_events(self, batch: Sequence[NewEvent]) -> list[bool]:
-        """`append` without the read-back."""
-        return self.append(batch)[0]
 
     def user(self, user_id: str) -> tuple[dict[str, float] | None, list[StoredEvent]]:
         """What is held about the user: their row (first and last seen) and every event, oldest first."""

@@ -101,20 +101,10 @@ if REDIS_SERVER is None and os.environ.get("RECO_TEST_REQUIRE_REDIS") == "1":
 
 
 def start_redis(port: int, workdir: Path, *options: str) -> subprocess.Popen[bytes]:
-    """A redis-server of the test's own (to pause, kill, restart) on `port`, keeping nothing on disk; `options`
-    are more of its command-line options."""
-    assert REDIS_SERVER is not None
-    command = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen([*command, "--dir", str(workdir), *options], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
+    """A redis-server of the test's own (to pause, kill, restart) on `port`, keeping nothing on disk."""
+    from benchmarks.redis_hang import start_redis as start
+
+    return start(port, workdir, *options)
 
 
 @contextlib.contextmanager

@@ -14,12 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from benchmarks.ingest import fresh_postgres
 from model_export.contract import load_contract
 from model_export.database import import_tables, load_database
 from service.bundle import load_bundle
 from service.main import create_app
 from service.settings import Settings
-from tests.service.test_records import fresh_postgres, needs_postgres
+from tests.service.test_records import needs_postgres
 
 CLI = [sys.executable, "-m", "model_export"]
 

@@ -19,13 +19,12 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from benchmarks.ingest import POSTGRES, fresh_postgres
 from service.bundle import load_bundle
 from service.main import create_app
 from service.records import NewEvent, Records, migrate
 from service.settings import Settings
 from tests.conftest import uvicorn_server
-
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def postgres_available() -> bool:
@@ -43,21 +42,6 @@ def postgres_available() -> bool:
 if os.environ.get("RECO_TEST_REQUIRE_POSTGRES") == "1" and not postgres_available():
     raise RuntimeError("RECO_TEST_REQUIRE_POSTGRES=1 but no PostgreSQL answers at 127.0.0.1:5432 (database test)")
 needs_postgres = pytest.mark.skipif(not postgres_available(), reason="no PostgreSQL at 127.0.0.1:5432")
-
-
-@contextlib.contextmanager
-def fresh_postgres() -> Iterator[str]:
-    """A database of its own on the test server (dropped afterwards), so tests never see each other's rows."""
-    name = f"reco_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_postgres)])
@@ -80,8 +64,8 @@ def test_appends_are_idempotent_by_event_id_and_deletion_leaves_nothing(database
             NewEvent("u", "i2", "dislike", None, "e2"),  # twice in one batch
             NewEvent("v", "i3", "view", None),
         ]
-        assert records.add_events(first) == [True, True, False, True]
-        assert records.add_events([NewEvent("u", "i1", "click", 10.0, "e1"), NewEvent("u", "i4", "like", None)]) == [
+        assert records.append(first)[0] == [True, True, False, True]
+        assert records.append([NewEvent("u", "i1", "click", 10.0, "e1"), NewEvent("u", "i4", "like", None)])[0] == [
             False,
             True,
         ]
