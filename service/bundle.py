@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -172,10 +173,10 @@ class Bundle:
 
     path: Path
     manifest: Manifest
-    item_ids: list[str]
+    item_ids: Sequence[str]  # a list; items added live: a view of a list grown in place (service.catalogue)
     user_ids: list[str]
-    item_titles: list[str]
-    item_index: dict[str, int]
+    item_titles: Sequence[str]
+    item_index: Mapping[str, int]
     user_index: dict[str, int]
     item_embeddings: np.ndarray  # (n_items, d) float32, L2-normalised
     item_dense: np.ndarray  # (n_items, item_dense_dim) float32

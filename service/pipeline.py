@@ -21,6 +21,7 @@ import onnxruntime as ort
 from service.batching import MicroBatcher
 from service.bundle import Bundle, variant_name
 from service.cache import CacheResult, EmbeddingCache
+from service.catalogue import ARRAYS, Catalogue
 from service.events import DISLIKE_PREFIX, EventCache, EventReadFailed, EventStoreUnavailable
 from service.features import history_window
 from service.filtering import filter_candidates, top_k
@@ -85,6 +86,7 @@ class Pipeline:
         self.retriever = retriever
         self.ranker = ranker
         self.twins: dict[int, np.ndarray] = {}  # item added live -> the trained items with its content
+        self.catalogue: Catalogue | None = None  # the item arrays grown in place, from the first item added live
         # The unknown-user embedding depends on nothing but the model: compute it once.
         self.unknown_user_embedding = encoder.encode(np.array([UNKNOWN_USER]))[0]
 
@@ -237,28 +239,33 @@ class Pipeline:
         twins: Sequence[np.ndarray] | None = None,
     ) -> None:
         """Append items added live (not in the bundle): they join the catalogue (no popularity, no co-occurrence
-        neighbours yet) and the index, recommendable and findable as similar from the next request on. The
-        bundle object is replaced, never mutated, so a request in flight keeps a consistent view. Callers
+        neighbours yet) and the index, recommendable and findable as similar from the next request on. Their
+        rows go into the catalogue's spare room (service.catalogue: no copy of the item arrays per call) and a
+        new bundle object holding views one item range longer replaces this one: a request in flight keeps
+        its consistent view. Callers
         serialise calls (LiveItems holds a lock). `twins`: per item, the trained items whose content it has (it
         took their place); its similar items then blend in their co-consumption."""
         b = self.bundle
+        if self.catalogue is None:
+            self.catalogue = Catalogue(b.item_ids, b.item_titles, {name: getattr(b, name) for name in ARRAYS})
+        n, k = len(ids), b.item_neighbours.shape[1]
+        zeros = np.zeros(n, dtype=np.float32)
+        views = self.catalogue.append(
+            ids,
+            titles,
+            {
+                "item_embeddings": embeddings.astype(np.float32),
+                "item_dense": dense.astype(np.float32),
+                "item_log_popularity": zeros,
+                "item_recent_popularity": zeros,
+                "item_neighbours": np.full((n, k), -1, dtype=np.int32),
+                "item_neighbour_weights": np.zeros((n, k), dtype=np.float32),
+            },
+        )
         for j, found in enumerate(twins or []):
             if len(found):
                 self.twins[len(b.item_ids) + j] = np.asarray(found, dtype=np.int64)
-        n, k = len(ids), b.item_neighbours.shape[1]
-        zeros = np.zeros(n, dtype=np.float32)
-        bundle = replace(
-            b,
-            item_ids=b.item_ids + ids,
-            item_titles=b.item_titles + titles,
-            item_index=b.item_index | {item_id: len(b.item_ids) + j for j, item_id in enumerate(ids)},
-            item_embeddings=np.concatenate([b.item_embeddings, embeddings.astype(np.float32)]),
-            item_dense=np.concatenate([b.item_dense, dense.astype(np.float32)]),
-            item_log_popularity=np.concatenate([b.item_log_popularity, zeros]),
-            item_recent_popularity=np.concatenate([b.item_recent_popularity, zeros]),
-            item_neighbours=np.concatenate([b.item_neighbours, np.full((n, k), -1, dtype=np.int32)]),
-            item_neighbour_weights=np.concatenate([b.item_neighbour_weights, np.zeros((n, k), dtype=np.float32)]),
-        )
+        bundle = replace(b, **views)  # type: ignore[arg-type]
         # The catalogue first, then the index: any id the index returns is then in the bundle a request reads.
         self.bundle = self.encoder.bundle = self.ranker.bundle = bundle
         self.retriever.add(embeddings)

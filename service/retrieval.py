@@ -5,17 +5,49 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
 import numpy as np
 
 from service.bundle import Bundle, BundleError
+from service.catalogue import RowBuffer
 
 log = logging.getLogger(__name__)
 
 
 GPU_MAX_K = 2048  # FAISS on the GPU returns at most this many neighbours per query
+FOLD_MIN = 4096  # vectors added live searched exactly beside the index before they are folded into it
+
+
+@dataclass(frozen=True, slots=True)
+class Searchable:
+    """What one search reads, swapped whole: the CPU index and the vectors added live since it was built or
+    last folded into it (item indices `ntotal`, `ntotal` + 1, ...)."""
+
+    cpu_index: Any
+    live: np.ndarray  # (m, E) float32, a view of a growable buffer
+
+    @property
+    def base(self) -> int:
+        return int(self.cpu_index.ntotal)
+
+
+EMPTY_SCORE = -float(np.finfo(np.float32).max)  # what FAISS gives a slot it has no neighbour for
+
+
+def merge_live(
+    scores: np.ndarray, items: np.ndarray, queries: np.ndarray, live: np.ndarray, base: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The index's answer (B, <= n) and the exact top of the live vectors (indices from `base`) merged: the
+    best n, best first."""
+    live_scores, live_items = faiss.knn(queries, live, min(n, len(live)), metric=faiss.METRIC_INNER_PRODUCT)
+    all_scores = np.concatenate([scores, live_scores], axis=1)
+    all_items = np.concatenate([items, np.where(live_items >= 0, live_items + base, -1)], axis=1)
+    all_scores = np.where(all_items >= 0, all_scores, EMPTY_SCORE)  # an empty slot last
+    order = np.argsort(-all_scores, axis=1, kind="stable")[:, :n]
+    return np.take_along_axis(all_scores, order, 1).astype(np.float32), np.take_along_axis(all_items, order, 1)
 
 
 class Retriever:
@@ -45,10 +77,13 @@ class Retriever:
         self.device = "cpu"
         self._gpu_resources: Any = None
         self._lock: threading.Lock | None = None
-        self._cpu_index = index  # searched without a lock; on the GPU, for searches deeper than GPU_MAX_K
         self._index = self._to_gpu(index, bundle) if n_gpus > 0 else index
         self.n_items = int(index.ntotal)
         self.cpu_fallbacks = 0  # searches a GPU index could not take (deeper than GPU_MAX_K)
+        self._live_rows = RowBuffer(np.empty((0, index.d), dtype=np.float32))
+        # Searched without a lock; on the GPU, for searches deeper than GPU_MAX_K.
+        self._searchable = Searchable(index, self._live_rows.append(np.empty((0, index.d), np.float32), 0))
+        self.folds = 0  # times the vectors added live were folded into the index
 
     def _to_gpu(self, index: Any, bundle: Bundle) -> Any:
         self._gpu_resources = faiss.StandardGpuResources()
@@ -70,30 +105,44 @@ class Retriever:
         return gpu_index
 
     def add(self, embeddings: np.ndarray) -> None:
-        """Append vectors (their ids continue the item indices). A CPU index is copied, extended and swapped in,
-        so concurrent searches (which take no lock) never see it change; a GPU index is extended under its lock."""
+        """Append vectors (their ids continue the item indices), for items added live. They go into a growable
+        buffer beside the index, searched exactly (faiss.knn) and merged with the index's answer: the index is
+        never copied per call. Once the buffer holds FOLD_MIN vectors and 1/16 of the index, they are folded
+        into a copy of the index, swapped in: one copy per that many items, amortised. A GPU index is extended
+        under its lock."""
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        cpu = faiss.clone_index(self._cpu_index)
-        cpu.add(embeddings)
+        current = self._searchable
+        live = self._live_rows.append(embeddings, len(current.live))
+        if len(live) < max(FOLD_MIN, current.base // 16):
+            self._searchable = Searchable(current.cpu_index, live)
+            self.n_items = current.base + len(live)
+            return
+        cpu = faiss.clone_index(current.cpu_index)
+        cpu.add(live)
+        self._live_rows = RowBuffer(live[:0])
+        folded = Searchable(cpu, live[:0])
         if self._lock is None:
-            self._cpu_index = self._index = cpu
-            self.n_items = int(cpu.ntotal)
+            self._index, self._searchable = cpu, folded
         else:
             with self._lock:
-                self._index.add(embeddings)
-                self._cpu_index = cpu
-                self.n_items = int(self._index.ntotal)
+                self._index.add(live)
+                self._searchable = folded
+        self.n_items = folded.base
+        self.folds += 1
 
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self._lock is not None and min(n, self.n_items) <= GPU_MAX_K:
             with self._lock:
-                scores, items = self._index.search(queries, min(n, self.n_items))
+                current = self._searchable  # with the GPU index it belongs to: a fold changes both under the lock
+                scores, items = self._index.search(queries, min(n, current.base))
         else:
             if self._lock is not None:
                 self.cpu_fallbacks += 1
-            index = self._cpu_index  # one consistent index for this search, even if `add` swaps in another
-            scores, items = index.search(queries, min(n, int(index.ntotal)))
+            current = self._searchable  # one consistent index and live set, even if `add` swaps in another
+            scores, items = current.cpu_index.search(queries, min(n, current.base))
+        if len(current.live):
+            scores, items = merge_live(scores, items, queries, current.live, current.base, n)
         return scores, items.astype(np.int64, copy=False)  # (B, n), (B, n)
 
     def search_each(self, queries: np.ndarray, depths: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:

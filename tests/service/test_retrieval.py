@@ -4,6 +4,7 @@ refuses what the real one cannot do)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -104,6 +105,81 @@ def test_a_search_deeper_than_the_gpu_allows_runs_on_the_cpu_index(
     assert (deep >= 0).all()
     assert retriever.cpu_fallbacks == 1
     np.testing.assert_array_equal(deep[:, :500], shallow)
-    retriever.add(vectors[:10] * 2)  # a live item reaches both indexes
-    assert stand_ins[0].ntotal == retriever.n_items == n + 10
-    assert retriever.search(queries, 3000)[1].max() >= n
+    retriever.add(vectors[:10] * 2)  # live items: searched beside the index, on either path
+    assert retriever.n_items == n + 10
+    assert stand_ins[0].ntotal == n  # the GPU index is not extended per item
+    for depth in (500, 3000):
+        _, found = retriever.search(queries, depth)
+        np.testing.assert_array_equal(found[:, 0], n + np.arange(3))  # each query's double, first
+    assert stand_ins[0].searches == 2
+
+
+def flat_retriever(tmp_path: Path, vectors: np.ndarray) -> Retriever:
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    faiss.write_index(index, str(tmp_path / "items.faiss"))
+    dims = SimpleNamespace(embedding_dim=vectors.shape[1], n_items=len(vectors))
+    bundle = SimpleNamespace(
+        file=lambda name: tmp_path / name,
+        manifest=SimpleNamespace(dims=dims, index=SimpleNamespace(params={})),
+        item_embeddings=vectors,
+    )
+    return Retriever(bundle, n_gpus=0)  # type: ignore[arg-type]
+
+
+def test_vectors_added_live_are_found_as_if_indexed_and_folded_in_at_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live vectors sit beside the index, searched exactly and merged: the same answers as one flat index of
+    everything; past the fold size they join the index (one copy per fold, not per add)."""
+    monkeypatch.setattr(retrieval, "FOLD_MIN", 100)
+    rng = np.random.default_rng(1)
+    base, added = rng.standard_normal((800, 8)).astype(np.float32), rng.standard_normal((260, 8)).astype(np.float32)
+    retriever = flat_retriever(tmp_path, base)
+    reference = faiss.IndexFlatIP(8)
+    reference.add(base)
+    queries = rng.standard_normal((5, 8)).astype(np.float32)
+    for start in range(0, len(added), 13):
+        chunk = added[start : start + 13]
+        retriever.add(chunk)
+        reference.add(chunk)
+        for depth in (1, 20, 2000):  # deeper than the catalogue too
+            scores, items = retriever.search(queries, depth)
+            want_scores, want_items = reference.search(queries, min(depth, reference.ntotal))
+            np.testing.assert_array_equal(items, want_items)
+            np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+    assert retriever.n_items == 1060
+    assert retriever.folds == 2  # at 104 and 208 live vectors (FOLD_MIN 100 > 800 / 16): not per add
+    assert retriever._searchable.base == 1008
+    assert len(retriever._searchable.live) == 52
+
+
+def test_searches_during_adds_and_a_fold_see_a_consistent_catalogue(tmp_path: Path) -> None:
+    """Searches take no lock on the CPU: while another thread adds vectors (through a fold), every answer is
+    whole, with no empty slot, no repeat, and only items that exist."""
+    rng = np.random.default_rng(2)
+    retriever = flat_retriever(tmp_path, rng.standard_normal((500, 8)).astype(np.float32))
+    added = rng.standard_normal((6000, 8)).astype(np.float32)
+    done = threading.Event()
+    problems: list[str] = []
+
+    def search() -> None:
+        queries = rng.standard_normal((4, 8)).astype(np.float32)
+        while not done.is_set():
+            _, items = retriever.search(queries, 50)
+            if (items < 0).any() or any(len(set(row)) != 50 for row in items.tolist()):
+                problems.append(f"an empty or repeated slot: {items}")
+            if items.max() >= retriever.n_items:
+                problems.append(f"item {items.max()} of {retriever.n_items}")
+
+    threads = [threading.Thread(target=search) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for start in range(0, len(added), 7):
+        retriever.add(added[start : start + 7])
+    done.set()
+    for t in threads:
+        t.join()
+    assert retriever.folds == 1
+    assert retriever.n_items == 6500
+    assert not problems, problems[:3]
