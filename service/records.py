@@ -276,7 +276,9 @@ class Records:
             inserted = {r[0] for r in connection.execute(insert.returning(events.c.event_id), rows)}
             # Parameters as a list (executemany), not a multi-row VALUES: one compiled statement for every batch.
             upsert = self._insert(users)
-            upsert = upsert.on_conflict_do_update(index_elements=["user_id"], set_={"last_seen": upsert.excluded.last_seen})
+            upsert = upsert.on_conflict_do_update(
+                index_elements=["user_id"], set_={"last_seen": upsert.excluded.last_seen}
+            )
             connection.execute(upsert, [{"user_id": u, "first_seen": now, "last_seen": now} for u in touched])
             held = self._recent_of(connection, touched)
         new, counted = [], set()
