@@ -3,6 +3,10 @@
     python -m model_export --dataset synthetic|movielens [--data-dir PATH] --out bundles/ [--preset tiny]
     python -m model_export train --interactions F --items F [--users F] --out bundles/   (your data, docs/data.md)
     python -m model_export sample-data --out DIR [--format csv|parquet]   (a small dataset in the data contract)
+    python -m model_export retrain --database URL --bundles DIR   (train, gate, publish: model_export/retrain.py)
+    python -m model_export bundles --database URL                 (the bundle registry)
+    python -m model_export publish VERSION --database URL [--bundles DIR] [--override-gate]
+    python -m model_export rollback --database URL [--bundles DIR]
 
 `--if-missing`: build only when OUT/current does not exist (the compose `export` job, the k8s init container).
 """
@@ -14,6 +18,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return train_from_files(argv[1:])
     if argv and argv[0] == "import":
         return import_into_database(argv[1:])
+    if argv and argv[0] in REGISTRY_COMMANDS:
+        return REGISTRY_COMMANDS[argv[0]](argv[1:])
     parser = argparse.ArgumentParser(prog="python -m model_export", description=__doc__)
     parser.add_argument("--dataset", choices=["synthetic", "movielens"], default="synthetic")
     parser.add_argument("--data-dir", type=Path, help="MovieLens directory (ml-100k, ml-1m, ml-latest-small, ml-25m)")
@@ -126,6 +133,115 @@ def import_into_database(argv: list[str]) -> int:
         return 2
     print(json.dumps(written))
     return 0
+
+
+def retrain_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m model_export retrain",
+        description="Train on everything the database holds, score the result and the published bundle on the most "
+        "recent events held out by time, and publish it only if it is not worse (model_export/retrain.py).",
+    )
+    parser.add_argument("--database", required=True, help="a SQLAlchemy URL (the service's RECO_DATABASE_URL)")
+    parser.add_argument("--bundles", type=Path, required=True, help="the bundles root every replica reads")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerance", type=float, default=0.01, help="how much worse (NDCG@10, Recall@10) passes")
+    parser.add_argument("--holdout-fraction", type=float, default=0.1, help="latest share of events held out")
+    parser.add_argument("--min-users", type=int, default=20, help="fewer users with held-out positives: skip")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from model_export.retrain import retrain
+
+    result = retrain(
+        args.database,
+        args.bundles,
+        preset(args.preset, seed=args.seed),
+        tolerance=args.tolerance,
+        holdout_fraction=args.holdout_fraction,
+        min_users=args.min_users,
+    )
+    print(json.dumps({k: v for k, v in vars(result).items()}, default=str))
+    return 0
+
+
+def list_bundles(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model_export bundles", description="The bundle registry.")
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    from service import registry
+    from service.records import migrate, open_engine
+
+    migrate(args.database)
+    engine = open_engine(args.database, 30.0)
+    try:
+        rows, runs = registry.entries(engine), registry.last_retrains(engine, 5)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({"bundles": [vars_of(r) for r in rows], "retrains": [vars_of(r) for r in runs]}))
+        return 0
+    print(f"{'version':<48} {'status':<12} {'gate':<11} {'ndcg@10':>8} {'published':>10}  created")
+    for r in rows:
+        cand, pub = r.metrics.get("candidate") or {}, r.metrics.get("published") or {}
+        score = f"{cand.get('ndcg@10', float('nan')):.4f}"
+        against = f"{pub['ndcg@10']:.4f}" if pub else "-"
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created_at))
+        print(f"{r.version:<48} {r.status:<12} {r.gate:<11} {score:>8} {against:>10}  {created}")
+    for run in runs:
+        finished = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run.finished_at))
+        took = run.finished_at - run.started_at
+        print(f"retrain {finished}: {run.result} {run.version or ''} ({took:.0f}s) {run.message}")
+    return 0
+
+
+def vars_of(row: object) -> dict[str, object]:
+    return {name: getattr(row, name) for name in row.__slots__}  # type: ignore[attr-defined]
+
+
+def publish_command(argv: list[str], rollback: bool = False) -> int:
+    name = "rollback" if rollback else "publish"
+    parser = argparse.ArgumentParser(
+        prog=f"python -m model_export {name}",
+        description="Roll back to the bundle published before" if rollback else "Publish a registered bundle",
+    )
+    if not rollback:
+        parser.add_argument("version")
+        parser.add_argument("--override-gate", action="store_true", help="publish a bundle the gate rejected")
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--bundles", type=Path, help="re-point BUNDLES/current too")
+    args = parser.parse_args(argv)
+    from model_export.retrain import point_current
+    from service import registry
+    from service.records import migrate, open_engine
+
+    migrate(args.database)
+    engine = open_engine(args.database, 30.0)
+    try:
+        if rollback:
+            old, new = registry.rollback(engine)
+            version, message = new.version, f"rolled back {old.version}; published {new.version}"
+        else:
+            before = registry.publish(engine, args.version, override_gate=args.override_gate)
+            version = args.version
+            message = f"published {version}" + (f" (was {before.version})" if before else "")
+    except registry.RegistryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+    if args.bundles is not None:
+        point_current(args.bundles, version)
+    print(message)
+    return 0
+
+
+REGISTRY_COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "retrain": retrain_command,
+    "bundles": list_bundles,
+    "publish": publish_command,
+    "rollback": lambda argv: publish_command(argv, rollback=True),
+}
 
 
 def sample_data(argv: list[str]) -> int:

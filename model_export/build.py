@@ -153,6 +153,7 @@ def build_bundle(
     split: tuple[Interactions, Interactions] | None = None,
     evaluate_bundle: bool = True,
     fit: str = "all",
+    make_current: bool = True,
 ) -> BuildResult:
     """Train, export and write a bundle from `raw` (every interaction, whatever its rating).
 
@@ -162,7 +163,8 @@ def build_bundle(
     positives (the manifest's validation metrics). `fit="all"` (the default): the models are then refitted on
     every interaction with the chosen settings (epochs) and the bundle's histories, seen sets and item statistics
     cover all of them: what is served learns from everything it is given. `fit="split"`: the bundle is the
-    model-selection fit itself, for evaluation-only bundles (the held-out part is then unknown to it)."""
+    model-selection fit itself, for evaluation-only bundles (the held-out part is then unknown to it).
+    `make_current`: point `out_dir/current` at the new bundle (a retrain does only once it is published)."""
     if fit not in FIT_MODES:
         raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
     started = time.perf_counter()
@@ -270,7 +272,7 @@ def build_bundle(
                 + ("; the bundle is that model refitted on all interactions" if final is not selection else ""),
             }
         writer.write_manifest(fields)
-        path = writer.finish(fields["bundle_version"])
+        path = writer.finish(fields["bundle_version"], make_current=make_current)
     except BaseException:
         writer.abort()
         raise

@@ -169,11 +169,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.reco = state
         drain_on_sigterm(state, settings.shutdown_delay_s)
         follows = settings.live_items_store == "database" or settings.workers > 1
-        follower = asyncio.create_task(state.follow_live_items()) if follows else None
+        followers = [asyncio.create_task(state.follow_live_items())] if follows else []
+        if settings.bundle_sync_s > 0:
+            followers.append(asyncio.create_task(state.follow_published_bundle()))
         try:
             yield
         finally:
-            if follower is not None:
+            for follower in followers:
                 follower.cancel()
             await state.close()
 

@@ -127,6 +127,36 @@ class Metrics:
         )
         self.bundle = Info("reco_bundle", "The model bundle being served.", registry=r)
         # Several processes: ready only when every live one is (the bundle is the same in all: no reloads there).
+        self.bundle_created = Gauge(
+            "reco_bundle_created_timestamp_seconds",
+            "When the bundle served was built (unix seconds; its age: time() - this).",
+            registry=r,
+            multiprocess_mode="livemin",  # the oldest any process serves
+        )
+        self.retrain_finished = Gauge(
+            "reco_retrain_last_finished_timestamp_seconds",
+            "When the last retrain run (python -m model_export retrain) ended, whatever its result (the registry).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.retrain_succeeded = Gauge(
+            "reco_retrain_last_success_timestamp_seconds",
+            "When the last retrain run that did not fail ended (published, rejected by the gate, or skipped).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.retrain_duration = Gauge(
+            "reco_retrain_last_duration_seconds",
+            "How long the last retrain run took.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.retrain_failures = Gauge(
+            "reco_retrain_consecutive_failures",
+            "Retrain runs that failed since the last one that did not (the registry's latest 20 at most).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.ready = Gauge(
             "reco_ready", "1 when the service is ready to serve.", registry=r, multiprocess_mode="livemin"
         )

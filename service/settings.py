@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         description="Where items added live are kept: database (the system of record, shared by every replica "
         "and process) or file (live_items_path, one machine only).",
     )
+    bundle_sync_s: float = Field(
+        10.0,
+        ge=0,
+        description="How often each process asks the bundle registry (the database) which bundle is published, "
+        "and reloads it (from under RECO_BUNDLES_ROOT) when it serves another; 0: never (RECO_BUNDLE_PATH only).",
+    )
     live_items_sync_s: float = Field(
         1.0,
         gt=0,

@@ -15,6 +15,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, Request
 
+from service import registry
 from service.breaker import CircuitBreaker
 from service.bundle import Bundle, BundleError, load_bundle
 from service.cache import EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
@@ -160,6 +161,7 @@ class AppState:
         """The served bundle into the metrics and the log."""
         bundle, pipeline = self.bundle, self.pipeline
         self.metrics.index_items.set(pipeline.retriever.n_items)
+        self.metrics.bundle_created.set(bundle.manifest.created_at.timestamp())
         self.metrics.bundle.info(
             {
                 "version": bundle.version,
@@ -180,11 +182,13 @@ class AppState:
             pipeline.retriever.device,
         )
 
-    async def reload(self, path: Path | None = None) -> tuple[str, str]:
+    async def reload(self, path: Path | None = None, *, this_process: bool = False) -> tuple[str, str]:
         """Load the bundle at `path` (default: the configured bundle path, e.g. a `current` symlink re-pointed)
         beside the one serving, warm it up, and swap it in at once; requests in flight finish on the old one.
-        Raises BundleError (the old bundle keeps serving) if it does not validate. Returns (old, new) versions."""
-        if self.settings.workers > 1:
+        Raises BundleError (the old bundle keeps serving) if it does not validate. Returns (old, new) versions.
+        `this_process`: the registry follower's reload, which every process makes for itself (an admin's
+        reload would reach one process of several, and is refused then)."""
+        if self.settings.workers > 1 and not this_process:
             raise Conflict(
                 f"RECO_WORKERS={self.settings.workers}: a reload would reach only the process that took this "
                 "request; restart the service (a rolling restart) to serve another bundle"
@@ -208,6 +212,51 @@ class AppState:
             self.publish()
             log.info("reloaded %s -> %s in %.2fs", old.bundle.version, bundle.version, time.perf_counter() - t0)
             return old.bundle.version, bundle.version
+
+    async def follow_published_bundle(self) -> None:
+        """Every `bundle_sync_s`, ask the bundle registry (service.registry) which bundle is published and the
+        last retrains' results (into the metrics); a published version this process does not serve is loaded
+        from under the bundles root through `reload` (validated, warmed, swapped): every replica and process
+        converges on it. A version that does not load is logged and counted once, not retried until the
+        registry names another. Runs until cancelled."""
+        refused: str | None = None
+        engine = self.records.engine
+
+        def ask() -> tuple[registry.Entry | None, list[registry.Retrain]]:
+            return registry.published(engine), registry.last_retrains(engine)
+
+        while True:
+            await asyncio.sleep(self.settings.bundle_sync_s)
+            try:
+                entry, runs = await self.records.run(ask)
+            except RecordsUnavailable:  # the database away: the next round asks again
+                continue
+            self.observe_retrains(runs)
+            if entry is None or entry.version in (self.bundle.version, refused) or self._reloading.locked():
+                continue
+            path = self.settings.reload_root / entry.version
+            try:
+                old, new = await self.reload(path, this_process=True)
+            except Conflict:  # a reload began meanwhile: the next round looks again
+                continue
+            except (BundleError, OSError, ValueError) as e:
+                refused = entry.version
+                self.metrics.reloads.labels("refused").inc()
+                log.error("the published bundle %s could not be loaded from %s: %s", entry.version, path, e)
+                continue
+            log.info("following the registry: %s -> %s", old, new)
+
+    def observe_retrains(self, runs: list[registry.Retrain]) -> None:
+        """The registry's latest retrain runs (newest first) into the retrain gauges."""
+        if not runs:
+            return
+        m = self.metrics
+        m.retrain_finished.set(runs[0].finished_at)
+        m.retrain_duration.set(runs[0].finished_at - runs[0].started_at)
+        succeeded = next((r for r in runs if r.result != "failed"), None)
+        if succeeded is not None:
+            m.retrain_succeeded.set(succeeded.finished_at)
+        m.retrain_failures.set(next((n for n, r in enumerate(runs) if r.result != "failed"), len(runs)))
 
     async def follow_live_items(self) -> None:
         """Every `live_items_sync_s`, add the items other processes and replicas stored (in the database: read in
