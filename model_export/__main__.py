@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -141,34 +142,59 @@ def retrain_command(argv: list[str]) -> int:
         description="Train on everything the database holds, score the result and the published bundle on the most "
         "recent events held out by time, and publish it only if it is not worse (model_export/retrain.py).",
     )
-    parser.add_argument("--database", required=True, help="a SQLAlchemy URL (the service's RECO_DATABASE_URL)")
+    database_argument(parser)
     parser.add_argument("--bundles", type=Path, required=True, help="the bundles root every replica reads")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=0.01, help="how much worse (NDCG@10, Recall@10) passes")
     parser.add_argument("--holdout-fraction", type=float, default=0.1, help="latest share of events held out")
     parser.add_argument("--min-users", type=int, default=20, help="fewer users with held-out positives: skip")
+    parser.add_argument(
+        "--every", type=float, help="run again every this many seconds, for ever (compose's retrain service)"
+    )
     args = parser.parse_args(argv)
+    if not args.database:
+        parser.error("give --database or set RECO_DATABASE_URL")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from model_export.retrain import retrain
 
-    result = retrain(
-        args.database,
-        args.bundles,
-        preset(args.preset, seed=args.seed),
-        tolerance=args.tolerance,
-        holdout_fraction=args.holdout_fraction,
-        min_users=args.min_users,
+    while True:
+        try:
+            result = retrain(
+                args.database,
+                args.bundles,
+                preset(args.preset, seed=args.seed),
+                tolerance=args.tolerance,
+                holdout_fraction=args.holdout_fraction,
+                min_users=args.min_users,
+            )
+        except Exception:
+            if args.every is None:
+                raise
+            logging.getLogger("model_export.retrain").exception("retrain failed (recorded in the registry)")
+        else:
+            print(json.dumps(vars(result), default=str), flush=True)
+        if args.every is None:
+            return 0
+        time.sleep(args.every)
+
+
+def database_argument(parser: argparse.ArgumentParser) -> None:
+    """--database, by default the service's own RECO_DATABASE_URL (a password then stays out of the arguments)."""
+    parser.add_argument(
+        "--database",
+        default=os.environ.get("RECO_DATABASE_URL"),
+        help="a SQLAlchemy URL (default: $RECO_DATABASE_URL, the service's)",
     )
-    print(json.dumps({k: v for k, v in vars(result).items()}, default=str))
-    return 0
 
 
 def list_bundles(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m model_export bundles", description="The bundle registry.")
-    parser.add_argument("--database", required=True)
+    database_argument(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if not args.database:
+        parser.error("give --database or set RECO_DATABASE_URL")
     from service import registry
     from service.records import migrate, open_engine
 
@@ -208,9 +234,11 @@ def publish_command(argv: list[str], rollback: bool = False) -> int:
     if not rollback:
         parser.add_argument("version")
         parser.add_argument("--override-gate", action="store_true", help="publish a bundle the gate rejected")
-    parser.add_argument("--database", required=True)
+    database_argument(parser)
     parser.add_argument("--bundles", type=Path, help="re-point BUNDLES/current too")
     args = parser.parse_args(argv)
+    if not args.database:
+        parser.error("give --database or set RECO_DATABASE_URL")
     from model_export.retrain import point_current
     from service import registry
     from service.records import migrate, open_engine

@@ -90,7 +90,7 @@ class Metrics:
         )
         self.reloads = Counter(
             "reco_bundle_reloads",
-            "Bundle reloads (POST /admin/reload, /admin/rollback) by result.",
+            "Bundle reloads (POST /admin/reload, /admin/rollback, and following the registry) by result.",
             ["result"],
             registry=r,
         )

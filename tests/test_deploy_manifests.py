@@ -131,6 +131,14 @@ def test_compose_starts_the_service_with_a_configuration_it_accepts(
     assert settings.database == f"postgresql+psycopg://reco:{SECRETS['postgres-password']}@postgres:5432/reco"
     assert interpolate(postgres["environment"]["POSTGRES_PASSWORD"]) == SECRETS["postgres-password"]
     assert any(v.endswith(":/var/lib/postgresql/data") for v in postgres["volumes"])
+    # The retrainer: the export image on the same volume and database, `retrain` every RETRAIN_INTERVAL.
+    retrain = spec["services"]["retrain"]
+    assert retrain["image"] == export["image"]
+    assert f"{volume}:/bundles" in retrain["volumes"]
+    assert interpolate(retrain["environment"]["RECO_DATABASE_URL"]) == settings.database
+    assert retrain["command"][:3] == ["retrain", "--bundles", "/bundles"]
+    assert interpolate(retrain["command"][retrain["command"].index("--every") + 1]) == "3600"
+    assert settings.bundle_sync_s > 0  # the service follows what it publishes
     assert (settings.device == "cuda") == (name == "recsys-gpu")
     if name == "recsys-gpu":
         devices = service["deploy"]["resources"]["reservations"]["devices"]
@@ -224,17 +232,34 @@ def test_overlay_runs_the_service_hardened_probed_and_configured(
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    for c in pod["containers"] + pod["initContainers"]:
-        sc = c["securityContext"]
-        assert sc["readOnlyRootFilesystem"] is True, c["name"]
-        assert sc["allowPrivilegeEscalation"] is False, c["name"]
-        assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
-        assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/bundles", "/tmp"}, c["name"]
+    bootstrap = find(docs, "Job", "reco-bundle-bootstrap")["spec"]["template"]["spec"]
+    cron = find(docs, "CronJob", "reco-retrain")
+    retrain = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod  # no pod trains its own bundle: replicas serve the registry's
+    for spec in (pod, bootstrap, retrain):
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, c["name"]
+            assert sc["allowPrivilegeEscalation"] is False, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+            assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/bundles", "/tmp"}, c["name"]
+        claims = {v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v}
+        assert claims == {"reco-bundles"}  # one volume every replica and the retrainer share
+    claim = find(docs, "PersistentVolumeClaim", "reco-bundles")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert next(m for m in container["volumeMounts"] if m["mountPath"] == "/bundles")["readOnly"] is True
 
-    # The exporter init container runs the export image's default command.
-    (init,) = pod["initContainers"]
+    # The bootstrap Job runs the export image's default command (the demo bundle, only if there is none); the
+    # CronJob retrains on a schedule, never two at once, with the database URL from the Secret.
+    (init,) = bootstrap["containers"]
     assert init["image"].startswith("reco-exporter")
     assert init["args"] == exec_form(dockerfile_stages()["exporter"], "CMD")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    (job,) = retrain["containers"]
+    assert job["image"].startswith("reco-exporter")
+    assert job["args"][:1] == ["retrain"]
+    assert {v["name"] for v in job["env"]} >= {"POSTGRES_PASSWORD", "RECO_DATABASE_URL"}
 
     # The environment the service would see: ConfigMap + Secret references.
     config = find(docs, "ConfigMap", "reco-config")
