@@ -62,6 +62,10 @@ class LiveItems:
     def __len__(self) -> int:
         return len(self._records)
 
+    def record(self, item_id: str) -> ItemRecord | None:
+        """What the client sent for an item added live (None: not one of them)."""
+        return self._records.get(item_id)
+
     def upsert(self, record: ItemRecord) -> bool:
         """Add the item; False if this exact item was already added (idempotent). Raises ItemConflict for an
         id already taken by other content, OSError if the delta file cannot be written, RecordsUnavailable if the

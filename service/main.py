@@ -18,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import ui
 from service.api import admin, client, router
 from service.errors import install_error_handlers
 from service.fast_path import RecommendationsFastPath
@@ -192,6 +193,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(client)
     app.include_router(admin)
+    app.include_router(ui.admin)
+    app.include_router(ui.pages)
+    app.mount("/ui/static", ui.static_files(), name="ui-static")
     install_error_handlers(app, allowed_methods)
     app.add_middleware(RecommendationsFastPath, max_body_bytes=settings.max_body_bytes, enabled=settings.http_fast_path)
     app.add_middleware(AdmissionMiddleware)

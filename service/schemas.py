@@ -211,3 +211,88 @@ class ReloadRequest(BaseModel):
 class Reloaded(BaseModel):
     previous_version: str
     bundle_version: str
+
+
+# --- The operators' dashboard (/ui) and its admin JSON routes (service/ui.py) ----------------------------------
+
+
+class ItemRef(BaseModel):
+    item_id: str
+    title: str
+
+
+class FreshEventOut(BaseModel):
+    item_id: str
+    title: str | None = Field(description="Null for an item the served bundle does not hold.")
+    disliked: bool
+
+
+class UserView(BaseModel):
+    user_id: str
+    known_to_bundle: bool
+    history_length: int = Field(description="Interactions the served bundle was trained on for this user.")
+    history: list[ItemRef] = Field(description="The latest 50 of them, oldest first.")
+    fresh: list[FreshEventOut] = Field(description="Recent events the service holds (the cache, else the database).")
+
+
+class ItemView(BaseModel):
+    item_id: str
+    title: str
+    trained: bool = Field(description="In the served bundle's training data; false: added live (PUT /v1/items).")
+    genres: list[str]
+    year: int | None
+    description: str
+    log_popularity: float = Field(description="log1p(interactions) / max over the training data; 0 for a live item.")
+
+
+class Overview(BaseModel):
+    bundle_version: str
+    created_at: str
+    schema_version: int
+    n_users: int
+    n_trained_items: int
+    n_items: int = Field(description="Items in the index now (trained + added live).")
+    onnx_provider: str
+    onnx_precision: str
+    faiss_device: str
+    index: dict[str, Any]
+    validation: dict[str, Any] = Field(description="The bundle's validation metrics (its manifest).")
+    training_seconds: float | None
+
+
+class BundleEntryOut(BaseModel):
+    version: str
+    created_at: float
+    data_window: dict[str, Any]
+    metrics: dict[str, Any]
+    gate: str
+    status: str
+    published_at: float | None
+    on_disk: bool = Field(description="Under this replica's bundles root (RECO_BUNDLES_ROOT).")
+
+
+class RetrainOut(BaseModel):
+    started_at: float
+    finished_at: float
+    result: str
+    version: str | None
+    message: str
+
+
+class BundlesView(BaseModel):
+    serving: str = Field(description="The version this process serves.")
+    published: str | None = Field(description="The version the registry names as published.")
+    sync_s: float = Field(description="RECO_BUNDLE_SYNC_S: how often every process follows the registry (0: never).")
+    bundles: list[BundleEntryOut]
+    retrains: list[RetrainOut]
+
+
+class PublishRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    override_gate: StrictBool = Field(False, description="Publish a bundle the quality gate rejected.")
+
+
+class Published(BaseModel):
+    published: str
+    previous: str | None
