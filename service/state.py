@@ -239,7 +239,7 @@ class AppState:
                 old, new = await self.reload(path, this_process=True)
             except Conflict:  # a reload began meanwhile: the next round looks again
                 continue
-            except (BundleError, OSError, ValueError) as e:
+            except Exception as e:  # an unloadable bundle (BundleError, OSError, ...) must not end the loop
                 refused = entry.version
                 self.metrics.reloads.labels("refused").inc()
                 log.error("the published bundle %s could not be loaded from %s: %s", entry.version, path, e)

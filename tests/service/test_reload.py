@@ -116,3 +116,34 @@ def test_reload_needs_the_admin_token_and_rollback_needs_a_reload(settings: Sett
         assert client.post("/admin/reload").status_code == 401
         assert client.post("/admin/rollback", headers=AUTH).status_code == 409
         assert client.post("/admin/reload", json={"unknown": 1}, headers=AUTH).status_code == 422
+
+
+def test_a_published_bundle_that_does_not_load_is_refused_once_and_the_old_one_keeps_serving(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The registry names a version this replica cannot load (not on its disk): it keeps serving what it has,
+    counts the refusal once (not every round), and the retrain gauges come from the registry's runs."""
+    from service import registry
+    from service.records import migrate, open_engine
+
+    database = f"sqlite:///{tmp_path / 'registry.sqlite3'}"
+    migrate(database)
+    engine = open_engine(database, 5.0)
+    window = {"first": 0, "last": 1, "events": 1, "users": 1, "items": 1}
+    registry.register(engine, "not-on-this-disk", window, {}, "first", publish=True)
+    started = time.time()
+    registry.record_retrain(engine, started - 30, "failed", None, "boom")
+    registry.record_retrain(engine, started - 20, "failed", None, "boom")
+    registry.record_retrain(engine, started - 10, "published", "not-on-this-disk", "")
+    registry.record_retrain(engine, started - 5, "failed", None, "boom")
+    engine.dispose()
+    update = {"database_url": SecretStr(database), "bundle_sync_s": 0.05}
+    with TestClient(create_app(settings.model_copy(update=update))) as client:
+        served = client.get("/readyz").json()["bundle_version"]
+        time.sleep(1.0)  # some 20 rounds
+        assert client.get("/readyz").json()["bundle_version"] == served
+        registry_ = client.app.state.metrics.registry  # type: ignore[attr-defined]
+        assert registry_.get_sample_value("reco_bundle_reloads_total", {"result": "refused"}) == 1.0
+        assert registry_.get_sample_value("reco_retrain_consecutive_failures") == 1.0
+        assert registry_.get_sample_value("reco_retrain_last_duration_seconds") is not None
+        assert registry_.get_sample_value("reco_bundle_created_timestamp_seconds") > 0
