@@ -21,8 +21,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 from model_export.config import PRESETS, ExportConfig, preset
 from model_export.contract import load_contract, write_contract
@@ -193,19 +194,15 @@ def list_bundles(argv: list[str]) -> int:
     database_argument(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if not args.database:
-        parser.error("give --database or set RECO_DATABASE_URL")
     from service import registry
-    from service.records import migrate, open_engine
 
-    migrate(args.database)
-    engine = open_engine(args.database, 30.0)
+    engine = registry_engine(parser, args)
     try:
         rows, runs = registry.entries(engine), registry.last_retrains(engine, 5)
     finally:
         engine.dispose()
     if args.json:
-        print(json.dumps({"bundles": [vars_of(r) for r in rows], "retrains": [vars_of(r) for r in runs]}))
+        print(json.dumps({"bundles": [asdict(r) for r in rows], "retrains": [asdict(r) for r in runs]}))
         return 0
     print(f"{'version':<48} {'status':<12} {'gate':<11} {'ndcg@10':>8} {'published':>10}  created")
     for r in rows:
@@ -221,8 +218,14 @@ def list_bundles(argv: list[str]) -> int:
     return 0
 
 
-def vars_of(row: object) -> dict[str, object]:
-    return {name: getattr(row, name) for name in row.__slots__}  # type: ignore[attr-defined]
+def registry_engine(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """An engine on `--database`, its schema brought to the latest migration (the registry's tables)."""
+    if not args.database:
+        parser.error("give --database or set RECO_DATABASE_URL")
+    from service.records import migrate, open_engine
+
+    migrate(args.database)
+    return open_engine(args.database, 30.0)
 
 
 def publish_command(argv: list[str], rollback: bool = False) -> int:
@@ -237,14 +240,10 @@ def publish_command(argv: list[str], rollback: bool = False) -> int:
     database_argument(parser)
     parser.add_argument("--bundles", type=Path, help="re-point BUNDLES/current too")
     args = parser.parse_args(argv)
-    if not args.database:
-        parser.error("give --database or set RECO_DATABASE_URL")
     from model_export.retrain import point_current
     from service import registry
-    from service.records import migrate, open_engine
 
-    migrate(args.database)
-    engine = open_engine(args.database, 30.0)
+    engine = registry_engine(parser, args)
     try:
         if rollback:
             old, new = registry.rollback(engine)

@@ -10,6 +10,7 @@ browser session (sessionStorage, sent as a bearer header, never in a URL).
 from __future__ import annotations
 
 import functools
+from dataclasses import asdict
 from pathlib import Path as FilePath
 from typing import Annotated
 
@@ -163,13 +164,9 @@ async def bundles_view(state: StateDep) -> BundlesView:
         serving=state.bundle.version,
         published=next((r.version for r in rows if r.status == "published"), None),
         sync_s=state.settings.bundle_sync_s,
-        bundles=[BundleEntryOut(**vars_of(r), on_disk=(root / r.version).is_dir()) for r in rows],
-        retrains=[RetrainOut(**vars_of(r)) for r in runs],
+        bundles=[BundleEntryOut(**asdict(r), on_disk=(root / r.version).is_dir()) for r in rows],
+        retrains=[RetrainOut(**asdict(r)) for r in runs],
     )
-
-
-def vars_of(row: object) -> dict[str, object]:
-    return {name: getattr(row, name) for name in row.__slots__}  # type: ignore[attr-defined]
 
 
 @admin.post(

@@ -226,3 +226,37 @@ def test_the_registry_publishes_one_bundle_at_a_time_and_guards_the_gate(tmp_pat
         assert [e.status for e in registry.entries(engine)].count("published") == 1
     finally:
         engine.dispose()
+
+
+def test_the_registry_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from model_export.__main__ import main
+
+    url = f"sqlite:///{tmp_path / 'reco.sqlite3'}"
+    bundles = tmp_path / "bundles"
+    for version in ("v1", "v2"):
+        (bundles / version).mkdir(parents=True)
+    migrate(url)
+    engine = open_engine(url, 5.0)
+    window = {"first": 0, "last": 10, "events": 5, "users": 2, "items": 3}
+    registry.register(engine, "v1", window, {"candidate": {"ndcg@10": 0.2}}, "first", publish=True)
+    registry.register(
+        engine, "v2", window, {"candidate": {"ndcg@10": 0.1}, "published": {"ndcg@10": 0.2}}, "failed", publish=False
+    )
+    engine.dispose()
+    assert main(["publish", "v2", "--database", url, "--bundles", str(bundles)]) == 2
+    assert "failed the quality gate" in capsys.readouterr().err
+    assert main(["publish", "v2", "--database", url, "--bundles", str(bundles), "--override-gate"]) == 0
+    assert (bundles / "current").resolve().name == "v2"
+    capsys.readouterr()
+    assert main(["bundles", "--database", url, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(b["version"], b["status"], b["gate"]) for b in listed["bundles"]] == [
+        ("v2", "published", "overridden"),
+        ("v1", "retired", "first"),
+    ]
+    assert main(["rollback", "--database", url, "--bundles", str(bundles)]) == 0
+    assert (bundles / "current").resolve().name == "v1"
+    assert main(["bundles", "--database", url]) == 0
+    table = capsys.readouterr().out
+    assert "rolled_back" in table
+    assert "0.1000" in table
