@@ -242,9 +242,8 @@ class Pipeline:
         neighbours yet) and the index, recommendable and findable as similar from the next request on. Their
         rows go into the catalogue's spare room (service.catalogue: no copy of the item arrays per call) and a
         new bundle object holding views one item range longer replaces this one: a request in flight keeps
-        its consistent view. Callers
-        serialise calls (LiveItems holds a lock). `twins`: per item, the trained items whose content it has (it
-        took their place); its similar items then blend in their co-consumption."""
+        its consistent view. Callers serialise calls (LiveItems holds a lock). `twins`: per item, the trained
+        items whose content it has (it took their place); its similar items then blend in their co-consumption."""
         b = self.bundle
         if self.catalogue is None:
             self.catalogue = Catalogue(b.item_ids, b.item_titles, {name: getattr(b, name) for name in ARRAYS})
