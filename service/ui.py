@@ -59,7 +59,9 @@ def static_files() -> StaticFiles:
 @pages.get("/ui")
 @pages.get("/ui/")
 @pages.get("/ui/bundles")
+@pages.get("/ui/users/")
 @pages.get("/ui/users/{user_id}")
+@pages.get("/ui/items/")
 @pages.get("/ui/items/{item_id}")
 async def page(user_id: str | None = None, item_id: str | None = None) -> FileResponse:
     """Every page is the one app; it reads the path and renders that page (so each has its own link)."""

@@ -19,7 +19,7 @@ ADMIN = "test-admin-token-0123456789"
 CLIENT = "test-client-key-0123456789"
 OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 # The dashboard's pages: the app's shell, no data (everything it shows comes from the guarded routes).
-OPEN |= {"/ui", "/ui/", "/ui/bundles", "/ui/users/{user_id}", "/ui/items/{item_id}"}
+OPEN |= {"/ui", "/ui/", "/ui/bundles", "/ui/users/", "/ui/users/{user_id}", "/ui/items/", "/ui/items/{item_id}"}
 ADMIN_ROUTES = {
     ("PUT", "/v1/items/{item_id}"),
     ("DELETE", "/v1/users/{user_id}"),

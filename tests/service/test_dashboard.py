@@ -108,6 +108,13 @@ def test_every_page_works_in_a_real_browser(dashboard) -> None:  # type: ignore[
         expect(page.locator("table").first.locator("tbody tr")).to_have_count(10)  # its similar items
         assert page.url.endswith("/ui/items/dashboard-new-item")
 
+        # The lookup pages open from their links too (a reload of /ui/users/ is a page, not a 404).
+        page.goto(f"{url}/ui/users/")
+        expect(page.locator("h1")).to_have_text("Users")
+        page.fill("input[name=id]", user_id)
+        page.click("text=Look up")
+        expect(page.locator("h1")).to_have_text(f"User {user_id}")
+
         # The registry.
         page.click("header nav a[data-page=bundles]")
         expect(page.locator("h1")).to_have_text("Bundles")
