@@ -240,7 +240,7 @@ def publish_command(argv: list[str], rollback: bool = False) -> int:
     database_argument(parser)
     parser.add_argument("--bundles", type=Path, help="re-point BUNDLES/current too")
     args = parser.parse_args(argv)
-    from model_export.retrain import point_current
+    from model_export.bundle import point_current
     from service import registry
 
     engine = registry_engine(parser, args)
@@ -257,7 +257,7 @@ def publish_command(argv: list[str], rollback: bool = False) -> int:
         return 2
     finally:
         engine.dispose()
-    if args.bundles is not None:
+    if args.bundles is not None and (args.bundles / version).is_dir():  # never a link to nothing
         point_current(args.bundles, version)
     print(message)
     return 0

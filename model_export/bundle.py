@@ -89,11 +89,16 @@ class BundleWriter:
             raise FileExistsError(f"{final} already exists")
         os.replace(self.tmp, final)
         if make_current:
-            link = self.out_dir / f".current-{os.getpid()}"
-            link.unlink(missing_ok=True)
-            link.symlink_to(version, target_is_directory=True)
-            os.replace(link, self.out_dir / "current")
+            point_current(self.out_dir, version)
         return final
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def point_current(out_dir: Path, version: str) -> None:
+    """Re-point `out_dir/current` at `out_dir/version`, atomically (a new link renamed over the old one)."""
+    link = out_dir / f".current-{os.getpid()}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(version, target_is_directory=True)
+    os.replace(link, out_dir / "current")

@@ -240,12 +240,3 @@ def _retrain(
         message,
         time.time() - started,
     )
-
-
-def point_current(bundles_dir: Path, version: str) -> None:
-    """Re-point `bundles_dir/current` at `version` (atomically), as a publish or rollback does."""
-    if not (bundles_dir / version).is_dir():
-        return
-    link = bundles_dir / f".current-publish-{time.monotonic_ns()}"
-    link.symlink_to(version, target_is_directory=True)
-    link.replace(bundles_dir / "current")

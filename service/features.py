@@ -51,6 +51,11 @@ def year_of(dense: np.ndarray, names: Sequence[str]) -> np.ndarray:
     return np.where(known, np.rint(scaled * (YEAR_LAST - YEAR_FIRST) + YEAR_FIRST), 0).astype(np.int64)
 
 
+def genres_of(dense: np.ndarray, names: Sequence[str]) -> list[str]:
+    """item_dense_row's genres undone: the `genre:<name>` columns set in one item's row."""
+    return [n.removeprefix("genre:") for n, v in zip(names, dense, strict=True) if n.startswith("genre:") and v > 0]
+
+
 UNKNOWN_NUMERIC_FEATURE = 0.5  # a `num:<column>` feature (scaled to [0, 1] at training) that an item lacks
 
 

@@ -78,11 +78,10 @@ class Retriever:
         self._gpu_resources: Any = None
         self._lock: threading.Lock | None = None
         self._index = self._to_gpu(index, bundle) if n_gpus > 0 else index
-        self.n_items = int(index.ntotal)
         self.cpu_fallbacks = 0  # searches a GPU index could not take (deeper than GPU_MAX_K)
         self._live_rows = RowBuffer(np.empty((0, index.d), dtype=np.float32))
         # Searched without a lock; on the GPU, for searches deeper than GPU_MAX_K.
-        self._searchable = Searchable(index, self._live_rows.append(np.empty((0, index.d), np.float32), 0))
+        self._searchable = Searchable(index, np.empty((0, index.d), dtype=np.float32))
         self.folds = 0  # times the vectors added live were folded into the index
 
     def _to_gpu(self, index: Any, bundle: Bundle) -> Any:
@@ -115,7 +114,6 @@ class Retriever:
         live = self._live_rows.append(embeddings, len(current.live))
         if len(live) < max(FOLD_MIN, current.base // 16):
             self._searchable = Searchable(current.cpu_index, live)
-            self.n_items = current.base + len(live)
             return
         cpu = faiss.clone_index(current.cpu_index)
         cpu.add(live)
@@ -127,8 +125,13 @@ class Retriever:
             with self._lock:
                 self._index.add(live)
                 self._searchable = folded
-        self.n_items = folded.base
         self.folds += 1
+
+    @property
+    def n_items(self) -> int:
+        """Vectors searchable now: the index's and those added live beside it."""
+        current = self._searchable
+        return current.base + len(current.live)
 
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)

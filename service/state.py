@@ -232,7 +232,7 @@ class AppState:
             except RecordsUnavailable:  # the database away: the next round asks again
                 continue
             self.observe_retrains(runs)
-            if entry is None or entry.version in (self.bundle.version, refused) or self._reloading.locked():
+            if entry is None or entry.version in (self.bundle.version, refused):
                 continue
             path = self.settings.reload_root / entry.version
             try:

@@ -24,7 +24,7 @@ from service.api import _ERRORS as COMMON_ERRORS
 from service.auth import admin_router
 from service.errors import Conflict, NotFound, Unavailable
 from service.events import DISLIKE_PREFIX
-from service.features import year_of
+from service.features import genres_of, year_of
 from service.records import RecordsUnavailable
 from service.schemas import (
     BundleEntryOut,
@@ -136,7 +136,7 @@ async def item_view(item_id: Annotated[str, Path(min_length=1, max_length=128)],
         )
     names = bundle.manifest.feature_spec.item_dense
     dense = bundle.item_dense[index]
-    genres = [n.removeprefix("genre:") for n, v in zip(names, dense, strict=True) if n.startswith("genre:") and v > 0]
+    genres = genres_of(dense, names)
     year = int(year_of(dense[None, :], names)[0])
     return ItemView(
         item_id=item_id,

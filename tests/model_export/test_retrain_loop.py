@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_export.bundle import point_current
 from model_export.config import preset
 from model_export.contract import write_contract
 from model_export.data import Dataset, generate_synthetic
 from model_export.database import import_tables
-from model_export.retrain import point_current, retrain
+from model_export.retrain import retrain
 from service import registry
 from service.bundle import load_bundle
 from service.records import migrate, open_engine
