@@ -82,6 +82,48 @@ deletions = sa.Table(
 )
 
 
+# PostgreSQL: a batch of events appended in one statement, so one round trip (autocommit: a statement is its own
+# transaction). The events go in as arrays (one statement for every batch size), in order (ids follow `ord`); an
+# event_id stored before is skipped by the unique index; the users are created or touched; what comes back is
+# the event_ids inserted (kind 0) and each user's latest events (kind 1), those just inserted included (the
+# statement's snapshot does not show its own inserts, hence the UNION).
+APPEND_POSTGRES = sa.text(
+    """
+WITH batch AS (
+    SELECT * FROM unnest(
+        CAST(:event_ids AS varchar[]), CAST(:user_ids AS varchar[]), CAST(:item_ids AS varchar[]),
+        CAST(:event_types AS varchar[]), CAST(:timestamps AS float8[])
+    ) WITH ORDINALITY AS b(event_id, user_id, item_id, event_type, ts, ord)
+),
+inserted AS (
+    INSERT INTO events (event_id, user_id, item_id, event_type, "timestamp", received_at)
+    SELECT event_id, user_id, item_id, event_type, ts, :now FROM batch ORDER BY ord
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING id, event_id, user_id, item_id, event_type
+),
+touched AS (
+    INSERT INTO users (user_id, first_seen, last_seen)
+    SELECT DISTINCT user_id, CAST(:now AS float8), CAST(:now AS float8) FROM batch
+    ON CONFLICT (user_id) DO UPDATE SET last_seen = excluded.last_seen
+),
+held AS (
+    SELECT id, user_id, item_id, event_type FROM events WHERE user_id IN (SELECT user_id FROM batch)
+    UNION ALL
+    SELECT id, user_id, item_id, event_type FROM inserted
+),
+ranked AS (
+    SELECT id, user_id, item_id, event_type, row_number() OVER (PARTITION BY user_id ORDER BY id DESC) AS n
+    FROM held
+)
+SELECT 0 AS kind, event_id AS user_id, NULL AS event_type, NULL AS item_id, 0 AS id
+FROM inserted WHERE event_id IS NOT NULL
+UNION ALL
+SELECT 1, user_id, event_type, item_id, id FROM ranked WHERE n <= :cap
+ORDER BY kind, user_id, id
+"""
+)
+
+
 class RecordsUnavailable(Exception):
     """The database did not answer or refused; nothing may be assumed written."""
 
@@ -125,9 +167,13 @@ def open_engine(url: str, timeout_s: float) -> Engine:
     if parsed.get_backend_name() == "postgresql":
         ms = int(timeout_s * 1000)
         options = f"-c statement_timeout={ms} -c lock_timeout={ms}"
+        # No ping before each use (a round trip per call, on the event write path too): a connection the server
+        # dropped (a restart) fails the one call that meets it (RecordsUnavailable: a 503 or a fallback), and
+        # SQLAlchemy then replaces every pooled connection as old as it (a disconnect invalidates the pool).
         return sa.create_engine(
             url,
-            pool_pre_ping=True,
+            pool_pre_ping=False,
+            pool_recycle=3600,  # nor one idle long enough for a firewall or proxy to drop it silently
             pool_timeout=timeout_s,
             connect_args={"connect_timeout": max(1, int(timeout_s)), "options": options},
         )
@@ -198,6 +244,25 @@ class Records:
         self.breaker = breaker or CircuitBreaker(3, 5.0)
         # Concurrent requests' event writes, coalesced: the batches waiting while one commits go to the database
         # as one transaction (one commit, one read-back), at most two transactions in flight.
+        # The write path's statements, built once (building a statement costs more than running it).
+        self._insert_events = (
+            self._insert(events).on_conflict_do_nothing(index_elements=["event_id"]).returning(events.c.event_id)
+        )
+        upsert = self._insert(users)
+        self._upsert_users = upsert.on_conflict_do_update(
+            index_elements=["user_id"], set_={"last_seen": upsert.excluded.last_seen}
+        )
+        latest = sa.func.row_number().over(partition_by=events.c.user_id, order_by=events.c.id.desc()).label("n")
+        ranked = (
+            sa.select(events.c.user_id, events.c.event_type, events.c.item_id, events.c.id, latest)
+            .where(events.c.user_id.in_(sa.bindparam("user_ids", expanding=True)))
+            .subquery()
+        )
+        self._recent_of_users = (
+            sa.select(ranked.c.user_id, ranked.c.event_type, ranked.c.item_id)
+            .where(ranked.c.n <= recent)
+            .order_by(ranked.c.user_id, ranked.c.id)
+        )
         self._writes: MicroBatcher[Sequence[NewEvent], tuple[list[bool], dict[str, list[str]]]] = MicroBatcher(
             self._append_many, self._pool, max_batch=64, workers=2
         )
@@ -269,18 +334,17 @@ class Records:
                 }
             )
         touched = sorted({e.user_id for e in batch})
-        with self.engine.begin() as connection:
-            # An event_id stored before (a retry, here or on another replica) is skipped by the database itself,
-            # atomically: what comes back is what was inserted.
-            insert = self._insert(events).on_conflict_do_nothing(index_elements=["event_id"])
-            inserted = {r[0] for r in connection.execute(insert.returning(events.c.event_id), rows)}
-            # Parameters as a list (executemany), not a multi-row VALUES: one compiled statement for every batch.
-            upsert = self._insert(users)
-            upsert = upsert.on_conflict_do_update(
-                index_elements=["user_id"], set_={"last_seen": upsert.excluded.last_seen}
-            )
-            connection.execute(upsert, [{"user_id": u, "first_seen": now, "last_seen": now} for u in touched])
-            held = self._recent_of(connection, touched)
+        if self.backend == "postgresql":
+            inserted, held = self._append_postgres(rows, touched, now)
+        else:
+            with self.engine.begin() as connection:
+                # An event_id stored before (a retry, here or on another replica) is skipped by the database
+                # itself, atomically: what comes back is what was inserted. Parameters as a list (executemany),
+                # not a multi-row VALUES: one compiled statement for every batch size.
+                inserted = {r[0] for r in connection.execute(self._insert_events, rows)}
+                users_rows = [{"user_id": u, "first_seen": now, "last_seen": now} for u in touched]
+                connection.execute(self._upsert_users, users_rows)
+                held = self._recent_of(connection, touched)
         new, counted = [], set()
         for e in batch:
             fresh = e.event_id is None or (e.event_id in inserted and e.event_id not in counted)
@@ -289,17 +353,33 @@ class Records:
             new.append(fresh)
         return new, held
 
+    def _append_postgres(
+        self, rows: list[dict[str, Any]], user_ids: list[str], now: float
+    ) -> tuple[set[str], dict[str, list[str]]]:
+        """`append`'s writes and read-back on PostgreSQL, as one statement (APPEND_POSTGRES): one round trip."""
+        params = {
+            "event_ids": [r["event_id"] for r in rows],
+            "user_ids": [r["user_id"] for r in rows],
+            "item_ids": [r["item_id"] for r in rows],
+            "event_types": [r["event_type"] for r in rows],
+            "timestamps": [r["timestamp"] for r in rows],
+            "now": now,
+            "cap": self._recent,
+        }
+        inserted: set[str] = set()
+        held: dict[str, list[str]] = {u: [] for u in user_ids}
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            for kind, key, event_type, item_id, _ in connection.execute(APPEND_POSTGRES, params):
+                if kind == 0:
+                    inserted.add(key)
+                else:
+                    held[key].append(entry(event_type, item_id))
+        return inserted, held
+
     def _recent_of(self, connection: sa.Connection, user_ids: Sequence[str]) -> dict[str, list[str]]:
         """The latest events (at most the cap) of each of `user_ids`, oldest first, in one query."""
-        latest = sa.func.row_number().over(partition_by=events.c.user_id, order_by=events.c.id.desc()).label("n")
-        ranked = (
-            sa.select(events.c.user_id, events.c.event_type, events.c.item_id, events.c.id, latest)
-            .where(events.c.user_id.in_(user_ids))
-            .subquery()
-        )
-        query = sa.select(ranked.c.user_id, ranked.c.event_type, ranked.c.item_id).where(ranked.c.n <= self._recent)
         held: dict[str, list[str]] = {u: [] for u in user_ids}
-        for user_id, event_type, item_id in connection.execute(query.order_by(ranked.c.user_id, ranked.c.id)):
+        for user_id, event_type, item_id in connection.execute(self._recent_of_users, {"user_ids": list(user_ids)}):
             held[user_id].append(entry(event_type, item_id))
         return held
 

@@ -65,12 +65,14 @@ def test_appends_are_idempotent_by_event_id_and_deletion_leaves_nothing(database
             NewEvent("u", "i2", "dislike", None, "e2"),  # twice in one batch
             NewEvent("v", "i3", "view", None),
         ]
-        assert records.append(first)[0] == [True, True, False, True]
-        assert records.append([NewEvent("u", "i1", "click", 10.0, "e1"), NewEvent("u", "i4", "like", None)])[0] == [
-            False,
-            True,
-        ]
+        # Per event, whether it is new; per user, the latest events (the cap: 3) the write leaves, oldest first.
+        assert records.append(first) == ([True, True, False, True], {"u": ["i1", "!i2"], "v": ["i3"]})
+        again = [NewEvent("u", "i1", "click", 10.0, "e1"), NewEvent("u", "i4", "like", None)]
+        assert records.append(again) == ([False, True], {"u": ["i1", "!i2", "i4"]})
         assert records.recent_entries("u") == ["i1", "!i2", "i4"]
+        more = [NewEvent("w", "i9", "view", None), NewEvent("v", "i5", "view", None), NewEvent("v", "i6", "view", None)]
+        assert records.append(more) == ([True, True, True], {"v": ["i3", "i5", "i6"], "w": ["i9"]})
+        assert records.append([NewEvent("v", "i7", "view", None, "e7")]) == ([True], {"v": ["i5", "i6", "i7"]})
         profile, stored = records.user("u")
         assert profile is not None
         assert profile["first_seen"] <= profile["last_seen"]
@@ -81,7 +83,7 @@ def test_appends_are_idempotent_by_event_id_and_deletion_leaves_nothing(database
         ]
         assert records.delete_user("u") == 3
         assert records.user("u") == (None, [])
-        assert records.recent_entries("v") == ["i3"]  # nobody else touched
+        assert records.recent_entries("v") == ["i5", "i6", "i7"]  # nobody else touched
         with records.engine.connect() as c:
             left = c.execute(sa.text("SELECT count(*) FROM events WHERE user_id = 'u'")).scalar_one()
             logged = c.execute(sa.text("SELECT events_deleted FROM deletions WHERE user_id = 'u'")).scalar_one()
@@ -256,6 +258,43 @@ def test_a_hung_database_under_load_costs_no_request(tiny_bundle: Path, tmp_path
     assert {s for _, s, _ in results} == {200}
     seconds = sorted(s for _, _, s in results)
     assert seconds[len(seconds) // 2] < 0.2  # the breaker skips the database: the median request waits for nothing
+
+
+@needs_postgres
+def test_a_connection_the_server_dropped_fails_one_call_and_the_pool_recovers() -> None:
+    """No ping before each call (a round trip saved on every event write): a server restart's dropped connections
+    cost the one call that meets them (RecordsUnavailable, never a wrong answer), then the pool is replaced."""
+    import asyncio
+
+    from service.records import RecordsUnavailable
+
+    with fresh_postgres() as url:
+        migrate(url)
+        records = Records(url, timeout_s=2, threads=2, recent=5)
+        try:
+            records.append([NewEvent("u", "i1", "click", None, "a")])
+            admin = sa.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+            with admin.connect() as c:  # as a restart does: every connection to the database closed
+                name = sa.make_url(url).database
+                c.execute(
+                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": name}
+                )
+            admin.dispose()
+
+            async def write(event_id: str) -> bool:
+                try:
+                    await records.append_events([NewEvent("u", "i2", "click", None, event_id)])
+                    return True
+                except RecordsUnavailable:
+                    return False
+
+            outcomes = [asyncio.run(write(f"b{n}")) for n in range(4)]
+            assert outcomes.count(False) <= 1, outcomes
+            assert outcomes[-1]
+            stored = {e.event_id for e in records.user("u")[1]}
+            assert stored == {"a"} | {f"b{n}" for n, ok in enumerate(outcomes) if ok}  # a failed call stored nothing
+        finally:
+            records.close()
 
 
 def post_status(url: str, path: str, body: object) -> int:
