@@ -115,6 +115,13 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.embedding_refreshes = Counter(
+            "reco_embedding_refreshes",
+            "Users whose embedding was recomputed after their events, off the response path (service.refresh), by "
+            "result: stored; dropped (too many waiting: the next request encodes it); failed.",
+            ["result"],
+            registry=r,
+        )
         self.item_upserts = Counter(
             "reco_item_upserts", "PUT /v1/items outcomes: created, unchanged, conflict.", ["result"], registry=r
         )
@@ -172,8 +179,8 @@ class Metrics:
             self.event_store_errors.labels(op)
         for reason in ("overload", "deadline"):
             self.rejected.labels(reason)
-        for op in ("read", "write"):
-            self.event_store_errors.labels(op)
+        for result in ("stored", "dropped", "failed"):
+            self.embedding_refreshes.labels(result)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition of every metric (of all the server's processes in multiprocess mode) and its

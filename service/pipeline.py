@@ -28,6 +28,7 @@ from service.filtering import filter_candidates, top_k
 from service.metrics import Metrics
 from service.ranking import Ranker
 from service.records import NewEvent, Records, RecordsUnavailable
+from service.refresh import Refresher
 from service.retrieval import Retriever
 from service.runtime import faiss_gpus, model_precisions, onnx_providers, open_session
 from service.settings import Settings
@@ -352,6 +353,8 @@ class Recommender:
         events: EventCache | None = None,
         batching: BatchingOptions | None = None,
         records: Records | None = None,
+        refresh_batch: int = 100,
+        refresh_pending: int = 1000,
     ) -> None:
         self.pipeline = pipeline
         self.cache = cache
@@ -365,6 +368,14 @@ class Recommender:
         # The pipeline is read when each batch runs (it may be replaced), hence the lambda.
         self.batcher: MicroBatcher[Query, Recommendations] = MicroBatcher(
             self.run_batch, executor, b.max_batch, b.max_wait_s, b.workers
+        )
+        refreshed = metrics.embedding_refreshes
+        self.refresher: Refresher[FreshHistory] = Refresher(
+            self.refresh_embeddings,
+            max_batch=refresh_batch,
+            max_pending=refresh_pending,
+            on_drop=refreshed.labels("dropped").inc,
+            on_failure=refreshed.labels("failed").inc,
         )
 
     def run_batch(self, queries: Sequence[Query]) -> list[Recommendations]:
@@ -487,6 +498,10 @@ class Recommender:
         self.metrics.candidates.labels("after_filtering").observe(recs.n_after_filter)
         return RecommendationResult(user, recs, cache_result, len(fresh.interactions) + len(fresh.disliked))
 
+    async def close(self) -> None:
+        """Stop the background refreshes (a reload replaced this bundle, or the service stops)."""
+        await self.refresher.close()
+
     async def delete_user(self, user_id: str) -> tuple[int, int]:
         """Delete everything held about the user: their events and row in the database, their cached events and
         every cached embedding (any bundle version): (events deleted, embeddings deleted). The database goes
@@ -501,12 +516,13 @@ class Recommender:
                 raise EventStoreUnavailable(str(e)) from e
         if self.events is not None:
             await self.events.delete(user_id)
+        await self.refresher.forget(user_id)  # a refresh in progress finishes first: what it stored is deleted
         return deleted, await self.cache.delete_user(user_id)
 
     async def record_events(self, events: list[NewEvent]) -> int:
-        """Store `events` (in order) in the database, then refresh each user's cached events and embedding from
-        what the database holds, so the next request finds them: their embeddings computed in one user-encoder
-        call. The number of events that were new (a retried event_id is stored once). Raises
+        """Store `events` (in order) in the database and refresh each user's cached events from what the
+        database holds, so the next request finds them; their embeddings are recomputed after the answer
+        (`refresher`). The number of events that were new (a retried event_id is stored once). Raises
         EventStoreUnavailable if the database did not take them (nothing was written)."""
         if self.records is None:
             raise EventStoreUnavailable("no database is configured")
@@ -522,14 +538,15 @@ class Recommender:
             fresh = self.fresh_from(entries)
             if not fresh.empty:
                 todo.append((user_id, fresh))
-        if not todo:
-            return sum(new)
+        self.refresher.submit(todo)
+        return sum(new)
+
+    async def refresh_embeddings(self, todo: list[tuple[str, FreshHistory]]) -> None:
+        """The embeddings of `todo`'s users for their fresh events, in one user-encoder call, into the cache."""
         pipeline = self.pipeline
         users = np.array([pipeline.user_index(user_id) for user_id, _ in todo], dtype=np.int64)
         histories = [pipeline.history(int(u), fresh.interactions) for u, (_, fresh) in zip(users, todo, strict=True)]
-        t0 = time.perf_counter()
         embeddings = await self.run_blocking(lambda: pipeline.encode(users, histories))
-        self.metrics.stage_latency.labels("user_encoding").observe(time.perf_counter() - t0)
         for (user_id, fresh), embedding in zip(todo, embeddings, strict=True):  # one at a time: a bounded pool
             await self.store_embedding(self.cache_key(user_id, fresh), embedding)
-        return sum(new)
+        self.metrics.embedding_refreshes.labels("stored").inc(len(todo))

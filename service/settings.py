@@ -92,8 +92,14 @@ class Settings(BaseSettings):
     max_event_users_per_request: int = Field(
         100,
         ge=1,
-        description="Most distinct users one POST /v1/events may name (their embeddings are recomputed, in one "
-        "batched call, before it answers).",
+        description="Most distinct users one POST /v1/events may name (their embeddings are recomputed after "
+        "it answers, in one batched call).",
+    )
+    embedding_refresh_max_pending: int = Field(
+        1000,
+        ge=1,
+        description="Most users waiting for their embedding to be recomputed after events (service.refresh); past "
+        "it a refresh is dropped and counted, and the user's next request encodes it instead.",
     )
 
     # Items added live (PUT /v1/items/{item_id}).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from service.metrics import Metrics
 from service.pipeline import BatchingOptions, Pipeline, Recommender
 from service.records import Records, RecordsUnavailable, migrate
 from service.redis_batch import ReadPipeline
-from service.runtime import limit_native_threads, release_free_memory
+from service.runtime import freeze_heap, limit_native_threads, release_free_memory
 from service.settings import Settings
 from service.threads import LifoThreadPool
 
@@ -71,6 +72,7 @@ class AppState:
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     redis_reads: ReadPipeline | None = None  # shared by both Redis caches; closed after them
     redis_breaker: CircuitBreaker | None = None  # the one breaker in front of every Redis call (None: no Redis)
+    _refreeze: asyncio.Task[None] | None = None  # freezes the heap again after a reload (`refreeze_after_reload`)
 
     @property
     def bundle(self) -> Bundle:
@@ -152,6 +154,7 @@ class AppState:
         state = cls(
             settings, metrics, serving, cache, executor, events, records, redis_reads=reads, redis_breaker=breaker
         )
+        log.info("froze %d objects out of the garbage collector's passes", freeze_heap())
         state.ready = True
         metrics.ready.set(1)
         state.publish()
@@ -207,11 +210,27 @@ class AppState:
             )
             old = self.serving
             self.serving = serving  # one assignment: every request from here on sees the new bundle
+            await old.recommender.close()
+            self.refreeze_after_reload()
             self.previous_bundle = old.bundle.path
             self.metrics.reloads.labels("ok").inc()
             self.publish()
             log.info("reloaded %s -> %s in %.2fs", old.bundle.version, bundle.version, time.perf_counter() - t0)
             return old.bundle.version, bundle.version
+
+    def refreeze_after_reload(self) -> None:
+        """Thaw the heap now (the bundle just replaced becomes collectable once its last request is done) and
+        freeze it again once no request can still hold that bundle (`request_timeout_s`: they are abandoned by
+        then). A reload meanwhile starts this again."""
+        gc.unfreeze()
+        if self._refreeze is not None:
+            self._refreeze.cancel()
+
+        async def later() -> None:
+            await asyncio.sleep(self.settings.request_timeout_s + 1)
+            freeze_heap()
+
+        self._refreeze = asyncio.create_task(later(), name="reco-refreeze")
 
     async def follow_published_bundle(self) -> None:
         """Every `bundle_sync_s`, ask the bundle registry (service.registry) which bundle is published and the
@@ -286,6 +305,10 @@ class AppState:
     async def close(self) -> None:
         self.ready = False
         self.metrics.ready.set(0)
+        if self._refreeze is not None:
+            self._refreeze.cancel()
+        gc.unfreeze()  # what this state held can be collected (another app in the process, as in tests)
+        await self.recommender.close()
         await self.cache.close()
         await self.events.close()
         await close_shared_reads(self.redis_reads)
@@ -330,7 +353,16 @@ async def open_serving(
         settings.batch_loops,
     )
     recommender = Recommender(
-        pipeline, cache, metrics, executor, settings.num_candidates, events, batching, records=records
+        pipeline,
+        cache,
+        metrics,
+        executor,
+        settings.num_candidates,
+        events,
+        batching,
+        records=records,
+        refresh_batch=settings.max_event_users_per_request,
+        refresh_pending=settings.embedding_refresh_max_pending,
     )
     await asyncio.get_running_loop().run_in_executor(executor, release_free_memory)  # loading's temporaries
     return Serving(pipeline, recommender, live_items)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,15 @@ def post_events(client: TestClient, events: list[dict[str, object]]) -> dict:  #
     response = client.post("/v1/events", json={"events": events})
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
+
+
+def refreshed(client: TestClient, timeout_s: float = 10.0) -> None:
+    """Wait for the embedding refreshes the events started (after their answer) to be done."""
+    recommender = client.app.state.reco.recommender  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout_s
+    while recommender.refresher.busy:
+        assert time.monotonic() < deadline, "the embedding refresh did not finish"
+        time.sleep(0.01)
 
 
 def genre_share(bundle: Bundle, item_ids: list[str], genre: int) -> float:
@@ -76,33 +86,47 @@ def test_event_refreshes_the_cached_embedding(client: TestClient, tiny_bundle: P
     # The next request is a cache hit and returns the same list.
     assert recommend(client, user_id=user_id, k=5)["items"] == first
     post_events(client, [{"user_id": user_id, "item_id": top, "event_type": "view"}])
+    refreshed(client)  # after the answer, off the response path
     metrics = client.app.state.metrics  # type: ignore[attr-defined]
     hits = metrics.cache_requests.labels("hit")._value.get()
     encodes = metrics.stage_latency.labels("user_encoding")._sum.get()
     after = recommend(client, user_id=user_id, k=5)["items"]
     assert top not in [it["item_id"] for it in after]
-    # Served from the embedding the event computed and cached: a hit, no new encoding.
+    # Served from the embedding the event's refresh computed and cached: a hit, no new encoding.
     assert metrics.cache_requests.labels("hit")._value.get() == hits + 1
     assert metrics.stage_latency.labels("user_encoding")._sum.get() == encodes
     assert metrics.events.labels("view")._value.get() >= 1
 
 
 def test_an_events_batch_is_bounded_in_users_and_encodes_them_at_once(client: TestClient, tiny_bundle: Path) -> None:
-    """One request naming many users: each one's embedding is computed (as encoding that user alone gives) and
-    cached, all in one user-encoder call; past RECO_MAX_EVENT_USERS_PER_REQUEST distinct users, a 422."""
+    """One request naming many users: after the answer, each one's embedding is computed (as encoding that user
+    alone gives) and cached, all in one user-encoder call; past RECO_MAX_EVENT_USERS_PER_REQUEST distinct users,
+    a 422."""
     bundle = load_bundle(tiny_bundle)
     state = client.app.state.reco  # type: ignore[attr-defined]
     users = [f"batch-{uuid.uuid4().hex[:8]}-{n}" for n in range(40)]
     events = [{"user_id": u, "item_id": bundle.item_ids[n % 50], "event_type": "view"} for n, u in enumerate(users)]
     registry = client.app.state.metrics.registry  # type: ignore[attr-defined]
-
-    def encodings() -> float:
-        return registry.get_sample_value("reco_stage_duration_seconds_count", {"stage": "user_encoding"}) or 0.0
-
-    before = encodings()
-    assert post_events(client, events) == {"accepted": 40, "users": 40, "duplicates": 0}
-    assert encodings() == before + 1  # one call for 40 users
     recommender, pipeline = state.recommender, state.pipeline
+    calls: list[int] = []
+    encode = pipeline.encode
+
+    def counted(users: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
+        calls.append(len(users))
+        return encode(users, *args, **kwargs)  # type: ignore[arg-type]
+
+    def stored() -> float:
+        return registry.get_sample_value("reco_embedding_refreshes_total", {"result": "stored"}) or 0.0
+
+    before = stored()
+    pipeline.encode = counted
+    try:
+        assert post_events(client, events) == {"accepted": 40, "users": 40, "duplicates": 0}
+        refreshed(client)
+    finally:
+        del pipeline.encode
+    assert calls == [40]  # one call for the 40 users
+    assert stored() == before + 40
     for n in (0, 17, 39):
         fresh = asyncio.run(recommender.fresh_history(users[n]))
         cached, _ = asyncio.run(state.cache.get(recommender.cache_key(users[n], fresh)))
