@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out")
     if args.bundle is None:  # the ml-100k bundle, as benchmarks.redis_hang builds it (and shares it)
         args.bundle = args.bundles / "current"
         if not args.bundle.exists():
@@ -163,8 +164,7 @@ def main() -> None:
     ok = [s for status, s in results if status == 200]
     ms = np.array(ok) * 1000
     report = {
-        "command": "python -m benchmarks.ingest "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out"),
+        "command": f"python -m benchmarks.ingest {given}",
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "requests": len(results),

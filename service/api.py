@@ -116,10 +116,22 @@ async def recommendations_json(
     responses=_ERRORS | {404: {"model": ErrorResponse, "description": "An unknown item id."}},
 )
 async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
-    """Record user events (one or a batch). Interactions join the user's history and dislikes are filtered
-    out, from the very next recommendation on: the user's embedding is recomputed and cached now."""
-    if len(body.events) > state.settings.max_events_per_request:
-        raise InvalidField(("body", "events"), f"at most {state.settings.max_events_per_request} events per request")
+    """Record user events (one or a batch), durably: answered once the database has committed them. Interactions
+    join the user's history and dislikes are filtered out, from the very next recommendation on; the user's
+    embedding is recomputed after the answer (until it is, the next request encodes it)."""
+    return await accept_events(state, body)
+
+
+async def events_json(state: AppState, body: EventBatch, request_state: dict[str, Any], user_hash: UserHasher) -> bytes:
+    """`POST /v1/events` for service.fast_path (the arguments every fast route takes): EventsAccepted as JSON."""
+    return (await accept_events(state, body)).model_dump_json().encode()
+
+
+async def accept_events(state: AppState, body: EventBatch) -> EventsAccepted:
+    """The events route's work (the route and service.fast_path call it)."""
+    settings = state.settings
+    if len(body.events) > settings.max_events_per_request:
+        raise InvalidField(("body", "events"), f"at most {settings.max_events_per_request} events per request")
     serving = state.serving
     index = serving.bundle.item_index
     for n, event in enumerate(body.events):
@@ -129,8 +141,8 @@ async def post_events(body: EventBatch, state: StateDep) -> EventsAccepted:
     for n, event in enumerate(body.events):
         stored = NewEvent(event.user_id, event.item_id, event.event_type, event.timestamp, event.event_id)
         per_user.setdefault(event.user_id, []).append((event.timestamp or 0.0, n, stored))
-    if len(per_user) > state.settings.max_event_users_per_request:
-        limit = state.settings.max_event_users_per_request
+    if len(per_user) > settings.max_event_users_per_request:
+        limit = settings.max_event_users_per_request
         raise InvalidField(("body", "events"), f"at most {limit} distinct users per request, got {len(per_user)}")
     ordered = [stored for rows in per_user.values() for _, _, stored in sorted(rows, key=lambda r: r[:2])]
     try:

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import ui
 from service.api import admin, client, router
 from service.errors import install_error_handlers
-from service.fast_path import RecommendationsFastPath
+from service.fast_path import FastPath
 from service.logs import ACCESS, UserHasher, configure_logging, request_id_from
 from service.metrics import Metrics
 from service.settings import Settings
@@ -197,7 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ui.pages)
     app.mount("/ui/static", ui.static_files(), name="ui-static")
     install_error_handlers(app, allowed_methods)
-    app.add_middleware(RecommendationsFastPath, max_body_bytes=settings.max_body_bytes, enabled=settings.http_fast_path)
+    app.add_middleware(FastPath, max_body_bytes=settings.max_body_bytes, enabled=settings.http_fast_path)
     app.add_middleware(AdmissionMiddleware)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)  # outermost: it also counts the refusals
     app.state.user_hash = UserHasher(settings.log_user_key)

@@ -148,8 +148,9 @@ class Settings(BaseSettings):
 
     http_fast_path: bool = Field(
         True,
-        description="POST /v1/recommendations answered without FastAPI's router when the body validates (same "
-        "responses, less CPU per request; see service.fast_path); false: every request through FastAPI.",
+        description="POST /v1/recommendations and POST /v1/events answered without FastAPI's router when the body "
+        "validates (same responses, less CPU per request; see service.fast_path); false: every request through "
+        "FastAPI.",
     )
 
     # Logs: JSON lines; user ids only as keyed hashes.

@@ -1,4 +1,5 @@
-"""POST /v1/recommendations on the fast path (service.fast_path) answers exactly as through FastAPI's route."""
+"""POST /v1/recommendations and POST /v1/events on the fast path (service.fast_path) answer exactly as through
+FastAPI's routes."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from service.settings import Settings
 @pytest.fixture
 def clients(settings: Settings) -> Iterator[tuple[TestClient, TestClient]]:
     """(fast path on, fast path off), otherwise the same settings (the in-process cache: no shared state)."""
-    small = settings.model_copy(update={"max_body_bytes": 4096, "max_exclusions": 3})
+    small = settings.model_copy(update={"max_body_bytes": 4096, "max_exclusions": 3, "max_event_users_per_request": 3})
     with (
         # A 500 is a response here, as for a real client (the test client re-raises the server's error).
         TestClient(create_app(small), raise_server_exceptions=False) as fast,
@@ -81,18 +82,72 @@ def comparable(response: Any) -> tuple[int, str | None, str | None, Any]:
     )
 
 
+def taking(monkeypatch: pytest.MonkeyPatch, path: str) -> list[object]:
+    """The bodies the fast path answers `path` for, from now on (a list that fills as it does)."""
+    taken: list[object] = []
+    route = service.fast_path.ROUTES[path]
+
+    async def counting(*args: Any) -> bytes:
+        taken.append(args[1])
+        return await route.answer(*args)
+
+    fast_route = service.fast_path.FastRoute(path, route.model, counting)
+    monkeypatch.setitem(service.fast_path.ROUTES, path, fast_route)
+    return taken
+
+
+def event_cases(item_ids: list[str], client: str) -> list[tuple[str, bytes, dict[str, str]]]:
+    """(name, body, headers) for POST /v1/events; event ids of `client`'s own (both clients share a database)."""
+    as_json = {"content-type": "application/json"}
+
+    def body(*events: dict[str, Any]) -> bytes:
+        return json.dumps({"events": list(events)}).encode()
+
+    one = {"user_id": f"fast-path-{client}", "item_id": item_ids[0]}
+    return [
+        ("one event", body(one), as_json),
+        ("a batch", body(one, {**one, "item_id": item_ids[1], "event_type": "dislike", "timestamp": 5.0}), as_json),
+        ("with an event id", body({**one, "event_id": f"{client}-1"}), as_json),
+        ("the same event id again", body({**one, "event_id": f"{client}-1"}), as_json),
+        ("unknown item (a check inside)", body({**one, "item_id": "no-such-item"}), as_json),
+        ("too many users (inside)", body(*({**one, "user_id": f"{client}-{n}"} for n in range(4))), as_json),
+        ("unknown event type", body({**one, "event_type": "purchase-ish"}), as_json),
+        ("no events", body(), as_json),
+        ("no user id", body({"item_id": item_ids[0]}), as_json),
+        ("not JSON", b'{"events": [', as_json),
+        ("text/plain", body(one), {"content-type": "text/plain"}),
+        ("too large", body(*({**one, "item_id": "x" * 100} for _ in range(50))), as_json),
+    ]
+
+
+def test_every_event_request_gets_the_same_answer_with_and_without_the_fast_path(
+    clients: tuple[TestClient, TestClient], tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, routed = clients
+    taken = taking(monkeypatch, "/v1/events")
+    item_ids = load_bundle(tiny_bundle).item_ids
+    statuses = {}
+    for (name, body, headers), (_, routed_body, _) in zip(
+        event_cases(item_ids, "fast"), event_cases(item_ids, "routed"), strict=True
+    ):
+        taken.clear()
+        got = comparable(fast.post("/v1/events", content=body, headers=headers))
+        expected = comparable(routed.post("/v1/events", content=routed_body, headers=headers))
+        assert got == expected, name
+        statuses[name] = got[0]
+        assert bool(taken) == (got[0] == 200 or "inside" in name), name
+    assert statuses["one event"] == statuses["a batch"] == 200
+    assert fast.post("/v1/events", content=event_cases(item_ids, "fast")[3][1], headers={}).status_code == 422
+    assert statuses["unknown item (a check inside)"] == 404
+    assert statuses["too many users (inside)"] == statuses["unknown event type"] == 422
+    assert statuses["too large"] == 413
+
+
 def test_every_request_gets_the_same_answer_with_and_without_the_fast_path(
     clients: tuple[TestClient, TestClient], tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fast, routed = clients
-    taken: list[str] = []
-    answer = service.fast_path.recommendations_json
-
-    async def counting(*args: Any) -> bytes:
-        taken.append(args[1].user_id)
-        return await answer(*args)
-
-    monkeypatch.setattr(service.fast_path, "recommendations_json", counting)
+    taken = taking(monkeypatch, "/v1/recommendations")
     bundle = load_bundle(tiny_bundle)
     statuses = {}
     for name, body, headers in cases(bundle.user_ids, bundle.item_ids):
