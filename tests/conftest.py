@@ -137,3 +137,12 @@ def uvicorn_server(env: dict[str, str], *extra_args: str) -> Iterator[tuple[str,
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def refreshed(client: TestClient, timeout_s: float = 10.0) -> None:
+    """Wait for the embedding refreshes the events started (after their answer) to be done."""
+    recommender = client.app.state.reco.recommender  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout_s
+    while recommender.refresher.busy:
+        assert time.monotonic() < deadline, "the embedding refresh did not finish"
+        time.sleep(0.01)

@@ -15,7 +15,7 @@ from service.bundle import load_bundle
 from service.cache import LocalEmbeddingCache, is_user_key
 from service.main import create_app
 from service.settings import Settings
-from tests.conftest import free_port, redis_available
+from tests.conftest import free_port, redis_available, refreshed
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -66,6 +66,7 @@ def test_delete_user_in_process(client: TestClient, tiny_bundle: Path) -> None:
         assert client.post("/v1/recommendations", json={"user_id": u, "k": 5}).status_code == 200
     event = {"user_id": user, "item_id": bundle.item_ids[0]}
     assert client.post("/v1/events", json={"events": [event]}).status_code == 200
+    refreshed(client)  # the embedding after the event, cached after the answer
     cache: LocalEmbeddingCache = client.app.state.reco.cache  # type: ignore[attr-defined]
     before = len(cache)
     response = client.delete(f"/v1/users/{user}")

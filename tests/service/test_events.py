@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from pydantic import SecretStr
 from service.bundle import Bundle, load_bundle
 from service.main import create_app
 from service.settings import Settings
-from tests.conftest import free_port, redis_available
+from tests.conftest import free_port, redis_available, refreshed
 
 
 def recommend(client: TestClient, **body: object) -> dict:  # type: ignore[type-arg]
@@ -30,15 +29,6 @@ def post_events(client: TestClient, events: list[dict[str, object]]) -> dict:  #
     response = client.post("/v1/events", json={"events": events})
     assert response.status_code == 200, response.text
     return response.json()  # type: ignore[no-any-return]
-
-
-def refreshed(client: TestClient, timeout_s: float = 10.0) -> None:
-    """Wait for the embedding refreshes the events started (after their answer) to be done."""
-    recommender = client.app.state.reco.recommender  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout_s
-    while recommender.refresher.busy:
-        assert time.monotonic() < deadline, "the embedding refresh did not finish"
-        time.sleep(0.01)
 
 
 def genre_share(bundle: Bundle, item_ids: list[str], genre: int) -> float:
