@@ -37,12 +37,13 @@ events = sa.Table(
     metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
     sa.Column("event_id", sa.String(128), nullable=True, unique=True),  # the client's, for idempotent retries
-    sa.Column("user_id", sa.String(128), nullable=False, index=True),
+    sa.Column("user_id", sa.String(128), nullable=False),
     sa.Column("item_id", sa.String(128), nullable=False),
     sa.Column("event_type", sa.String(16), nullable=False),
     sa.Column("timestamp", sa.Float(), nullable=True),  # the client's time, if it sent one
     sa.Column("received_at", sa.Float(), nullable=False),
     sa.Column("rating", sa.Float(), nullable=True),  # an imported interaction's rating, if it had one
+    sa.Index("ix_events_user_id_id", "user_id", "id"),  # a user's latest events: the end of one index range
 )
 users = sa.Table(
     "users",
@@ -86,7 +87,8 @@ deletions = sa.Table(
 # transaction). The events go in as arrays (one statement for every batch size), in order (ids follow `ord`); an
 # event_id stored before is skipped by the unique index; the users are created or touched; what comes back is
 # the event_ids inserted (kind 0) and each user's latest events (kind 1), those just inserted included (the
-# statement's snapshot does not show its own inserts, hence the UNION).
+# statement's snapshot does not show its own inserts, hence the UNION): the latest `cap` of what was there (the
+# end of one range of ix_events_user_id_id, however long the history) with the new ones, the latest `cap` kept.
 APPEND_POSTGRES = sa.text(
     """
 WITH batch AS (
@@ -107,7 +109,11 @@ touched AS (
     ON CONFLICT (user_id) DO UPDATE SET last_seen = excluded.last_seen
 ),
 held AS (
-    SELECT id, user_id, item_id, event_type FROM events WHERE user_id IN (SELECT user_id FROM batch)
+    SELECT e.id, u.user_id, e.item_id, e.event_type
+    FROM (SELECT DISTINCT user_id FROM batch) AS u
+    CROSS JOIN LATERAL (
+        SELECT id, item_id, event_type FROM events WHERE events.user_id = u.user_id ORDER BY id DESC LIMIT :cap
+    ) AS e
     UNION ALL
     SELECT id, user_id, item_id, event_type FROM inserted
 ),
