@@ -532,11 +532,12 @@ class Recommender:
         except RecordsUnavailable as e:
             raise EventStoreUnavailable(str(e)) from e
         todo = []
+        changed = {e.user_id for e, is_new in zip(events, new, strict=True) if is_new}  # a retry changes nothing
         for user_id, entries in held.items():
             if self.events is not None and not await self.events.fill(user_id, entries, overwrite=True):
                 self.metrics.event_store_errors.labels("cache_write").inc()
             fresh = self.fresh_from(entries)
-            if not fresh.empty:
+            if user_id in changed and not fresh.empty:
                 todo.append((user_id, fresh))
         self.refresher.submit(todo)
         return sum(new)

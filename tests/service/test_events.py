@@ -88,6 +88,23 @@ def test_event_refreshes_the_cached_embedding(client: TestClient, tiny_bundle: P
     assert metrics.events.labels("view")._value.get() >= 1
 
 
+def test_a_retried_event_refreshes_nothing_again(client: TestClient, tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    registry = client.app.state.metrics.registry  # type: ignore[attr-defined]
+
+    def stored() -> float:
+        return registry.get_sample_value("reco_embedding_refreshes_total", {"result": "stored"}) or 0.0
+
+    event = {"user_id": f"retry-{uuid.uuid4().hex[:8]}", "item_id": bundle.item_ids[3], "event_id": "retry-1"}
+    before = stored()
+    assert post_events(client, [event]) == {"accepted": 1, "users": 1, "duplicates": 0}
+    refreshed(client)
+    assert stored() == before + 1
+    assert post_events(client, [event]) == {"accepted": 1, "users": 1, "duplicates": 1}  # the client's retry
+    refreshed(client)
+    assert stored() == before + 1  # the embedding for those events is already there
+
+
 def test_an_events_batch_is_bounded_in_users_and_encodes_them_at_once(client: TestClient, tiny_bundle: Path) -> None:
     """One request naming many users: after the answer, each one's embedding is computed (as encoding that user
     alone gives) and cached, all in one user-encoder call; past RECO_MAX_EVENT_USERS_PER_REQUEST distinct users,
