@@ -248,9 +248,8 @@ class Records:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="reco-db")
         # A hung database costs one timeout per reset period, not one per request (as for Redis).
         self.breaker = breaker or CircuitBreaker(3, 5.0)
-        # Concurrent requests' event writes, coalesced: the batches waiting while one commits go to the database
-        # as one transaction (one commit, one read-back), at most two transactions in flight.
-        # The write path's statements, built once (building a statement costs more than running it).
+        # The write path's statements (SQLite's; PostgreSQL's is APPEND_POSTGRES), built once: building a
+        # statement costs more than running it.
         self._insert_events = (
             self._insert(events).on_conflict_do_nothing(index_elements=["event_id"]).returning(events.c.event_id)
         )
@@ -269,6 +268,8 @@ class Records:
             .where(ranked.c.n <= recent)
             .order_by(ranked.c.user_id, ranked.c.id)
         )
+        # Concurrent requests' event writes, coalesced: the batches waiting while one commits go to the database
+        # as one transaction (one commit, one read-back), at most two transactions in flight.
         self._writes: MicroBatcher[Sequence[NewEvent], tuple[list[bool], dict[str, list[str]]]] = MicroBatcher(
             self._append_many, self._pool, max_batch=64, workers=2
         )
