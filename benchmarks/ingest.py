@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.serve import Server
 from service.bundle import load_bundle
@@ -97,14 +98,17 @@ def server_latency(url: str) -> dict[str, float]:
     client saw (its own scheduling and the network stack are in the client's figures only)."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
-    series = 'reco_http_request_duration_seconds_bucket{le="%s",method="POST",route="/v1/events",status="200"}'
-    counts = {}
-    for line in text.splitlines():
-        for bound in ("0.005", "0.01", "0.025", "0.05", "0.1", "+Inf"):
-            if line.startswith(series % bound + " "):
-                counts[bound] = float(line.rsplit(" ", 1)[1])
-    total = counts.get("+Inf", 0.0)
-    return {f"within_{float(b) * 1000:g}_ms": counts[b] / total for b in counts if b != "+Inf" and total}
+    route = {"method": "POST", "route": "/v1/events", "status": "200"}
+    counts = {
+        float(sample.labels["le"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "reco_http_request_duration_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_bucket") and route.items() <= sample.labels.items()
+    }
+    total = counts.get(float("inf"), 0.0)
+    bounds = (0.005, 0.01, 0.025, 0.05, 0.1)
+    return {f"within_{b * 1000:g}_ms": counts[b] / total for b in bounds if b in counts and total}
 
 
 def main() -> None:

@@ -105,7 +105,9 @@ def test_a_retried_event_refreshes_nothing_again(client: TestClient, tiny_bundle
     assert stored() == before + 1  # the embedding for those events is already there
 
 
-def test_an_events_batch_is_bounded_in_users_and_encodes_them_at_once(client: TestClient, tiny_bundle: Path) -> None:
+def test_an_events_batch_is_bounded_in_users_and_encodes_them_at_once(
+    client: TestClient, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One request naming many users: after the answer, each one's embedding is computed (as encoding that user
     alone gives) and cached, all in one user-encoder call; past RECO_MAX_EVENT_USERS_PER_REQUEST distinct users,
     a 422."""
@@ -126,12 +128,10 @@ def test_an_events_batch_is_bounded_in_users_and_encodes_them_at_once(client: Te
         return registry.get_sample_value("reco_embedding_refreshes_total", {"result": "stored"}) or 0.0
 
     before = stored()
-    pipeline.encode = counted
-    try:
-        assert post_events(client, events) == {"accepted": 40, "users": 40, "duplicates": 0}
-        refreshed(client)
-    finally:
-        del pipeline.encode
+    monkeypatch.setattr(pipeline, "encode", counted)
+    assert post_events(client, events) == {"accepted": 40, "users": 40, "duplicates": 0}
+    refreshed(client)
+    monkeypatch.undo()
     assert calls == [40]  # one call for the 40 users
     assert stored() == before + 40
     for n in (0, 17, 39):

@@ -17,6 +17,8 @@ from service.errors import Unavailable
 from service.main import create_app
 from service.settings import Settings
 
+Case = tuple[str, bytes, dict[str, str]]  # (name, body, headers): what a client may send, valid or not
+
 
 @pytest.fixture
 def clients(settings: Settings) -> Iterator[tuple[TestClient, TestClient]]:
@@ -32,7 +34,7 @@ def clients(settings: Settings) -> Iterator[tuple[TestClient, TestClient]]:
         yield fast, routed
 
 
-def cases(user_ids: list[str], item_ids: list[str]) -> list[tuple[str, bytes, dict[str, str]]]:
+def cases(user_ids: list[str], item_ids: list[str]) -> list[Case]:
     """(name, body, headers): what a client may send, valid or not."""
     as_json = {"content-type": "application/json"}
 
@@ -96,7 +98,7 @@ def taking(monkeypatch: pytest.MonkeyPatch, path: str) -> list[object]:
     return taken
 
 
-def event_cases(item_ids: list[str], client: str) -> list[tuple[str, bytes, dict[str, str]]]:
+def event_cases(item_ids: list[str], client: str) -> list[Case]:
     """(name, body, headers) for POST /v1/events; event ids of `client`'s own (both clients share a database)."""
     as_json = {"content-type": "application/json"}
 
@@ -120,24 +122,37 @@ def event_cases(item_ids: list[str], client: str) -> list[tuple[str, bytes, dict
     ]
 
 
-def test_every_event_request_gets_the_same_answer_with_and_without_the_fast_path(
-    clients: tuple[TestClient, TestClient], tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def same_answers(
+    clients: tuple[TestClient, TestClient],
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    fast_cases: list[Case],
+    routed_cases: list[Case],
+) -> dict[str, int]:
+    """Post each case to `path` with the fast path on and off: the same answer either way, and the fast path
+    taken exactly for valid JSON bodies (errors raised inside included; the others are FastAPI's). Each case's
+    status by name."""
     fast, routed = clients
-    taken = taking(monkeypatch, "/v1/events")
-    item_ids = load_bundle(tiny_bundle).item_ids
+    taken = taking(monkeypatch, path)
     statuses = {}
-    for (name, body, headers), (_, routed_body, _) in zip(
-        event_cases(item_ids, "fast"), event_cases(item_ids, "routed"), strict=True
-    ):
+    for (name, body, headers), (_, routed_body, _) in zip(fast_cases, routed_cases, strict=True):
         taken.clear()
-        got = comparable(fast.post("/v1/events", content=body, headers=headers))
-        expected = comparable(routed.post("/v1/events", content=routed_body, headers=headers))
+        got = comparable(fast.post(path, content=body, headers=headers))
+        expected = comparable(routed.post(path, content=routed_body, headers=headers))
         assert got == expected, name
         statuses[name] = got[0]
         assert bool(taken) == (got[0] == 200 or "inside" in name), name
+    return statuses
+
+
+def test_every_event_request_gets_the_same_answer_with_and_without_the_fast_path(
+    clients: tuple[TestClient, TestClient], tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    item_ids = load_bundle(tiny_bundle).item_ids
+    fast_cases = event_cases(item_ids, "fast")
+    statuses = same_answers(clients, monkeypatch, "/v1/events", fast_cases, event_cases(item_ids, "routed"))
     assert statuses["one event"] == statuses["a batch"] == 200
-    assert fast.post("/v1/events", content=event_cases(item_ids, "fast")[3][1], headers={}).status_code == 422
+    assert clients[0].post("/v1/events", content=fast_cases[3][1], headers={}).status_code == 422
     assert statuses["unknown item (a check inside)"] == 404
     assert statuses["too many users (inside)"] == statuses["unknown event type"] == 422
     assert statuses["too large"] == 413
@@ -146,18 +161,9 @@ def test_every_event_request_gets_the_same_answer_with_and_without_the_fast_path
 def test_every_request_gets_the_same_answer_with_and_without_the_fast_path(
     clients: tuple[TestClient, TestClient], tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fast, routed = clients
-    taken = taking(monkeypatch, "/v1/recommendations")
     bundle = load_bundle(tiny_bundle)
-    statuses = {}
-    for name, body, headers in cases(bundle.user_ids, bundle.item_ids):
-        taken.clear()
-        got = comparable(fast.post("/v1/recommendations", content=body, headers=headers))
-        expected = comparable(routed.post("/v1/recommendations", content=body, headers=headers))
-        assert got == expected, name
-        statuses[name] = got[0]
-        # Valid JSON bodies take the fast path (errors raised inside included); the others are FastAPI's.
-        assert bool(taken) == (got[0] == 200 or "inside" in name), name
+    all_cases = cases(bundle.user_ids, bundle.item_ids)
+    statuses = same_answers(clients, monkeypatch, "/v1/recommendations", all_cases, all_cases)
     assert statuses["known user"] == 200
     assert statuses["k above max_k (a check inside)"] == statuses["k 0"] == 422
     assert statuses["not JSON"] == statuses["no content type"] == 422
