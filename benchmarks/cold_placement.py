@@ -1,5 +1,5 @@
 """Where to put an item the models never trained on: the item tower's content embedding, or the mean of its
-content neighbours' trained embeddings (service.content.mapped_embeddings)? Chosen on validation only.
+content neighbours' trained embeddings (service.items.content.mapped_embeddings)? Chosen on validation only.
 
     python -m benchmarks.cold_placement --data-dir ../shared/data/ml-100k [--validation]
 
@@ -25,11 +25,11 @@ from benchmarks.item_quality import cold_items, item_record
 from model_export.build import build_bundle
 from model_export.config import preset
 from model_export.data import Dataset, Interactions, load_movielens, temporal_split
-from service.bundle import Bundle, load_bundle
-from service.content import mapped_embeddings, nearest_by_content
-from service.features import item_dense_row, item_text
-from service.item_encoder import ItemEncoder
-from service.pipeline import Pipeline
+from service.core.bundle import Bundle, load_bundle
+from service.items.content import mapped_embeddings, nearest_by_content
+from service.items.item_encoder import ItemEncoder
+from service.recommend.features import item_dense_row, item_text
+from service.recommend.pipeline import Pipeline
 
 K = 50
 

@@ -31,9 +31,9 @@ from model_export.config import preset
 from model_export.data import Dataset, chronological, implicit, load_movielens, positives, temporal_split, unseen
 from model_export.evaluate import relevant_sets
 from model_export.text import item_texts
-from service.bundle import load_bundle
-from service.item_encoder import ItemEncoder
-from service.pipeline import Pipeline
+from service.core.bundle import load_bundle
+from service.items.item_encoder import ItemEncoder
+from service.recommend.pipeline import Pipeline
 
 K = 50
 

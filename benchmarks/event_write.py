@@ -16,7 +16,8 @@ import time
 import sqlalchemy as sa
 
 from benchmarks.ingest import POSTGRES, fresh_postgres
-from service.records import NewEvent, Records, migrate
+from service.store.records import NewEvent, Records
+from service.store.schema import migrate
 
 HISTORY = """
 INSERT INTO events (user_id, item_id, event_type, received_at)

@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.serve import Server
-from service.bundle import load_bundle
+from service.core.bundle import load_bundle
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -54,7 +54,7 @@ from model_export.data import (
     unseen,
 )
 from model_export.evaluate import next_items
-from service.features import year_of
+from service.recommend.features import year_of
 
 K = 10
 COLD_K = 50

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import load_bundle
-from service.pipeline import Pipeline
-from service.runtime import faiss_gpus, onnx_providers
+from service.core.bundle import load_bundle
+from service.core.device import faiss_gpus, onnx_providers
+from service.recommend.pipeline import Pipeline
 
 
 def measure(

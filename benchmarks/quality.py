@@ -54,8 +54,8 @@ from model_export.evaluate import (
     pipeline_recommendations,
     relevant_sets,
 )
-from service.bundle import load_bundle
-from service.pipeline import Pipeline
+from service.core.bundle import load_bundle
+from service.recommend.pipeline import Pipeline
 
 # Microsoft Recommenders, ML-100K benchmark (examples/06_benchmarks), NDCG@10 / Recall@10.
 PUBLISHED = {"BPR": (0.442, 0.2125), "LightGCN": (0.4198, 0.1443), "NCF": (0.3961, 0.1808), "SAR": (0.3825, 0.1764)}

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.serve import Server, free_port
-from service.bundle import load_bundle
+from service.core.bundle import load_bundle
 
 COUNTED = {
     "cache_error": ("reco_cache_requests_total", 'result="error"'),

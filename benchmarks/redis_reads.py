@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import uvloop
 
-from service.redis_batch import ReadPipeline, open_client
+from service.store.redis_batch import ReadPipeline, open_client
 
 EVENTS = "bench:redis_reads:events"
 Flow = Callable[[str], Awaitable[Any]]

@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import load_bundle
-from service.metrics import MULTIPROC_ENV
-from service.pipeline import Pipeline
-from service.runtime import limit_native_threads
-from service.settings import Settings
+from service.core.bundle import load_bundle
+from service.core.device import limit_native_threads
+from service.core.metrics import MULTIPROC_ENV
+from service.core.settings import Settings
+from service.recommend.pipeline import Pipeline
 
 WRK_SCRIPT = r"""
 local users = tonumber(os.getenv("BENCH_USERS") or "1000")
@@ -160,7 +160,8 @@ def free_port() -> int:
 class Server:
     """`python -m service` in a subprocess, as `make run` starts it (RECO_WORKERS processes)."""
 
-    def __init__(self, bundle: Path, env: dict[str, str]) -> None:
+    def __init__(self, bundle: Path, env: dict[str, str], cwd: Path | None = None) -> None:
+        """`cwd`: the source tree to run (`python -m service` imports the package found there; default: this one)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = int(env.get("RECO_WORKERS", "1"))
@@ -173,7 +174,7 @@ class Server:
         # The server's own log (an access record per request) goes to a file, not into the benchmark's output.
         self.log = tempfile.NamedTemporaryFile("w+b", prefix="reco-bench-server-", suffix=".log")  # noqa: SIM115
         command += ["--log-level", "warning"]
-        self.process = subprocess.Popen(command, env=full_env | env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, env=full_env | env, stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

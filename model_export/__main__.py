@@ -9,6 +9,8 @@
     python -m model_export rollback --database URL [--bundles DIR]
 
 `--if-missing`: build only when OUT/current does not exist (the compose `export` job, the k8s init container).
+Every command takes `--no-progress` (no progress bars) and `--json` (its result as one JSON line on stdout, for
+scripts); without `--json` it prints its result as readable lines. Errors go to stderr, with exit status 2.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ from model_export.contract import load_contract, write_contract
 from model_export.data import DataError, Dataset, generate_synthetic, load_movielens
 
 
+def output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every command takes: how its result is printed."""
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line (for scripts)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def report(args: argparse.Namespace, result: Any, readable: str) -> None:
+    """A command's result: one JSON line with `--json`, else `readable`."""
+    print(json.dumps(result, default=str) if args.json else readable, flush=True)
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bundles"), help="directory that receives the bundle")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
@@ -49,7 +62,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "bundle serves from all the data; split: the bundle is the model fitted without the hold-out "
         "(evaluation-only: the held-out interactions are unknown to it)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    output_arguments(parser)
     parser.add_argument(
         "--if-missing",
         action="store_true",
@@ -125,6 +138,7 @@ def import_into_database(argv: list[str]) -> int:
     parser.add_argument("--interactions", type=Path, required=True)
     parser.add_argument("--items", type=Path, required=True)
     parser.add_argument("--users", type=Path)
+    output_arguments(parser)
     args = parser.parse_args(argv)
     from model_export.database import import_tables
 
@@ -133,7 +147,7 @@ def import_into_database(argv: list[str]) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(written))
+    report(args, written, "imported " + ", ".join(f"{n} {table}" for table, n in written.items()))
     return 0
 
 
@@ -153,6 +167,7 @@ def retrain_command(argv: list[str]) -> int:
     parser.add_argument(
         "--every", type=float, help="run again every this many seconds, for ever (compose's retrain service)"
     )
+    output_arguments(parser)
     args = parser.parse_args(argv)
     if not args.database:
         parser.error("give --database or set RECO_DATABASE_URL")
@@ -168,16 +183,29 @@ def retrain_command(argv: list[str]) -> int:
                 tolerance=args.tolerance,
                 holdout_fraction=args.holdout_fraction,
                 min_users=args.min_users,
+                progress=not args.no_progress,
             )
         except Exception:
             if args.every is None:
                 raise
             logging.getLogger("model_export.retrain").exception("retrain failed (recorded in the registry)")
         else:
-            print(json.dumps(vars(result), default=str), flush=True)
+            report(args, vars(result), retrain_line(result))
         if args.every is None:
             return 0
         time.sleep(args.every)
+
+
+def retrain_line(result: Any) -> str:
+    """One retrain run, readable: what happened, to which bundle, on what scores."""
+    scores = ""
+    if result.candidate is not None:
+        published = result.published or {}
+        scores = " ".join(
+            f"{m} {v:.4f}" + (f" (published {published[m]:.4f})" if m in published else "")
+            for m, v in result.candidate.items()
+        )
+    return f"retrain: {result.result} {result.version or '-'} in {result.seconds:.0f}s; {scores}; {result.message}"
 
 
 def database_argument(parser: argparse.ArgumentParser) -> None:
@@ -192,29 +220,27 @@ def database_argument(parser: argparse.ArgumentParser) -> None:
 def list_bundles(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m model_export bundles", description="The bundle registry.")
     database_argument(parser)
-    parser.add_argument("--json", action="store_true")
+    output_arguments(parser)
     args = parser.parse_args(argv)
-    from service import registry
+    from service.store import registry
 
     engine = registry_engine(parser, args)
     try:
         rows, runs = registry.entries(engine), registry.last_retrains(engine, 5)
     finally:
         engine.dispose()
-    if args.json:
-        print(json.dumps({"bundles": [asdict(r) for r in rows], "retrains": [asdict(r) for r in runs]}))
-        return 0
-    print(f"{'version':<48} {'status':<12} {'gate':<11} {'ndcg@10':>8} {'published':>10}  created")
+    lines = [f"{'version':<48} {'status':<12} {'gate':<11} {'ndcg@10':>8} {'published':>10}  created"]
     for r in rows:
         cand, pub = r.metrics.get("candidate") or {}, r.metrics.get("published") or {}
         score = f"{cand.get('ndcg@10', float('nan')):.4f}"
         against = f"{pub['ndcg@10']:.4f}" if pub else "-"
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created_at))
-        print(f"{r.version:<48} {r.status:<12} {r.gate:<11} {score:>8} {against:>10}  {created}")
+        lines.append(f"{r.version:<48} {r.status:<12} {r.gate:<11} {score:>8} {against:>10}  {created}")
     for run in runs:
         finished = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run.finished_at))
         took = run.finished_at - run.started_at
-        print(f"retrain {finished}: {run.result} {run.version or ''} ({took:.0f}s) {run.message}")
+        lines.append(f"retrain {finished}: {run.result} {run.version or ''} ({took:.0f}s) {run.message}")
+    report(args, {"bundles": [asdict(r) for r in rows], "retrains": [asdict(r) for r in runs]}, "\n".join(lines))
     return 0
 
 
@@ -222,7 +248,7 @@ def registry_engine(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     """An engine on `--database`, its schema brought to the latest migration (the registry's tables)."""
     if not args.database:
         parser.error("give --database or set RECO_DATABASE_URL")
-    from service.records import migrate, open_engine
+    from service.store.schema import migrate, open_engine
 
     migrate(args.database)
     return open_engine(args.database, 30.0)
@@ -239,18 +265,21 @@ def publish_command(argv: list[str], rollback: bool = False) -> int:
         parser.add_argument("--override-gate", action="store_true", help="publish a bundle the gate rejected")
     database_argument(parser)
     parser.add_argument("--bundles", type=Path, help="re-point BUNDLES/current too")
+    output_arguments(parser)
     args = parser.parse_args(argv)
     from model_export.bundle import point_current
-    from service import registry
+    from service.store import registry
 
     engine = registry_engine(parser, args)
+    previous: str | None
     try:
         if rollback:
             old, new = registry.rollback(engine)
-            version, message = new.version, f"rolled back {old.version}; published {new.version}"
+            version, previous = new.version, old.version
+            message = f"rolled back {old.version}; published {new.version}"
         else:
             before = registry.publish(engine, args.version, override_gate=args.override_gate)
-            version = args.version
+            version, previous = args.version, before.version if before else None
             message = f"published {version}" + (f" (was {before.version})" if before else "")
     except registry.RegistryError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -259,7 +288,7 @@ def publish_command(argv: list[str], rollback: bool = False) -> int:
         engine.dispose()
     if args.bundles is not None and (args.bundles / version).is_dir():  # never a link to nothing
         point_current(args.bundles, version)
-    print(message)
+    report(args, {"published": version, "previous": previous}, message)
     return 0
 
 
@@ -279,6 +308,7 @@ def sample_data(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--format", choices=["csv", "parquet"], default="csv")
     parser.add_argument("--seed", type=int, default=0)
+    output_arguments(parser)
     args = parser.parse_args(argv)
     dataset = generate_synthetic(preset("tiny").synthetic, seed=args.seed)
     paths = write_contract(dataset, args.out)
@@ -293,17 +323,21 @@ def sample_data(argv: list[str]) -> int:
             paths[name] = path.with_suffix(".parquet")
             pq.write_table(table, paths[name])
             path.unlink()
-    for name, path in paths.items():
-        print(f"{name}: {path}")
     command = f"--interactions {paths['interactions']} --items {paths['items']} --users {paths['users']}"
-    print(f"train on it: python -m model_export train {command} --out bundles")
+    lines = [f"{name}: {path}" for name, path in paths.items()]
+    report(
+        args,
+        {name: str(path) for name, path in paths.items()},
+        "\n".join(lines) + f"\ntrain on it: python -m model_export train {command} --out bundles",
+    )
     return 0
 
 
 def build(args: argparse.Namespace, load: Callable[[ExportConfig], Dataset]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.if_missing and (args.out / "current").exists():
-        print(f"bundle {(args.out / 'current').resolve().name} already in {args.out}: nothing to build")
+        version = (args.out / "current").resolve().name
+        report(args, {"bundle": None, "version": version}, f"bundle {version} already in {args.out}: nothing to build")
         return 0
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
@@ -321,16 +355,17 @@ def build(args: argparse.Namespace, load: Callable[[ExportConfig], Dataset]) -> 
     from model_export.build import build_bundle  # imports torch: after argument errors are reported
 
     result = build_bundle(raw, config, args.out, progress=not args.no_progress, fit=args.fit)
-    print(f"\nbundle {result.version} -> {result.path}")
     users = result.metrics["pipeline"]["users"]
     fitted = "then refitted on all data" if args.fit == "all" else "the bundle as written"
-    print(f"validation ({raw.name}, temporal hold-out, seen items excluded, full ranking, {users} users; the model")
-    print(f"selected on the split, {fitted})")
     columns = ["recall@10", "ndcg@10", "recall@100", "hit_rate@10", "coverage@10"]
-    print(f"{'model':<22}" + "".join(f"{c:>13}" for c in columns))
-    for name, m in result.metrics.items():
-        print(f"{name:<22}" + "".join(f"{m[c]:>13.4f}" for c in columns))
-    print(json.dumps({"bundle": str(result.path), "version": result.version}))
+    lines = [
+        f"\nbundle {result.version} -> {result.path}",
+        f"validation ({raw.name}, temporal hold-out, seen items excluded, full ranking, {users} users; the model",
+        f"selected on the split, {fitted})",
+        f"{'model':<22}" + "".join(f"{c:>13}" for c in columns),
+        *(f"{name:<22}" + "".join(f"{m[c]:>13.4f}" for c in columns) for name, m in result.metrics.items()),
+    ]
+    report(args, {"bundle": str(result.path), "version": result.version, "metrics": result.metrics}, "\n".join(lines))
     return 0
 
 

@@ -44,11 +44,11 @@ from model_export.train import (
     train_two_tower,
 )
 from model_export.two_tower import ItemTower, UserTower
-from service import bundle as files
-from service.bundle import Bundle, load_bundle
-from service.content import ContentWeights, content_vectors
-from service.features import RANKER_CONTEXT_FEATURES, history_windows
-from service.pipeline import Pipeline
+from service.core import bundle as files
+from service.core.bundle import Bundle, load_bundle
+from service.items.content import ContentWeights, content_vectors
+from service.recommend.features import RANKER_CONTEXT_FEATURES, history_windows
+from service.recommend.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def _similar_items_spec(choice: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _content(dataset: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
-    """The trained items' content vectors (service.content), float16, and the manifest's `content`."""
+    """The trained items' content vectors (service.items.content), float16, and the manifest's `content`."""
     weights = ContentWeights()
     text = dataset.item_text if dataset.item_text is not None else np.zeros((dataset.n_items, 0), np.float32)
     content = content_vectors(text, dataset.item_dense, dataset.item_dense_names, weights)
@@ -457,7 +457,7 @@ def _write(
                 "user_idx": "int64 (N,)",
                 "item_idx": "int64 (N,)",
                 "user_categorical": "int64 (N, U)",
-                "dense": "float32 (N, ranker_dense_dim): service.features.ranker_dense_features",
+                "dense": "float32 (N, ranker_dense_dim): service.recommend.features.ranker_dense_features",
             },
             "unknown_user": "user tower with user_idx = n_users, empty history, unknown categoricals",
         },

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import MANIFEST, SCHEMA_VERSION, FileEntry, Manifest, sha256_file
+from service.core.bundle import MANIFEST, SCHEMA_VERSION, FileEntry, Manifest, sha256_file
 
 
 def code_version() -> str:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from model_export.data import DataError, Dataset, Interactions
-from service.features import UNKNOWN_NUMERIC_FEATURE, item_dense_row, year_of
+from service.recommend.features import UNKNOWN_NUMERIC_FEATURE, item_dense_row, year_of
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 OPTIONAL_INTERACTION_COLUMNS = ("event_type", "rating", "weight")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from model_export.config import SyntheticConfig
-from service.features import year_feature
+from service.recommend.features import year_feature
 
 ML100K_GENRES = (
     "unknown",

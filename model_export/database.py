@@ -4,7 +4,7 @@ read back everything it holds (imported data, every event posted since, minus de
     python -m model_export import --database URL --interactions F --items F [--users F]
     python -m model_export train --database URL --out bundles/
 
-The schema is the service's (`service.records`, migrated here first). An import is idempotent: its events get
+The schema is the service's (`service.store.records`, migrated here first). An import is idempotent: its events get
 ids derived from the interactions file's content and row, so importing the same file again adds nothing.
 """
 
@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from model_export.contract import ITEM_TEXT_COLUMNS, load_contract, read_table, timestamp_of
 from model_export.data import DataError, Dataset
-from service.records import events, items, live_items, migrate, users
+from service.store.schema import events, items, live_items, migrate, users
 
 log = logging.getLogger(__name__)
 CHUNK = 5000

@@ -15,8 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from model_export.data import Interactions
-from service.pipeline import Pipeline
-from service.similar import SimilarityWeights
+from service.recommend.pipeline import Pipeline
+from service.recommend.similar import SimilarityWeights
 
 DEPTH = 100
 RECALL_AT = (10, 20, 50, 100)
@@ -147,7 +147,7 @@ def evaluate(
     return out
 
 
-# Share of co-consumption in the similar-items blend (service.similar), chosen on validation.
+# Share of co-consumption in the similar-items blend (service.recommend.similar), chosen on validation.
 SIMILAR_CO_CONSUMPTION_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 SIMILAR_K = 10
 SIMILAR_QUERIES = 2000

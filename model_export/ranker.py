@@ -1,7 +1,7 @@
 """Ranking model: DCN-v2 (Wang et al., WWW 2021) over user, item, categorical and dense context features.
 
 Inputs (all per candidate): user index (row `n_users` = unknown), item index, user categorical features,
-and the dense vector from `service.features.ranker_dense_features` (item content, two-tower score, item
+and the dense vector from `service.recommend.features.ranker_dense_features` (item content, two-tower score, item
 popularity overall and recent, content affinity and embedding similarity to the user's history, history
 length). Output: sigmoid of the logit, in (0, 1): a probability when trained with BCE, an ordering score
 when trained listwise (the default).

@@ -4,14 +4,14 @@
 2. The most recent events are held out by time: the latest `holdout_fraction` of them, and never any event the
    published bundle was trained on (its data window is in the registry). Too few users with held-out positives
    (`min_users`): nothing to judge on, the run is recorded as `skipped`.
-3. The gate: the same recipe (preset, settings) trained on the events before the cut is scored against the
-   published bundle on the held-out positives, each bundle through the service's pipeline (service.pipeline) as
-   the service would serve it at the cut: the events after a bundle's own data window are its user's fresh
-   events (history, and never recommended). NDCG@10 and Recall@10; the candidate passes unless it is worse than
-   the published bundle by more than `tolerance` on either. No published bundle: it passes (`first`).
+3. The gate: the same recipe (preset, settings) trained on the events before the cut is scored against the published
+   bundle on the held-out positives, each bundle through the service's pipeline (service.recommend.pipeline) as the
+   service would serve it at the cut: the events after a bundle's own data window are its user's fresh events
+   (history, and never recommended). NDCG@10 and Recall@10; the candidate passes unless it is worse than the
+   published bundle by more than `tolerance` on either. No published bundle: it passes (`first`).
 4. The bundle itself is that recipe trained on everything (what is served learns from all the data): registered
    with both scores and published if the gate passed (the `current` link re-pointed too), else `rejected`.
-Every run, whatever its end, is recorded in the registry's `retrains` table (service.registry).
+Every run, whatever its end, is recorded in the registry's `retrains` table (service.store.registry).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import sqlalchemy as sa
 
 from model_export.config import ExportConfig
 from model_export.data import Dataset, Interactions
-from service import registry
-from service.bundle import load_bundle
-from service.pipeline import Pipeline
-from service.records import migrate, open_engine
+from service.core.bundle import load_bundle
+from service.recommend.pipeline import Pipeline
+from service.store import registry
+from service.store.schema import migrate, open_engine
 
 log = logging.getLogger(__name__)
 

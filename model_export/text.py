@@ -19,15 +19,15 @@ import torch
 from torch import nn
 
 from model_export.data import Dataset
-from service.features import item_text
-from service.item_encoder import MAX_TOKENS
+from service.items.item_encoder import MAX_TOKENS
+from service.recommend.features import item_text
 
 TEXT_DIM = 384
 
 
 def item_texts(dataset: Dataset) -> list[str]:
     """One line per item: its title (MovieLens titles carry the year), its genres, then its description (as
-    service.features.item_text builds it for an item added live)."""
+    service.recommend.features.item_text builds it for an item added live)."""
     genre_names = [n.removeprefix("genre:") for n in dataset.item_dense_names if n.startswith("genre:")]
     descriptions = dataset.item_descriptions or [""] * dataset.n_items
     return [
@@ -76,9 +76,9 @@ class MeanPooledEncoder(nn.Module):
 
 
 def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
-    """The service's tokenisation (service.item_encoder), as int64 arrays."""
-    from service.item_encoder import load_tokenizer
-    from service.item_encoder import tokenize as service_tokenize
+    """The service's tokenisation (service.items.item_encoder), as int64 arrays."""
+    from service.items.item_encoder import load_tokenizer
+    from service.items.item_encoder import tokenize as service_tokenize
 
     return service_tokenize(load_tokenizer(tokenizer_file()), texts)
 

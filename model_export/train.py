@@ -22,7 +22,7 @@ from model_export.config import ExportConfig, RankerConfig, TwoTowerConfig
 from model_export.data import Dataset, Interactions, chronological, pair_codes, user_histories
 from model_export.ranker import DCNRanker
 from model_export.two_tower import ItemTower, RetrievalTask, UserTower
-from service.features import (
+from service.recommend.features import (
     ItemNeighbourIndex,
     content_profiles,
     history_similarity,
@@ -54,7 +54,7 @@ def sequence_windows(interactions: Interactions, length: int) -> tuple[Interacti
     idx = rows[:, None] - length + np.arange(length)[None, :]  # (N, L): the L rows before each row
     valid = idx >= row_start[:, None]
     windows = np.where(valid, ordered.item[np.clip(idx, 0, None)], -1)
-    # Left-justify so that the layout matches service.features.history_window.
+    # Left-justify so that the layout matches service.recommend.features.history_window.
     windows = np.take_along_axis(windows, np.argsort(~valid, axis=1, kind="stable"), axis=1)
     return ordered, windows.astype(np.int64), rows - row_start
 

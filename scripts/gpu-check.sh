@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import faiss, onnxruntime as o; o.preload_dlls(); print('faiss gpus', faiss.get_num_gpus(), o.get_available_providers())" | tee -a "$OUT/gpu.txt"
 timeout 300 python3 -m pytest -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/pytest.txt" | tail -25
 rc=${PIPESTATUS[0]}
-# The paths `auto` leaves off until they pass here (service.runtime.GPU_FAST_PATHS_VERIFIED): float16 models and
+# The paths `auto` leaves off until they pass here (service.core.device.GPU_FAST_PATHS_VERIFIED): float16 models and
 # IO binding, through the API and event tests and the float16 parity tests; benchmarks.pipeline times them all.
 RECO_ONNX_PRECISION=fp16 RECO_ORT_IO_BINDING=on timeout 120 python3 -m pytest -q -p no:cacheprovider \
   tests/service/test_precision.py tests/service/test_api.py tests/service/test_events.py 2>&1 | tee "$OUT/pytest-fp16-iobinding.txt" | tail -5

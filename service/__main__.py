@@ -1,7 +1,7 @@
 """Run the service: `python -m service [--host H] [--port P]`, as RECO_WORKERS processes.
 
-One worker (the default) is `uvicorn --factory service.main:create_app`. Several: uvicorn's process manager
-starts RECO_WORKERS processes, each listening on its own SO_REUSEPORT socket (service.sockets: the kernel spreads
+One worker (the default) is `uvicorn --factory service.api.app:create_app`. Several: uvicorn's process manager
+starts RECO_WORKERS processes, each listening on its own SO_REUSEPORT socket (service.core.sockets: the kernel spreads
 the connections), and restarts one that dies; each loads the bundle
 (memory x workers) and runs its own micro-batcher. Their metrics are aggregated through prometheus_client's
 multiprocess mode: each process writes its samples to memory-mapped files in PROMETHEUS_MULTIPROC_DIR
@@ -24,9 +24,9 @@ from pydantic import ValidationError
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from service.metrics import MULTIPROC_ENV
-from service.settings import Settings
-from service.sockets import ReusePortSockets
+from service.core.metrics import MULTIPROC_ENV
+from service.core.settings import Settings
+from service.core.sockets import ReusePortSockets
 
 
 def prepare_metrics_dir() -> Path:
@@ -60,15 +60,15 @@ def main(argv: list[str] | None = None) -> None:
     created = settings.workers > 1 and not os.environ.get(MULTIPROC_ENV)
     metrics_dir = prepare_metrics_dir() if settings.workers > 1 else None
     try:
-        serve(args, settings.workers)
+        serve(args, settings.workers, settings.reuse_port)
     finally:
         if created and metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def serve(args: argparse.Namespace, workers: int) -> None:
+def serve(args: argparse.Namespace, workers: int, reuse_port: bool = True) -> None:
     config = uvicorn.Config(
-        "service.main:create_app",
+        "service.api.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
@@ -83,9 +83,10 @@ def serve(args: argparse.Namespace, workers: int) -> None:
         if not server.started:  # as uvicorn.run: the app failed to start (the reason is logged)
             sys.exit(STARTUP_FAILURE)
         return
-    # As uvicorn.run with workers, except that each worker listens on a socket of its own (service.sockets).
+    # As uvicorn.run with workers, except that each worker listens on a socket of its own (service.core.sockets).
+    sockets = ReusePortSockets(args.host, args.port) if reuse_port else [config.bind_socket()]
     with contextlib.suppress(KeyboardInterrupt):
-        Multiprocess(config, sockets=ReusePortSockets(args.host, args.port)).run()
+        Multiprocess(config, sockets=sockets).run()
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from service.main import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.settings import Settings
 
 
 def _find_ml100k() -> Path:
@@ -109,14 +109,14 @@ def start_redis(port: int, workdir: Path, *options: str) -> subprocess.Popen[byt
 
 @contextlib.contextmanager
 def uvicorn_server(env: dict[str, str], *extra_args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`uvicorn --factory service.main:create_app` in a subprocess with `env` added; yields (url, process)
+    """`uvicorn --factory service.api.app:create_app` in a subprocess with `env` added; yields (url, process)
     once /readyz answers 200, and stops it afterwards."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")} | env
     if "RECO_DATABASE_URL" not in env:  # a database of its own, never the shared test bundle's folder
         full_env["RECO_DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='reco-test-db-')}/reco.sqlite3"
-    command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--port", str(port)]
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--port", str(port)]
     server = subprocess.Popen([*command, "--no-access-log", *extra_args], env=full_env)
     try:
         deadline = time.monotonic() + 60

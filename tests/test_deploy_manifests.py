@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from model_export.__main__ import main as export_main
-from service.settings import Settings
+from service.core.settings import Settings
 from tests.conftest import venv_tool
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

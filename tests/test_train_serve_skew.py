@@ -16,11 +16,11 @@ import pytest
 from model_export.config import preset
 from model_export.data import generate_synthetic, implicit, temporal_split
 from model_export.train import item_neighbours, item_popularity, new_user_tower, ranker_examples, seed_everything
-from service.bundle import Bundle, load_bundle
-from service.features import RANKER_CONTEXT_FEATURES
-from service.pipeline import Pipeline
-from service.ranking import Ranker
-from service.runtime import open_session
+from service.core.bundle import Bundle, load_bundle
+from service.core.device import open_session
+from service.recommend.features import RANKER_CONTEXT_FEATURES
+from service.recommend.pipeline import Pipeline
+from service.recommend.ranking import Ranker
 
 
 def _bundle_with_histories(bundle: Bundle, histories: dict[int, np.ndarray]) -> Bundle:

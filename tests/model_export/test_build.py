@@ -17,9 +17,9 @@ from model_export.build_index import build_index, recall_vs_exact
 from model_export.config import IndexConfig
 from model_export.evaluate import bootstrap_interval, coverage, per_user_metrics
 from model_export.export_onnx import FP16_TOLERANCE, HalfPrecision, ParityError, export, export_fp16, parity
-from service.bundle import MANIFEST, load_bundle
-from service.main import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.bundle import MANIFEST, load_bundle
+from service.core.settings import Settings
 from tests.conftest import ML100K
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,7 +160,7 @@ def test_ivf_index_takes_the_smallest_nprobe_reaching_the_recall_target() -> Non
     ivf.nprobe = nprobe // 2
     assert recall_vs_exact(ivf, emb, queries, 50) < 0.9
     # The service opens it with the recorded nprobe.
-    from service.retrieval import set_search_parameters
+    from service.recommend.retrieval import set_search_parameters
 
     set_search_parameters(faiss.ParameterSpace(), ivf, info["params"])
     assert ivf.nprobe == nprobe

@@ -17,7 +17,7 @@ import pytest
 from model_export.config import SyntheticConfig
 from model_export.contract import NEGATIVE, POSITIVE, load_contract, write_contract
 from model_export.data import DataError, Dataset, generate_synthetic, load_movielens, write_movielens_csv
-from service.features import year_of
+from service.recommend.features import year_of
 from tests.conftest import ML100K
 
 
@@ -176,17 +176,17 @@ def test_sample_data_trains_a_bundle_the_service_serves(tmp_path: Path) -> None:
     files = {name: tmp_path / "data" / f"{name}.parquet" for name in ("interactions", "items", "users")}
     assert all(p.is_file() for p in files.values())
     command = [*cli, "train", *(a for name, p in files.items() for a in (f"--{name}", str(p)))]
-    command += ["--out", str(tmp_path / "bundles"), "--preset", "tiny", "--no-progress", "--name", "sample"]
+    command += ["--out", str(tmp_path / "bundles"), "--preset", "tiny", "--no-progress", "--name", "sample", "--json"]
     built = subprocess.run(command, capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stderr[-3000:]
-    bundle = Path(json.loads(built.stdout.strip().splitlines()[-1])["bundle"])
+    bundle = Path(json.loads(built.stdout)["bundle"])  # --json: the result as one JSON line
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["dataset"]["name"] == "sample"
 
     from fastapi.testclient import TestClient
 
-    from service.main import create_app
-    from service.settings import Settings
+    from service.api.app import create_app
+    from service.core.settings import Settings
 
     settings = Settings(bundle_path=bundle, dev_mode=True, warmup_requests=1, live_items_path=tmp_path / "live.jsonl")
     with TestClient(create_app(settings)) as client:

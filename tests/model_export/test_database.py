@@ -17,9 +17,9 @@ from pydantic import SecretStr
 from benchmarks.ingest import fresh_postgres
 from model_export.contract import load_contract
 from model_export.database import import_tables, load_database
-from service.bundle import load_bundle
-from service.main import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.bundle import load_bundle
+from service.core.settings import Settings
 from tests.service.test_records import needs_postgres
 
 CLI = [sys.executable, "-m", "model_export"]
@@ -62,10 +62,10 @@ def test_train_on_the_database_learns_new_events_and_forgets_deleted_users(
         events.append({"user_id": "brand-new", "item_id": "live-1", "event_type": "like"})
         assert client.post("/v1/events", json={"events": events}).status_code == 200
         assert client.delete("/v1/users/1").status_code == 200
-    command = [*CLI, "train", "--database", url, "--out", str(tmp_path / "bundles"), "--preset", "tiny"]
+    command = [*CLI, "train", "--database", url, "--out", str(tmp_path / "bundles"), "--preset", "tiny", "--json"]
     built = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, check=False)
     assert built.returncode == 0, built.stderr[-3000:]
-    trained = load_bundle(Path(json.loads(built.stdout.strip().splitlines()[-1])["bundle"]))
+    trained = load_bundle(Path(json.loads(built.stdout)["bundle"]))
     assert "brand-new" in trained.user_index  # learnt from the events posted to the service
     assert "1" not in trained.user_index  # deleted: none of their rows reached training
     assert "live-1" in trained.item_index  # the item added while serving is a trained item now

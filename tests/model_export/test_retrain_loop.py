@@ -23,9 +23,9 @@ from model_export.contract import write_contract
 from model_export.data import Dataset, generate_synthetic
 from model_export.database import import_tables
 from model_export.retrain import retrain
-from service import registry
-from service.bundle import load_bundle
-from service.records import migrate, open_engine
+from service.core.bundle import load_bundle
+from service.store import registry
+from service.store.schema import migrate, open_engine
 from tests.conftest import uvicorn_server
 from tests.service.test_records import needs_postgres
 

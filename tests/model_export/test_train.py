@@ -71,7 +71,7 @@ def zipf_interactions(n_users: int, n_items: int, n: int = 3000) -> Interactions
 
 def test_item_neighbours_match_itemknn() -> None:
     from model_export.baselines import ItemKNN, interaction_matrix
-    from service.features import neighbour_scores
+    from service.recommend.features import neighbour_scores
 
     n_users, n_items = 200, 40
     inter = zipf_interactions(n_users, n_items)
@@ -98,7 +98,7 @@ def test_ease_neighbours_give_eases_scores() -> None:
     # The neighbour layout of EASE's weights: a history's summed weights over a candidate's list is the EASE
     # baseline's score of it (its positive part, when every positive weight fits the list).
     from model_export.baselines import EASE, interaction_matrix
-    from service.features import ItemNeighbourIndex
+    from service.recommend.features import ItemNeighbourIndex
 
     n_users, n_items = 200, 30
     inter = zipf_interactions(n_users, n_items)
@@ -189,7 +189,7 @@ def test_ranker_examples_as_brand_new_users() -> None:
     assert 0.3 < new.mean() < 0.7
     assert (examples.user_categorical[new] == 0).all()
     assert (examples.user_categorical[~new] > 0).any()
-    from service.features import RANKER_CONTEXT_FEATURES
+    from service.recommend.features import RANKER_CONTEXT_FEATURES
 
     log_length = examples.dense[:, len(dataset.item_dense_names) + RANKER_CONTEXT_FEATURES.index("log_history_length")]
     assert np.expm1(log_length[new]).max() <= 3 + 1e-5

@@ -11,10 +11,10 @@ import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
-from service.bundle import load_bundle
-from service.cache import LocalEmbeddingCache, is_user_key
-from service.main import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.bundle import load_bundle
+from service.core.settings import Settings
+from service.store.cache import LocalEmbeddingCache, is_user_key
 from tests.conftest import free_port, redis_available, refreshed
 
 TOKEN = "test-admin-token-0123456789"

@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from model_export.export_onnx import FP16_TOLERANCE
-from service.bundle import BundleError, load_bundle
-from service.main import create_app
-from service.schemas import RecommendationResponse
-from service.settings import Settings
+from service.api.app import create_app
+from service.api.schemas import RecommendationResponse
+from service.core.bundle import BundleError, load_bundle
+from service.core.settings import Settings
 
 
 def recommend(client: TestClient, **body: object) -> dict:  # type: ignore[type-arg]

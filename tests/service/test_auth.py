@@ -11,9 +11,8 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
-from service import api, ui
-from service.main import create_app
-from service.settings import Settings
+from service.api.app import API_ROUTERS, UI_ROUTERS, create_app
+from service.core.settings import Settings
 
 ADMIN = "test-admin-token-0123456789"
 CLIENT = "test-client-key-0123456789"
@@ -54,7 +53,7 @@ def routes(client: TestClient) -> list[tuple[str, str]]:
     """Every operation the app serves: its OpenAPI schema's, plus the routers' own routes (hidden ones too)."""
     schema = client.get("/openapi.json").json()
     out = {(method.upper(), path) for path, operations in schema["paths"].items() for method in operations}
-    for router in (api.router, api.client, api.admin, ui.admin, ui.pages):
+    for router in API_ROUTERS + UI_ROUTERS:
         for route in router.routes:
             if isinstance(route, APIRoute):
                 out |= {(method, route.path) for method in route.methods}

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.batching import MicroBatcher
-from service.bundle import load_bundle
-from service.main import create_app
-from service.pipeline import Pipeline, Query
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.batching import MicroBatcher
+from service.core.bundle import load_bundle
+from service.core.settings import Settings
+from service.recommend.pipeline import Pipeline, Query
 
 
 def test_recommend_batch_equals_one_at_a_time(tiny_bundle: Path) -> None:

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from service.breaker import CircuitBreaker, Permit
-from service.cache import CacheResult, RedisEmbeddingCache
-from service.events import EventReadFailed, RedisEventCache
+from service.store.breaker import CircuitBreaker, Permit
+from service.store.cache import CacheResult, RedisEmbeddingCache
+from service.store.events import EventReadFailed, RedisEventCache
 
 NEVER_CONNECTED = "redis://127.0.0.1:1/0"  # the clients are never used: reads go to the pipeline given
 

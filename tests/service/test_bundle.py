@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.bundle import MANIFEST, BundleError, load_bundle, sha256_file
-from service.pipeline import Pipeline
+from service.core.bundle import MANIFEST, BundleError, load_bundle, sha256_file
+from service.recommend.pipeline import Pipeline
 
 
 @pytest.fixture

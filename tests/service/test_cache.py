@@ -10,10 +10,10 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.bundle import load_bundle
-from service.cache import CacheResult, LocalEmbeddingCache
-from service.main import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.bundle import load_bundle
+from service.core.settings import Settings
+from service.store.cache import CacheResult, LocalEmbeddingCache
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, redis_available
 
 # CI (RECO_TEST_REQUIRE_REDIS=1) must exercise the real server; elsewhere (e.g. the GPU machine) these skip.

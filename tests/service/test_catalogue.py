@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service import catalogue
-from service.catalogue import Catalogue, IdIndex, IdList
+from service.recommend import catalogue
+from service.recommend.catalogue import Catalogue, IdIndex, IdList
 
 
 def rows(n: int, start: int) -> dict[str, np.ndarray]:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from service import registry
-from service.bundle import load_bundle
-from service.records import migrate, open_engine
+from service.core.bundle import load_bundle
+from service.store import registry
+from service.store.schema import migrate, open_engine
 from tests.conftest import uvicorn_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

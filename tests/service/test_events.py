@@ -13,9 +13,9 @@ import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from service.bundle import Bundle, load_bundle
-from service.main import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.bundle import Bundle, load_bundle
+from service.core.settings import Settings
 from tests.conftest import free_port, redis_available, refreshed
 
 

@@ -1,4 +1,4 @@
-"""POST /v1/recommendations and POST /v1/events on the fast path (service.fast_path) answer exactly as through
+"""POST /v1/recommendations and POST /v1/events on the fast path (service.api.fast_path) answer exactly as through
 FastAPI's routes."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-import service.fast_path
-from service.bundle import load_bundle
-from service.errors import Unavailable
-from service.main import create_app
-from service.settings import Settings
+import service.api.fast_path
+from service.api.app import create_app
+from service.core.bundle import load_bundle
+from service.core.errors import Unavailable
+from service.core.settings import Settings
 
 Case = tuple[str, bytes, dict[str, str]]  # (name, body, headers): what a client may send, valid or not
 
@@ -87,14 +87,14 @@ def comparable(response: Any) -> tuple[int, str | None, str | None, Any]:
 def taking(monkeypatch: pytest.MonkeyPatch, path: str) -> list[object]:
     """The bodies the fast path answers `path` for, from now on (a list that fills as it does)."""
     taken: list[object] = []
-    route = service.fast_path.ROUTES[path]
+    route = service.api.fast_path.ROUTES[path]
 
     async def counting(*args: Any) -> bytes:
         taken.append(args[1])
         return await route.answer(*args)
 
-    fast_route = service.fast_path.FastRoute(path, route.model, counting)
-    monkeypatch.setitem(service.fast_path.ROUTES, path, fast_route)
+    fast_route = service.api.fast_path.FastRoute(path, route.model, counting)
+    monkeypatch.setitem(service.api.fast_path.ROUTES, path, fast_route)
     return taken
 
 

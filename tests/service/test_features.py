@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.features import (
+from service.recommend.features import (
     RANKER_CONTEXT_FEATURES,
     ItemNeighbourIndex,
     content_profiles,
@@ -13,7 +13,7 @@ from service.features import (
     neighbour_scores,
     ranker_dense_features,
 )
-from service.filtering import filter_candidates, top_k
+from service.recommend.filtering import filter_candidates, top_k
 
 
 def test_history_window_keeps_latest_oldest_first() -> None:

@@ -11,12 +11,12 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from service.bundle import load_bundle
-from service.features import item_dense_row, item_text
-from service.item_encoder import ItemEncoder
-from service.main import create_app
-from service.settings import Settings
-from service.similar import SimilarityWeights
+from service.api.app import create_app
+from service.core.bundle import load_bundle
+from service.core.settings import Settings
+from service.items.item_encoder import ItemEncoder
+from service.recommend.features import item_dense_row, item_text
+from service.recommend.similar import SimilarityWeights
 
 NEW = {"title": "Quantum Gardens (2031)", "genres": ["g01", "g02"], "year": 2029, "description": "A calm film."}
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from service.logs import JsonFormatter, UserHasher
-from service.main import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.logs import JsonFormatter, UserHasher
+from service.core.settings import Settings
 
 SECRET_USER = "alice-secret-user-7"
 

@@ -8,8 +8,8 @@ import numpy as np
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.bundle import load_bundle
-from service.pipeline import Query
+from service.core.bundle import load_bundle
+from service.recommend.pipeline import Query
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -69,7 +69,7 @@ def test_metrics_after_traffic(client: TestClient, tiny_bundle: Path) -> None:
 
 def test_service_never_imports_torch() -> None:
     code = (
-        "import sys, service.main, service.pipeline, service.bundle; "
+        "import sys, service.api.app, service.recommend.pipeline, service.core.bundle; "
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "assert 'model_export' not in sys.modules; print('ok')"
     )

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
-from service.batching import MicroBatcher
-from service.main import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.batching import MicroBatcher
+from service.core.settings import Settings
 
 
 def slow_down(client: TestClient, gate: threading.Event) -> None:

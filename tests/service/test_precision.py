@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service import runtime
-from service.bundle import MANIFEST, BundleError, load_bundle
-from service.main import create_app
-from service.pipeline import Pipeline, Query
-from service.runtime import io_binding_device, model_precisions, open_session
-from service.settings import Settings
+from service.api.app import create_app
+from service.core import device as runtime
+from service.core.bundle import MANIFEST, BundleError, load_bundle
+from service.core.device import io_binding_device, model_precisions, open_session
+from service.core.settings import Settings
+from service.recommend.pipeline import Pipeline, Query
 
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 CPU = ["CPUExecutionProvider"]

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from service.bundle import load_bundle
-from service.cache import CacheResult, LocalEmbeddingCache
-from service.events import LocalEventCache
-from service.metrics import Metrics
-from service.pipeline import Pipeline, Recommender
+from service.core.bundle import load_bundle
+from service.core.metrics import Metrics
+from service.recommend.pipeline import Pipeline
+from service.recommend.recommender import Recommender
+from service.store.cache import CacheResult, LocalEmbeddingCache
+from service.store.events import LocalEventCache
+from service.store.recent import RecentEvents
 
 
 class OverlapCheckingEvents(LocalEventCache):
@@ -55,7 +57,7 @@ def test_events_and_cache_are_read_together_and_fresh_events_pick_their_own_key(
         cache, events = RecordingCache(dim, asked), OverlapCheckingEvents(asked)
         metrics = Metrics()
         with ThreadPoolExecutor(2) as executor:
-            recommender = Recommender(pipeline, cache, metrics, executor, 50, events)
+            recommender = Recommender(pipeline, cache, metrics, executor, 50, RecentEvents(events, None, metrics))
             user_id = pipeline.bundle.user_ids[3]
             plain_key = recommender.key_prefix + user_id
             # A vector cached under the no-events key: used while the user has no fresh events.

@@ -20,11 +20,12 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from benchmarks.ingest import POSTGRES, fresh_postgres
-from service import records as records_module
-from service.bundle import load_bundle
-from service.main import create_app
-from service.records import NewEvent, Records, migrate
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.bundle import load_bundle
+from service.core.settings import Settings
+from service.store import records as records_module
+from service.store.records import NewEvent, Records
+from service.store.schema import migrate
 from tests.conftest import uvicorn_server
 
 
@@ -266,7 +267,7 @@ def test_a_connection_the_server_dropped_fails_one_call_and_the_pool_recovers() 
     cost the one call that meets them (RecordsUnavailable, never a wrong answer), then the pool is replaced."""
     import asyncio
 
-    from service.records import RecordsUnavailable
+    from service.store.records import RecordsUnavailable
 
     with fresh_postgres() as url:
         migrate(url)

@@ -21,8 +21,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.redis_batch import ReadPipeline, open_client, pack_command
-from service.settings import Settings
+from service.core.settings import Settings
+from service.store.redis_batch import ReadPipeline, open_client, pack_command
 from tests.conftest import REDIS_HOST, REDIS_PORT, REDIS_SERVER, free_port, redis_available, start_redis
 
 if os.environ.get("RECO_TEST_REQUIRE_REDIS") == "1" and not redis_available():
@@ -263,8 +263,8 @@ def test_a_requests_event_read_and_cache_read_share_one_pipeline(settings: Setti
     """The service gives the cache and the event store one read pipeline: one round trip per request."""
     from fastapi.testclient import TestClient
 
-    from service.bundle import load_bundle
-    from service.main import create_app
+    from service.api.app import create_app
+    from service.core.bundle import load_bundle
 
     user = load_bundle(settings.bundle_path).user_ids[-1]
 

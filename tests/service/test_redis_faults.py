@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from service.main import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.settings import Settings
 from tests.conftest import REDIS_SERVER, free_port, start_redis
 
 

@@ -1,4 +1,5 @@
-"""The embedding refresh after events (service.refresh): coalesced, bounded, failures contained, deletion-safe."""
+"""The embedding refresh after events (service.recommend.refresh): coalesced, bounded, failures contained,
+deletion-safe."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from service.refresh import Refresher
+from service.recommend.refresh import Refresher
 
 
 class Recorder:

@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from service.main import create_app
-from service.settings import Settings
+from service.api.app import create_app
+from service.core.settings import Settings
 
 TOKEN = "reload-admin-token-0123"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -123,8 +123,8 @@ def test_a_published_bundle_that_does_not_load_is_refused_once_and_the_old_one_k
 ) -> None:
     """The registry names a version this replica cannot load (not on its disk): it keeps serving what it has,
     counts the refusal once (not every round), and the retrain gauges come from the registry's runs."""
-    from service import registry
-    from service.records import migrate, open_engine
+    from service.store import registry
+    from service.store.schema import migrate, open_engine
 
     database = f"sqlite:///{tmp_path / 'registry.sqlite3'}"
     migrate(database)

@@ -13,10 +13,10 @@ import faiss
 import numpy as np
 import pytest
 
-from service import retrieval
-from service.bundle import load_bundle
-from service.pipeline import Pipeline, Query
-from service.retrieval import GPU_MAX_K, Retriever, depth_groups
+from service.core.bundle import load_bundle
+from service.recommend import retrieval
+from service.recommend.pipeline import Pipeline, Query
+from service.recommend.retrieval import GPU_MAX_K, Retriever, depth_groups
 
 
 def test_depth_groups_keep_each_search_within_twice_its_depth() -> None:

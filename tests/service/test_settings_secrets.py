@@ -9,7 +9,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.core.settings import Settings
 
 TOKEN = "short-secret-7"  # too short: refused
 PASSWORD = "hunter2-redis-pass"

@@ -9,7 +9,7 @@ from concurrent.futures import CancelledError
 
 import pytest
 
-from service.threads import LifoThreadPool
+from service.core.threads import LifoThreadPool
 
 
 def start_all_threads(pool: LifoThreadPool, n: int) -> None:

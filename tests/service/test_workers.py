@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.bundle import load_bundle
-from service.item_encoder import ItemEncoder
-from service.live_items import ItemConflict, ItemRecord, LiveItems
-from service.pipeline import Pipeline
-from service.settings import Settings
-from service.sockets import ReusePortSockets
+from service.core.bundle import load_bundle
+from service.core.settings import Settings
+from service.core.sockets import ReusePortSockets
+from service.items.item_encoder import ItemEncoder
+from service.items.live_items import ItemConflict, ItemRecord, LiveItems
+from service.recommend.pipeline import Pipeline
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, redis_available
 
 
@@ -94,7 +94,7 @@ def test_processes_sharing_the_live_items_file_see_each_others_items(tiny_bundle
 
 
 def test_a_worker_that_died_leaves_no_live_gauges_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.metrics import Metrics
+    from service.core.metrics import Metrics
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid, own = int(dead.stdout), os.getpid()

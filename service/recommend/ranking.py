@@ -1,0 +1,118 @@
+"""Stage 4: ranking. Builds the ranker's features (service.recommend.features) and runs the ONNX ranker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from service.core.bundle import Bundle
+from service.core.device import io_binding_device, run_onnx
+from service.recommend.features import (
+    ItemNeighbourIndex,
+    content_profiles,
+    history_similarity,
+    history_windows,
+    ranker_dense_features,
+)
+from service.recommend.user_encoder import check_inputs, feed
+
+
+class Ranker:
+    """numpy in (one user's history, candidates and retrieval scores), numpy out ((n,) float32 scores).
+
+    A request is (user index or -1, the user's whole history as the pipeline sees it (the bundle's, then fresh
+    events; item indices oldest first), candidates (n,), their retrieval scores (n,)). Every history feature
+    comes from that one history, as training builds them from the events before each label."""
+
+    bundle: Bundle  # replaced (never mutated) when items are added live
+    CHUNK_ROWS = 2048
+
+    def __init__(self, bundle: Bundle, session: ort.InferenceSession, io_binding: str = "auto") -> None:
+        dims = bundle.manifest.dims
+        expected = {
+            "user_idx": 1,
+            "item_idx": 1,
+            "user_categorical": len(dims.user_categorical_cardinalities),
+            "dense": dims.ranker_dense_dim,
+        }
+        self._feeds = check_inputs(session, expected, bundle, "ranker.onnx")
+        self.bundle = bundle
+        self._session = session
+        self._output = session.get_outputs()[0].name
+        self._bind = io_binding_device(session, io_binding)
+        self._oov = dims.n_users
+        self._trained_items = dims.n_items  # indices from here on are items added live: the unknown-item row
+        self._n_cat = len(dims.user_categorical_cardinalities)
+        self._history_length = dims.history_length
+        # Items added live have no neighbours and are nobody's: the index built here stays right as they come.
+        self.neighbours = ItemNeighbourIndex(bundle.item_neighbours, bundle.item_neighbour_weights)
+
+    def inputs(
+        self, user: int, history: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """user: index or -1; history: item indices, oldest first; candidates, retrieval_scores (n,)."""
+        return self.inputs_batch([(user, history, candidates, retrieval_scores)])
+
+    def inputs_batch(self, requests: Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The ranker's inputs for several users' candidates, rows grouped by request in order: each feature is
+        computed for the whole batch at once (numpy's per-call cost is paid per batch, not per request)."""
+        b = self.bundle
+        users = np.array([r[0] for r in requests], dtype=np.int64)  # (B,)
+        windows = history_windows([r[1] for r in requests], self._history_length)  # (B, L)
+        lengths = [len(r[2]) for r in requests]
+        rows = np.repeat(np.arange(len(requests)), lengths)  # (N,) the request of each row
+        candidates = np.concatenate([r[2] for r in requests]).astype(np.int64, copy=False)  # (N,)
+        scores = np.concatenate([r[3] for r in requests]).astype(np.float32, copy=False)
+        history_lengths = np.array([len(r[1]) for r in requests], dtype=np.float32)  # training's n_before
+        known = users >= 0
+        categorical = np.zeros((len(requests), self._n_cat), dtype=np.int64)
+        categorical[known] = b.user_categorical[users[known]]
+        dense = ranker_dense_features(
+            b.item_dense[candidates],
+            scores,
+            b.item_log_popularity[candidates],
+            b.item_recent_popularity[candidates],
+            content_profiles(b.item_dense, windows)[rows],
+            history_similarity(b.item_embeddings, candidates, windows, rows),
+            history_lengths[rows],
+            self.neighbours.scores(candidates, windows, rows),
+        )
+        return {
+            "user_idx": np.where(known, users, self._oov)[rows],  # (N,)
+            "item_idx": np.minimum(candidates, self._trained_items),  # (N,)
+            "user_categorical": categorical[rows],  # (N, U)
+            "dense": dense,  # (N, F)
+        }
+
+    def score(self, user: int, history: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray) -> np.ndarray:
+        return self.score_batch([(user, history, candidates, retrieval_scores)])[0]
+
+    def score_batch(self, requests: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """`score` for several users' candidates in one ONNX Runtime call: the rows are concatenated (each row's
+        score depends on its own features only) and the output split back. Returns one (n_i,) array each."""
+        lengths = [len(r[2]) for r in requests]
+        if not sum(lengths):
+            return [np.zeros(0, dtype=np.float32) for _ in requests]
+        # In chunks of about CHUNK_ROWS rows: one call per chunk still pays numpy's and ONNX Runtime's per-call
+        # cost once for several requests, and a chunk's features and activations stay in the CPU's cache
+        # (measured at 100K items: 0.39 ms per 500 rows in one 500-row call, 0.78 ms in one 8,000-row call).
+        outputs: list[np.ndarray] = []
+        chunk: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        rows = 0
+        for request, n in zip(requests, lengths, strict=True):
+            if chunk and rows + n > self.CHUNK_ROWS:
+                outputs.append(self._run(chunk))
+                chunk, rows = [], 0
+            chunk.append(request)
+            rows += n
+        outputs.append(self._run(chunk))
+        out = np.concatenate(outputs)
+        return np.split(out, np.cumsum(lengths)[:-1])
+
+    def _run(self, requests: Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+        if not sum(len(r[2]) for r in requests):
+            return np.zeros(0, dtype=np.float32)
+        out = run_onnx(self._session, self._output, feed(self.inputs_batch(requests), self._feeds), self._bind)
+        return np.asarray(out, dtype=np.float32).reshape(-1)
