@@ -64,7 +64,7 @@ def summarise(rounds: dict[str, list[dict[str, Any]]], concurrency: list[int]) -
         for name, runs in rounds.items()
     }
     for name, row in medians.items():
-        ref = medians[REFERENCE.get(name, "as served")]
+        ref = medians.get(REFERENCE.get(name, "as served"), row)  # a reference not in this run: against itself
         for c, cell in row.items():
             cell["rps_vs_reference"] = cell["rps"] / ref[c]["rps"]
             cell["p99_vs_reference"] = cell["p99_ms"] / ref[c]["p99_ms"]
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="a source tree to serve as the 'before' variant")
     parser.add_argument("--only", nargs="+", help="these variants only (names as in the table)")
     args = load_test_args(parser)
-    bundle = serving_bundle(args.size, args.bundles, args.n_users)
+    bundle = serving_bundle(args.size, args.bundles, args.n_users).resolve()
     variants = {name: env for name, env in VARIANTS.items() if not args.only or name in args.only}
     if args.before is not None:
         variants["before"] = {}

@@ -13,6 +13,10 @@ Anything else (no or a wrong key, an invalid or oversized body, another content 
 goes on to FastAPI with the body replayed, so every such response still comes from the one
 place that makes it. The routes stay registered: they document the endpoints in the OpenAPI schema and serve
 them when this path is off (RECO_HTTP_FAST_PATH=false).
+
+Against FastAPI's routing (RECO_HTTP_FAST_PATH=false), `python -m benchmarks.mechanisms`, 100K items, one process,
+the 2-core VM, 2026-12-07, medians of 2 interleaved rounds: c=16 508 vs 475 req/s, p99 66 vs 69 ms; c=64 705 vs
+550 req/s, p99 123 vs 149 ms (docs/performance.md). It earns its place: +7 % and +28 % throughput.
 """
 
 from __future__ import annotations

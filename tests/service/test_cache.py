@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.core.bundle import load_bundle
 from service.core.settings import Settings
+from service.core.threads import LifoThreadPool
 from service.store.cache import CacheResult, LocalEmbeddingCache
+from service.store.redis_batch import ClientReads, ReadPipeline
 from tests.conftest import REDIS_HOST, REDIS_PORT, free_port, redis_available
 
 # CI (RECO_TEST_REQUIRE_REDIS=1) must exercise the real server; elsewhere (e.g. the GPU machine) these skip.
@@ -50,10 +53,23 @@ def test_local_cache_lru_and_ttl() -> None:
     asyncio.run(run())
 
 
-@pytest.fixture
-def redis_client(tiny_bundle: Path, settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings.model_copy(update={"redis_url": f"redis://{REDIS_HOST}:{REDIS_PORT}/0"}))
+# The service's own mechanisms, and the library's way each was measured against (benchmarks.mechanisms): the
+# same answers either way.
+MECHANISMS = {
+    "pipelined-lifo": {"redis_reads": "pipelined", "compute_pool": "lifo"},
+    "client-executor": {"redis_reads": "client", "compute_pool": "executor"},
+}
+
+
+@pytest.fixture(params=list(MECHANISMS))
+def redis_client(tiny_bundle: Path, settings: Settings, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    update = {"redis_url": f"redis://{REDIS_HOST}:{REDIS_PORT}/0", **MECHANISMS[request.param]}
+    app = create_app(settings.model_copy(update=update))
     with TestClient(app) as c:
+        state = c.app.state.reco  # type: ignore[attr-defined]
+        client = request.param.startswith("client")
+        assert isinstance(state.redis_reads, ClientReads if client else ReadPipeline)
+        assert isinstance(state.executor, ThreadPoolExecutor if client else LifoThreadPool)
         yield c
     raw = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
     keys = list(raw.scan_iter(f"reco:{load_bundle(tiny_bundle).version}:*"))

@@ -245,3 +245,44 @@ def test_two_workers_serve_as_one_service(tiny_bundle: Path, tmp_path: Path) -> 
         finally:
             if server.poll() is None:
                 server.kill()
+
+
+def test_two_workers_on_one_shared_socket_when_reuse_port_is_off(tiny_bundle: Path, tmp_path: Path) -> None:
+    """RECO_REUSE_PORT=false: uvicorn's one socket, shared by the workers (what SO_REUSEPORT was measured against)."""
+    port, metrics_dir = free_port(), tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")} | {
+        "RECO_WORKERS": "2",
+        "RECO_REUSE_PORT": "false",
+        "RECO_BUNDLE_PATH": str(tiny_bundle),
+        "RECO_REDIS_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/15",
+        "RECO_DEV_MODE": "true",
+        "RECO_LIVE_ITEMS_PATH": str(tmp_path / "live_items.jsonl"),
+        "RECO_DATABASE_URL": f"sqlite:///{tmp_path / 'reco.sqlite3'}",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    server = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while not both_ready(url, metrics_dir):
+            assert server.poll() is None, f"the server exited with {server.returncode}"
+            assert time.monotonic() < deadline, "two ready workers within 90 s"
+            time.sleep(0.3)
+        for user in range(10):
+            status, body = get(url + "/v1/recommendations", json.dumps({"user_id": str(user + 1), "k": 5}).encode())
+            assert status == 200, body
+        # One listening socket on the port (with SO_REUSEPORT each worker has its own: two).
+        listening = [
+            line
+            for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+            if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"
+        ]
+        assert len(listening) == 1, listening
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            assert server.wait(60) == 0
+        finally:
+            if server.poll() is None:
+                server.kill()
