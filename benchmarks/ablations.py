@@ -55,6 +55,13 @@ def changes(base: ExportConfig) -> dict[str, ExportConfig]:
         "neighbour features from ItemKNN cosine": rk(neighbour_weights="cosine"),
         "no neighbour features": rk(neighbours=0),
         "new-user ranker examples 0.2": rk(new_user_share=0.2),
+        "item-item 100 + popular 20 candidates": replace(base, item_item_candidates=100, popular_candidates=20),
+        "item-item 100 + popular 20 candidates, their negatives 8 + 2": replace(
+            base,
+            item_item_candidates=100,
+            popular_candidates=20,
+            ranker=replace(base.ranker, item_item_negatives=8, popular_negatives=2),
+        ),
     }
 
 

@@ -102,7 +102,9 @@ def train_from_files(argv: list[str]) -> int:
         prog="python -m model_export train", description="Train a bundle on tables in the data contract (docs/data.md)."
     )
     parser.add_argument("--interactions", type=Path, help="CSV or Parquet: user_id, item_id, timestamp")
-    parser.add_argument("--items", type=Path, help="CSV or Parquet: item_id, title, categories ...")
+    parser.add_argument(
+        "--items", type=Path, help="CSV or Parquet: item_id, title, categories ... (default: the ids the log names)"
+    )
     parser.add_argument("--users", type=Path, help="CSV or Parquet: user_id and categorical columns (optional)")
     parser.add_argument(
         "--database",
@@ -123,8 +125,8 @@ def train_from_files(argv: list[str]) -> int:
                 return load_database(args.database, Path(workdir), name=args.name or "database")
 
         return build(args, from_database)
-    if args.interactions is None or args.items is None:
-        parser.error("give --interactions and --items (or --database)")
+    if args.interactions is None:
+        parser.error("give --interactions (and --items, if you have an items table), or --database")
     name = args.name or "contract"
     return build(args, lambda config: load_contract(args.interactions, args.items, args.users, name=name))
 
@@ -334,6 +336,7 @@ def sample_data(argv: list[str]) -> int:
 
 
 def build(args: argparse.Namespace, load: Callable[[ExportConfig], Dataset]) -> int:
+    started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.if_missing and (args.out / "current").exists():
         version = (args.out / "current").resolve().name
@@ -365,7 +368,13 @@ def build(args: argparse.Namespace, load: Callable[[ExportConfig], Dataset]) -> 
         f"{'model':<22}" + "".join(f"{c:>13}" for c in columns),
         *(f"{name:<22}" + "".join(f"{m[c]:>13.4f}" for c in columns) for name, m in result.metrics.items()),
     ]
-    report(args, {"bundle": str(result.path), "version": result.version, "metrics": result.metrics}, "\n".join(lines))
+    manifest = json.loads((result.path / "manifest.json").read_text())
+    ranking = manifest["candidates"]["ranking"]
+    lines.append(f"candidates ordered by: {ranking} (the best on validation of the ranker and each source alone)")
+    lines.append(f"built in {time.perf_counter() - started:.0f}s")
+    result_fields: dict[str, Any] = {"bundle": str(result.path), "version": result.version, "metrics": result.metrics}
+    result_fields |= {"ranking": ranking, "seconds": round(time.perf_counter() - started, 1)}
+    report(args, result_fields, "\n".join(lines))
     return 0
 
 

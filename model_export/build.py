@@ -27,7 +27,7 @@ from model_export.data import (
     unseen,
     user_histories,
 )
-from model_export.evaluate import choose_similarity, evaluate
+from model_export.evaluate import choose_ranking, choose_similarity, evaluate
 from model_export.export_onnx import ParityError, export, export_fp16, parity
 from model_export.ranker import DCNRanker
 from model_export.train import (
@@ -172,6 +172,9 @@ def build_bundle(
     rng = np.random.default_rng(config.seed)
     dataset = implicit(raw, config.min_rating)
     text_model, texts = None, []
+    if config.two_tower.text_features and not dataset.has_text:
+        log.info("%s: no item has text (titles are the ids): text features off", dataset.name)
+        config = replace(config, two_tower=replace(config.two_tower, text_features=False))
     if config.two_tower.text_features:
         from model_export.text import embed_texts, item_texts, load_encoder
 
@@ -240,6 +243,7 @@ def build_bundle(
         "served_positives": len(final_data.positives),
         "served_negative_feedback": len(final_data.negatives),
     }
+    ranking, by_ranking = "ranker", None
     if evaluate_bundle and final is not selection:
         # The manifest's validation metrics: the model-selection pipeline, exported and run as the service runs it,
         # on the held-out positives. A temporary bundle (no float16 variants or text encoder: not served).
@@ -248,21 +252,29 @@ def build_bundle(
             _write(scratch, dataset, selection, selection_data, config, rng, fields_extra, None, [], variants=False)
             scratch_bundle = load_bundle(scratch.tmp, verify_checksums=False)
             metrics, similarity = _evaluate(scratch_bundle, train, heldout, config, progress)
+            ranking, by_ranking = choose_ranking(scratch_bundle, heldout, config.num_candidates, progress)
         finally:
             scratch.abort()
     writer = BundleWriter(out_dir)
     try:
-        fields = _write(writer, dataset, final, final_data, config, rng, fields_extra, text_model, texts)
+        fields = _write(
+            writer, dataset, final, final_data, config, rng, fields_extra, text_model, texts, ranking=ranking
+        )
         fields["training"] |= {
             "model_selection": selection.training,
             "final": final.training if final is not selection else "the model-selection fit (fit=split)",
             "seconds": round(time.perf_counter() - started, 1),
         }
         if evaluate_bundle and final is selection:
-            metrics, similarity = _evaluate(
-                load_bundle(writer.tmp, verify_checksums=False), train, heldout, config, progress
-            )
+            written = load_bundle(writer.tmp, verify_checksums=False)
+            metrics, similarity = _evaluate(written, train, heldout, config, progress)
+            ranking, by_ranking = choose_ranking(written, heldout, config.num_candidates, progress)
+            fields["candidates"]["ranking"] = ranking
         fields["similar_items"] = _similar_items_spec(similarity)
+        if by_ranking is not None:
+            # Never worse than a source alone by construction: what orders the candidates is whichever of the
+            # ranker and each source alone scored best on the validation split (service.recommend.pipeline).
+            metrics |= {f"ranking={mode}": m for mode, m in by_ranking.items()}
         if metrics:
             fields["metrics"] = {
                 "validation": metrics,
@@ -270,6 +282,11 @@ def build_bundle(
                 "model": "the model-selection fit (trained without the held-out part), exported and served as the "
                 "service runs it"
                 + ("; the bundle is that model refitted on all interactions" if final is not selection else ""),
+                "ranking": {
+                    "chosen": ranking,
+                    "rule": "the best validation NDCG@10 of the ranker and of each candidate source alone "
+                    "(ranking=<name> rows); ties go to the ranker",
+                },
             }
         writer.write_manifest(fields)
         path = writer.finish(fields["bundle_version"], make_current=make_current)
@@ -303,11 +320,14 @@ def _similar_items_spec(choice: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _content(dataset: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
-    """The trained items' content vectors (service.items.content), float16, and the manifest's `content`."""
+def _content(dataset: Dataset) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """The trained items' content vectors (service.items.content), float16, and the manifest's `content`; None
+    when the items have no content (no text, no features: an item added live goes through the item tower alone)."""
     weights = ContentWeights()
     text = dataset.item_text if dataset.item_text is not None else np.zeros((dataset.n_items, 0), np.float32)
     content = content_vectors(text, dataset.item_dense, dataset.item_dense_names, weights)
+    if not content.shape[1]:
+        return content.astype(np.float16), None
     spec = {
         "dim": content.shape[1],
         "text_weight": weights.text,
@@ -329,6 +349,7 @@ def _write(
     text_model: Any,
     texts: list[str],
     variants: bool = True,
+    ranking: str = "ranker",
 ) -> dict[str, Any]:
     """Export `models` and write every bundle file into `writer`, then its manifest (without metrics); returns the
     manifest's fields. `variants`: also the float16 variants; the text encoder is exported when `text_model` is."""
@@ -413,7 +434,8 @@ def _write(
     writer.array(files.NEGATIVE_OFFSETS, negative_offsets)
     writer.array(files.NEGATIVE_ITEMS, negative_items)
     content, content_spec = _content(dataset)
-    writer.array(files.ITEM_CONTENT, content)
+    if content_spec is not None:
+        writer.array(files.ITEM_CONTENT, content)
 
     created = datetime.now(UTC).replace(microsecond=0)
     fields: dict[str, Any] = {
@@ -467,6 +489,11 @@ def _write(
         "training": {"config": config.to_dict()},
         "metrics": {},
         "content": content_spec,
+        "candidates": {
+            "item_item": config.item_item_candidates,
+            "popular": config.popular_candidates,
+            "ranking": ranking,
+        },
     }
     writer.write_manifest(fields)
     return fields

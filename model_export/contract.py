@@ -1,8 +1,8 @@
 """The data contract: interactions, items and (optionally) users as tables, CSV or Parquet (docs/data.md).
 
     interactions  user_id, item_id, timestamp (required); event_type, rating, weight (optional)
-    items         item_id (required); title, description, categories ('|'-separated), year, numeric feature
-                  columns, other text columns (optional)
+    items         (optional: without it the catalogue is the ids the log names) item_id (required); title,
+                  description, categories ('|'-separated), year, numeric feature columns, other text columns
     users         user_id (required); categorical columns (optional)
 
 Ids are strings of any form (a Parquet integer id is read as its decimal text). A timestamp is seconds since
@@ -172,11 +172,20 @@ def _is_numeric(values: list[str]) -> bool:
         return False
 
 
-def load_contract(interactions: Path, items: Path, users: Path | None = None, name: str = "contract") -> Dataset:
+def load_contract(
+    interactions: Path, items: Path | None = None, users: Path | None = None, name: str = "contract"
+) -> Dataset:
     """The tables as the exporter's Dataset (a rating kept as given: the exporter compares it with its
-    `min_rating`; an interaction without one is POSITIVE or NEGATIVE)."""
-    item_table = read_table(items)
-    item_table.require(["item_id"])
+    `min_rating`; an interaction without one is POSITIVE or NEGATIVE). Without an items table the catalogue is
+    the items the log names (in order of first appearance), with no title, text or features."""
+    log = read_table(interactions)
+    log.require(INTERACTION_COLUMNS)
+    if items is not None:
+        item_table = read_table(items)
+        item_table.require(["item_id"])
+    else:
+        named = list(dict.fromkeys(_ids(log, "item_id")))
+        item_table = Table(interactions, {"item_id": named}, None)
     item_ids = _ids(item_table, "item_id")
     seen: dict[str, int] = {}
     for row, item_id in enumerate(item_ids):
@@ -185,8 +194,6 @@ def load_contract(interactions: Path, items: Path, users: Path | None = None, na
         seen[item_id] = row
     titles, dense, dense_names, descriptions = _item_features(item_table)
 
-    log = read_table(interactions)
-    log.require(INTERACTION_COLUMNS)
     user_column, item_column = _ids(log, "user_id"), _ids(log, "item_id")
     item_rows = np.empty(len(log), dtype=np.int64)
     for row, item_id in enumerate(item_column):

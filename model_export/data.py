@@ -100,6 +100,16 @@ class Dataset:
         return text
 
     @property
+    def has_text(self) -> bool:
+        """Whether any item has text for the text encoder: a title other than its id, categories, a description.
+        A log without an items table has none (an id is no text: its embedding would be noise)."""
+        if any(t != i for t, i in zip(self.item_titles, self.item_ids, strict=True)):
+            return True
+        if any(n.startswith("genre:") for n in self.item_dense_names):
+            return True
+        return any(self.item_descriptions or [])
+
+    @property
     def n_users(self) -> int:
         return len(self.user_ids)
 

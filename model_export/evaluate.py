@@ -15,7 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from model_export.data import Interactions
-from service.recommend.pipeline import Pipeline
+from service.core.bundle import Bundle
+from service.recommend.pipeline import Pipeline, Query, Recommendations
 from service.recommend.similar import SimilarityWeights
 
 DEPTH = 100
@@ -79,19 +80,27 @@ def popularity_recommendations(pipeline: Pipeline, users: np.ndarray, depth: int
     return pad([ranked[~np.isin(ranked, bundle.seen(int(u)))] for u in users], depth)
 
 
+BATCH = 256  # users per pipeline call: one user-encoder call, one FAISS search, one ranker call each
+
+
+def recommend_all(pipeline: Pipeline, queries: Sequence[Query], progress: bool = False) -> list[Recommendations]:
+    """`pipeline.recommend_batch` over `queries` in batches of BATCH (each answer as `recommend` gives it alone)."""
+    out: list[Recommendations] = []
+    starts = range(0, len(queries), BATCH)
+    for s in tqdm(starts, desc="ranking", disable=not progress, leave=False, unit="batch"):
+        out += pipeline.recommend_batch(queries[s : s + BATCH])
+    return out
+
+
 def pipeline_recommendations(
     pipeline: Pipeline, users: np.ndarray, depth: int, num_candidates: int, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """(retrieval alone, full pipeline) lists for `users`, through ONNX Runtime and FAISS as the service runs."""
     embeddings = pipeline.encode(users)  # (U, E)
     retrieval = pad(pipeline.retrieve(users, embeddings, depth), depth)
-    full = pad(
-        [
-            pipeline.recommend(int(u), embeddings[row], depth, max(num_candidates, depth)).items
-            for row, u in enumerate(tqdm(users, desc="ranking", disable=not progress, leave=False))
-        ],
-        depth,
-    )
+    n = max(num_candidates, depth)
+    queries = [Query(int(u), embeddings[row], depth, n) for row, u in enumerate(users)]
+    full = pad([r.items for r in recommend_all(pipeline, queries, progress)], depth)
     return retrieval, full
 
 
@@ -106,12 +115,11 @@ def new_user_lists(
     by their first NEW_USER_EVENTS positives as fresh events (the service's path for a new id with events)."""
     bundle = pipeline.bundle
     ranked = np.argsort(-bundle.item_log_popularity, kind="stable")
-    full, popular = [], []
-    for u in users:
-        events = bundle.history(int(u))[:NEW_USER_EVENTS]
-        embedding = pipeline.encode(np.array([-1]), [events])[0]
-        full.append(pipeline.recommend(-1, embedding, depth, max(num_candidates, depth), history=events).items)
-        popular.append(ranked[~np.isin(ranked, events)])
+    starts = [bundle.history(int(u))[:NEW_USER_EVENTS] for u in users]
+    n = max(num_candidates, depth)
+    # Encoded in the batch from their five events (embedding None), as the service encodes an unknown user.
+    full = [r.items for r in recommend_all(pipeline, [Query(-1, None, depth, n, history=e) for e in starts])]
+    popular = [ranked[~np.isin(ranked, events)] for events in starts]
     return pad(full, depth), pad(popular, depth)
 
 
@@ -145,6 +153,31 @@ def evaluate(
         metrics = {k: float(v.mean()) for k, v in per_user_metrics(recs, [rel[r] for r in rows]).items()}
         out[name] = {**metrics, f"coverage@{COVERAGE_AT}": coverage(recs, n_items), "users": len(rows)}
     return out
+
+
+# How candidates can be ordered (service.recommend.pipeline): the ranker, or one source's own score alone.
+RANKINGS = ("ranker", "item_item", "two_tower", "popular")
+
+
+def choose_ranking(
+    bundle: Bundle, heldout: Interactions, num_candidates: int, progress: bool = False
+) -> tuple[str, dict[str, dict[str, float]]]:
+    """Each way of ordering the candidates scored on `heldout` through the pipeline as the service runs it
+    (known users, seen items excluded): the best by NDCG@10 (a tie goes to the earlier in RANKINGS), and every
+    one's metrics. Whatever data it is given, the bundle then serves no worse on validation than its best
+    source alone."""
+    n_users, n_items = bundle.manifest.dims.n_users, bundle.manifest.dims.n_items
+    relevant = relevant_sets(heldout, n_users)
+    users = np.array([u for u in range(n_users) if len(relevant[u])], dtype=np.int64)
+    rel = [relevant[u] for u in users]
+    out: dict[str, dict[str, float]] = {}
+    for ranking in RANKINGS:
+        pipeline = Pipeline.open(bundle, device="cpu", intra_op_threads=0, ranking=ranking)
+        _, full = pipeline_recommendations(pipeline, users, DEPTH, num_candidates, progress)
+        metrics = {k: float(v.mean()) for k, v in per_user_metrics(full, rel).items()}
+        out[ranking] = {**metrics, f"coverage@{COVERAGE_AT}": coverage(full, n_items), "users": len(users)}
+    best = max(RANKINGS, key=lambda r: (out[r]["ndcg@10"], -RANKINGS.index(r)))
+    return best, out
 
 
 # Share of co-consumption in the similar-items blend (service.recommend.similar), chosen on validation.

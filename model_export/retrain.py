@@ -30,8 +30,9 @@ import sqlalchemy as sa
 
 from model_export.config import ExportConfig
 from model_export.data import Dataset, Interactions
+from model_export.evaluate import recommend_all
 from service.core.bundle import load_bundle
-from service.recommend.pipeline import Pipeline
+from service.recommend.pipeline import Pipeline, Query
 from service.store import registry
 from service.store.schema import migrate, open_engine
 
@@ -104,14 +105,16 @@ def score_bundle(
         liked, disliked = fresh.setdefault(dataset.user_ids[int(x.user[row])], ([], []))
         (liked if x.rating[row] >= config.min_rating else disliked).append(index)
     discounts = 1.0 / np.log2(np.arange(2, K + 2))
-    ndcg, recall = [], []
-    for user_id, items in relevant.items():
+    queries = []
+    for user_id in relevant:
         user = bundle.user_index.get(user_id, -1)
         liked, disliked = fresh.get(user_id, ([], []))
         history = pipeline.history(user, np.array(liked, dtype=np.int64))
-        embedding = pipeline.encode(np.array([user]), [history])[0]
         exclude = np.array(disliked, dtype=np.int64)
-        recs = pipeline.recommend(user, embedding, K, max(config.num_candidates, K), exclude=exclude, history=history)
+        # Embedding None: encoded from `history` in the batch, as the service encodes a user with fresh events.
+        queries.append(Query(user, None, K, max(config.num_candidates, K), exclude=exclude, history=history))
+    ndcg, recall = [], []
+    for items, recs in zip(relevant.values(), recommend_all(pipeline, queries), strict=True):
         top = [bundle.item_ids[int(i)] for i in recs.items]
         hits = np.array([item in items for item in top] + [False] * (K - len(top)), dtype=np.float64)
         ndcg.append(float((hits * discounts).sum() / discounts[: min(len(items), K)].sum()))

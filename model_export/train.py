@@ -399,9 +399,22 @@ def ranker_examples(
     if seen is not None:
         seen_codes = np.union1d(seen_codes, pair_codes(seen, dataset.n_items))
 
-    n_neg = cfg.uniform_negatives + cfg.hard_negatives
+    n_neg = cfg.uniform_negatives + cfg.hard_negatives + cfg.item_item_negatives + cfg.popular_negatives
     candidates = np.empty((len(users), 1 + n_neg), dtype=np.int64)
     candidates[:, 0] = positives
+    # The other candidate sources, as the service draws them (service.recommend.candidates): the item-item top from the
+    # history before the event, and the most popular items.
+    neighbour_index = ItemNeighbourIndex(neighbours.items, neighbours.weights)
+    item_item, in_item_item = extra_source_negatives(
+        neighbour_index, windows, positives, config.item_item_candidates, cfg.item_item_negatives, rng
+    )
+    popular = np.argsort(-popularity.overall, kind="stable")[: config.popular_candidates]
+    in_popular = np.isin(positives, popular)
+    popular_negatives = (
+        popular[rng.integers(0, len(popular), size=(len(users), cfg.popular_negatives))]
+        if len(popular)
+        else rng.integers(0, dataset.n_items, size=(len(users), cfg.popular_negatives))
+    )
     pool = min(cfg.hard_pool, dataset.n_items)
     retrieved = np.ones(len(users), dtype=bool)  # was the positive among the `pool` retrieved candidates?
     # The two-tower top `pool` by exact search (FAISS: no (events x items) score matrix, whatever the catalogue).
@@ -414,7 +427,13 @@ def ranker_examples(
         retrieved[s] = positive_scores >= top_scores[:, -1] - 1e-6  # float rounding at the boundary
         pick = rng.integers(0, pool, size=(len(top), cfg.hard_negatives))
         candidates[s, 1 : 1 + cfg.hard_negatives] = np.take_along_axis(top, pick, axis=1)
-    candidates[:, 1 + cfg.hard_negatives :] = rng.integers(0, dataset.n_items, size=(len(users), cfg.uniform_negatives))
+    at = 1 + cfg.hard_negatives
+    candidates[:, at : at + cfg.item_item_negatives] = item_item
+    at += cfg.item_item_negatives
+    candidates[:, at : at + cfg.popular_negatives] = popular_negatives
+    at += cfg.popular_negatives
+    candidates[:, at:] = rng.integers(0, dataset.n_items, size=(len(users), cfg.uniform_negatives))
+    retrieved |= in_item_item | in_popular  # the positive is a candidate if any source brings it
     labels = np.zeros_like(candidates, dtype=np.float32)
     labels[:, 0] = 1.0
     # Drop negatives the user did interact with (they are positives elsewhere in the log).
@@ -455,6 +474,31 @@ def ranker_examples(
     groups[keep] = np.arange(int(keep.sum()))
     groups = groups[keep[:, 0]]  # events whose positive was kept
     return RankerExamples(user_idx, cand_idx, categorical[rows], dense, labels[keep], groups)
+
+
+def extra_source_negatives(
+    neighbours: ItemNeighbourIndex,
+    windows: np.ndarray,
+    positives: np.ndarray,
+    depth: int,
+    count: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each event (its history window (E, L), its positive (E,)), `count` items drawn from the item-item
+    source's top `depth` (what service.recommend.candidates adds from that history; uniform items where it has none),
+    and whether the positive is on that list. ((E, count) int64, (E,) bool)"""
+    drawn = rng.integers(0, neighbours.n_items, size=(len(positives), count))
+    found = np.zeros(len(positives), dtype=bool)
+    if not depth:
+        return drawn, found
+    for e, (window, positive) in enumerate(zip(windows, positives, strict=True)):
+        top, _ = neighbours.top_items(window, depth, window)
+        if not len(top):
+            continue
+        found[e] = bool((top == positive).any())
+        if count:
+            drawn[e] = top[rng.integers(0, len(top), size=count)]
+    return drawn, found
 
 
 def train_ranker(

@@ -14,16 +14,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 5  # what the exporter writes
+SCHEMA_VERSION = 6  # what the exporter writes
 # Schemas this service reads: 4 is 5 before content vectors and similar-item weights (items added live go
 # through the item tower's unknown-item row; similar items by cosine alone), 3 is 4 before negative feedback
 # (no NEGATIVE_* files: no user has any), 2 is 3 before the float16 variants (no onnx_fp16_parity_max_abs_diff).
-READABLE_SCHEMAS = (2, 3, 4, 5)
+READABLE_SCHEMAS = (2, 3, 4, 5, 6)
 MANIFEST = "manifest.json"
 
 # Files every bundle of this schema holds; the manifest may list more.
@@ -147,6 +147,17 @@ COSINE_ONLY = SimilarItemsSpec(
 )
 
 
+class CandidatesSpec(_Strict):
+    """Candidates each source beyond the two-tower ANN search adds per request (service.recommend.candidates); schema 6.
+    A bundle before it retrieves from the ANN search alone."""
+
+    item_item: int = Field(0, ge=0)  # the items the item-item weights score highest from the user's latest items
+    popular: int = Field(0, ge=0)  # the most popular items
+    # How the union is ordered (service.recommend.pipeline): the ranker, or one source's own score alone,
+    # whichever the exporter found best on its validation split (model_export.build).
+    ranking: Literal["ranker", "item_item", "two_tower", "popular"] = "ranker"
+
+
 class Manifest(_Strict):
     schema_version: int
     bundle_version: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
@@ -165,6 +176,7 @@ class Manifest(_Strict):
     metrics: dict[str, Any]
     content: ContentSpec | None = None  # schema 5; None: items added live go through the item tower alone
     similar_items: SimilarItemsSpec = COSINE_ONLY  # schema 5; before it, similar items were by cosine alone
+    candidates: CandidatesSpec = CandidatesSpec()  # schema 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,9 +254,9 @@ def read_manifest(path: Path) -> Manifest:
         )
     if isinstance(raw, dict) and raw.get("schema_version") == 2 and "onnx_fp16_parity_max_abs_diff" in raw:
         raise BundleError(f"{manifest_path}: onnx_fp16_parity_max_abs_diff needs schema_version 3, not 2")
-    for field in ("content", "similar_items"):
-        if isinstance(raw, dict) and field in raw and raw.get("schema_version", 0) < 5:
-            raise BundleError(f"{manifest_path}: {field} needs schema_version 5, not {raw.get('schema_version')}")
+    for field, since in (("content", 5), ("similar_items", 5), ("candidates", 6)):
+        if isinstance(raw, dict) and field in raw and raw.get("schema_version", 0) < since:
+            raise BundleError(f"{manifest_path}: {field} needs schema_version {since}, not {raw.get('schema_version')}")
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:

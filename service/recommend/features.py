@@ -278,6 +278,29 @@ class ItemNeighbourIndex:
             out[end - count : end] = stats if inverse is None else stats[inverse.reshape(-1)]
         return out
 
+    def top_items(self, window: np.ndarray, n: int, blocked: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The item-to-item candidate source: the `n` items with the largest (positive) summed weight from the
+        window's items (each once; EASE's score of a candidate is that sum over its list), best first, none of
+        `blocked`. The sum is what `scores` gives as `log1p` in its first column. ((m,) int64, (m,) float32)"""
+        history = np.unique(window[(window >= 0) & (window < self.n_items)])
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+        if not len(history) or n <= 0:
+            return empty
+        starts = self.offsets[history]
+        lengths = self.offsets[history + 1] - starts
+        total = int(lengths.sum())
+        if not total:
+            return empty
+        entries = np.arange(total) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        items, inverse = np.unique(self.owners[entries], return_inverse=True)
+        sums = np.bincount(inverse.reshape(-1), weights=self.weights[entries], minlength=len(items))
+        keep = sums > 0.0
+        if blocked is not None and len(blocked):
+            keep &= ~np.isin(items, blocked)
+        items, sums = items[keep], sums[keep]
+        best = np.argsort(-sums, kind="stable")[:n]
+        return items[best].astype(np.int64), sums[best].astype(np.float32)
+
 
 def ranker_dense_features(
     item_dense: np.ndarray,

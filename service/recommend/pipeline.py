@@ -16,6 +16,7 @@ import onnxruntime as ort
 from service.core.bundle import Bundle, variant_name
 from service.core.device import faiss_gpus, model_precisions, onnx_providers, open_session
 from service.core.settings import Settings
+from service.recommend.candidates import ExtraCandidates, merge
 from service.recommend.catalogue import ARRAYS, Catalogue
 from service.recommend.features import history_window
 from service.recommend.filtering import filter_candidates, top_k
@@ -23,6 +24,8 @@ from service.recommend.ranking import Ranker
 from service.recommend.retrieval import Retriever
 from service.recommend.similar import SimilarItems, SimilarityWeights, co_consumed, rank_similar
 from service.recommend.user_encoder import UNKNOWN_USER, UserEncoder
+
+SOURCE_DEPTH = 500  # candidates a source ranking alone brings of its own (ExportConfig.num_candidates' default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class Pipeline:
         onnx_providers: list[str] | None = None,
         onnx_precisions: dict[str, str] | None = None,
         allow_repeats: bool = False,
+        ranking: str | None = None,
     ) -> None:
         self.bundle = bundle
         # False: every item of the user's data (any rating) and fresh events is filtered as already seen; True:
@@ -73,6 +77,15 @@ class Pipeline:
         self.encoder = encoder
         self.retriever = retriever
         self.ranker = ranker
+        spec = bundle.manifest.candidates
+        # How candidates are ordered: the bundle's choice (the ranker, or one source alone), or `ranking`.
+        self.ranking = ranking or spec.ranking
+        # A source alone ranks its own top list too (beside the ANN's): the item-item source alone is EASE's
+        # scoring over the whole catalogue it covers, popularity alone the most popular items.
+        item_item = max(spec.item_item, SOURCE_DEPTH) if self.ranking == "item_item" else spec.item_item
+        popular = max(spec.popular, SOURCE_DEPTH) if self.ranking == "popular" else spec.popular
+        # Items added live have no popularity and no item-item weights: the list built here stays right.
+        self.extra = ExtraCandidates(ranker.neighbours, bundle.item_log_popularity, item_item, popular)
         self.twins: dict[int, np.ndarray] = {}  # item added live -> the trained items with its content
         self.catalogue: Catalogue | None = None  # the item arrays grown in place, from the first item added live
         # The unknown-user embedding depends on nothing but the model: compute it once.
@@ -88,6 +101,7 @@ class Pipeline:
         precision: str = "auto",
         io_binding: str = "auto",
         allow_repeats: bool = False,
+        ranking: str | None = None,
     ) -> Pipeline:
         """The pipeline on `device` (auto | cpu | cuda), its ONNX models in `precision` (auto | fp32 | fp16, see
         runtime.model_precisions) and called through IO binding per `io_binding` (auto: on CUDA | on | off)."""
@@ -107,6 +121,7 @@ class Pipeline:
             onnx_providers=user_session.get_providers(),
             onnx_precisions=precisions,
             allow_repeats=allow_repeats,
+            ranking=ranking,
         )
 
     @classmethod
@@ -177,15 +192,28 @@ class Pipeline:
         wanted = [q.num_candidates + len(b) for q, b in zip(queries, blocked, strict=True)]
         found = self.retriever.search_each(np.stack(embeddings), wanted)
         t2 = time.perf_counter()
-        kept: list[tuple[np.ndarray, np.ndarray]] = []
-        for q, b, n, (scores, items) in zip(queries, blocked, wanted, found, strict=True):
-            items_kept, scores_kept = filter_candidates(items[:n], scores[:n], b)
-            kept.append((items_kept[: q.num_candidates], scores_kept[: q.num_candidates]))
         windows = [history_window(h, self.encoder.history_length) for h in histories]
+        kept: list[tuple[np.ndarray, np.ndarray]] = []
+        item_embeddings = self.bundle.item_embeddings
+        for q, b, n, (scores, items), window, history, embedding in zip(
+            queries, blocked, wanted, found, windows, histories, embeddings, strict=True
+        ):
+            items_kept, scores_kept = filter_candidates(items[:n], scores[:n], b)
+            items_kept, scores_kept = items_kept[: q.num_candidates], scores_kept[: q.num_candidates]
+            # The item-item source alone reads the whole history, as EASE does; for the ranker, the window it sees.
+            extra = self.extra.add(history if self.ranking == "item_item" else window, b, items_kept)
+            union = merge(items_kept, scores_kept, extra, embedding, item_embeddings)
+            if self.ranking != "ranker":  # a source's score alone: ties go to the two-tower's order
+                by_retrieval = np.argsort(-union[1], kind="stable")
+                union = (union[0][by_retrieval], union[1][by_retrieval])
+            kept.append(union)
         t3 = time.perf_counter()
-        rankings = self.ranker.score_batch(
-            [(q.user, h, c, s) for q, h, (c, s) in zip(queries, histories, kept, strict=True)]
-        )
+        if self.ranking == "ranker":
+            rankings = self.ranker.score_batch(
+                [(q.user, h, c, s) for q, h, (c, s) in zip(queries, histories, kept, strict=True)]
+            )
+        else:
+            rankings = [self.source_scores(c, s, h) for (c, s), h in zip(kept, histories, strict=True)]
         t4 = time.perf_counter()
         batch_timings = {"retrieval": t2 - t1, "filtering": t3 - t2, "ranking": t4 - t3}
         if missing:
@@ -217,6 +245,18 @@ class Pipeline:
                 )
             )
         return out
+
+    def source_scores(self, items: np.ndarray, retrieval_scores: np.ndarray, history: np.ndarray) -> np.ndarray:
+        """One source's own score of `items` (the ranking when the bundle orders by that source alone): the
+        item-item weights summed over the user's whole history (EASE's score, its positive part), the two-tower
+        score, or popularity. (n,) float32"""
+        if self.ranking == "item_item":
+            scores: np.ndarray = self.ranker.neighbours.scores(items, history)[:, 0]
+            return scores
+        if self.ranking == "popular":
+            popularity: np.ndarray = self.bundle.item_log_popularity[items].astype(np.float32)
+            return popularity
+        return retrieval_scores.astype(np.float32)
 
     def add_items(
         self,

@@ -60,3 +60,14 @@ def test_stratified_random_split() -> None:
     assert np.array_equal(train.item, again.item)
     other, _ = stratified_random_split(inter, 0.75, seed=4)
     assert not np.array_equal(train.item, other.item)
+
+
+def test_the_cholesky_inverse_is_the_inverse() -> None:
+    from model_export.baselines import spd_inverse
+
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 60)).astype(np.float32)
+    gram = x.T @ x + 10.0 * np.eye(60, dtype=np.float32)
+    np.testing.assert_allclose(spd_inverse(gram.copy()), np.linalg.inv(gram.astype(np.float64)), atol=1e-6)
+    with pytest.raises(np.linalg.LinAlgError):
+        spd_inverse(-np.eye(3, dtype=np.float32))

@@ -27,7 +27,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_manifest_records_everything(tiny_bundle: Path) -> None:
     manifest = json.loads((tiny_bundle / MANIFEST).read_text())
-    assert manifest["schema_version"] == 5
+    assert manifest["schema_version"] == 6
+    candidates = manifest["candidates"]
+    assert (candidates["item_item"], candidates["popular"]) == (20, 5)  # the tiny preset's extra sources
+    # Never worse than a source alone on validation: the ordering served is the best of the table.
+    by_ranking = {k.removeprefix("ranking="): v for k, v in manifest["metrics"]["validation"].items() if "=" in k}
+    assert set(by_ranking) == {"ranker", "item_item", "two_tower", "popular"}
+    best = max(m["ndcg@10"] for m in by_ranking.values())
+    assert by_ranking[candidates["ranking"]]["ndcg@10"] == best
+    assert manifest["metrics"]["ranking"]["chosen"] == candidates["ranking"]
     assert manifest["bundle_version"] == tiny_bundle.name
     assert {"negative_offsets.npy", "negative_items.npy", "item_content.npy"} <= set(manifest["files"])
     # The content vectors' weights (the text carries the weight), and the similar-items blend with the
@@ -230,3 +238,21 @@ def test_cli_reports_data_errors(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "no MovieLens files found" in out.stderr
+
+
+def test_batched_evaluation_gives_each_user_what_one_request_gives(tiny_bundle: Path) -> None:
+    """The exporter's evaluation asks the pipeline in batches (recommend_all): each user's list is the one a lone
+    request gets, known users with their embedding and new users encoded from their events in the batch."""
+    from model_export.evaluate import recommend_all
+    from service.recommend.pipeline import Pipeline, Query
+
+    pipeline = Pipeline.open(load_bundle(tiny_bundle), device="cpu")
+    users = np.arange(40)
+    embeddings = pipeline.encode(users)
+    queries = [Query(int(u), embeddings[u], 10, 50) for u in users]
+    events = [pipeline.bundle.history(int(u))[:5] for u in users[:20]]
+    queries += [Query(-1, None, 10, 50, history=e) for e in events]
+    batched = recommend_all(pipeline, queries)
+    for q, got in zip(queries, batched, strict=True):
+        alone = pipeline.recommend(q.user, q.embedding, q.k, q.num_candidates, history=q.history)
+        np.testing.assert_array_equal(got.items, alone.items)

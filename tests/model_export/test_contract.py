@@ -116,6 +116,22 @@ def test_implicit_feedback_any_ids_iso_times_and_item_features(tmp_path: Path) -
     assert ds.item_descriptions == ["A kettle. brand: Acme", "brand: Bolt", "A lamp."]
 
 
+def test_without_an_items_table_the_catalogue_is_what_the_log_names(tmp_path: Path) -> None:
+    log = write_csv(
+        tmp_path / "log.csv",
+        ["user_id", "item_id", "timestamp"],
+        [["u1", "b", "3"], ["u2", "a", "1"], ["u1", "a", "2"], ["u2", "c", "4"]],
+    )
+    ds = load_contract(log)
+    assert ds.item_ids == ["b", "a", "c"]  # in order of first appearance
+    assert ds.item_titles == ds.item_ids
+    assert ds.item_dense.shape == (3, 0)
+    assert ds.interactions.item.tolist() == [0, 1, 1, 2]
+    assert not ds.has_text  # nothing for the text encoder: the exporter leaves text features off
+    items = write_csv(tmp_path / "items.csv", ["item_id", "title"], [["a", "Kettle"], ["b", ""], ["c", ""]])
+    assert load_contract(log, items).has_text
+
+
 def test_parquet_tables_read_as_their_csv(tmp_path: Path) -> None:
     source = generate_synthetic(SyntheticConfig(n_users=30, n_items=20, n_genres=3, mean_interactions=5), seed=2)
     paths = write_contract(source, tmp_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.core.bundle import MANIFEST, BundleError, load_bundle, sha256_file
+from service.core.bundle import MANIFEST, BundleError, CandidatesSpec, load_bundle, sha256_file
 from service.recommend.pipeline import Pipeline
 
 
@@ -17,7 +17,8 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
 
 
 DELETE = object()  # edit_manifest: remove the field
-BEFORE_SCHEMA_5 = {"content": DELETE, "similar_items": DELETE}
+BEFORE_SCHEMA_6 = {"candidates": DELETE}
+BEFORE_SCHEMA_5 = {"content": DELETE, "similar_items": DELETE, **BEFORE_SCHEMA_6}
 
 
 def edit_manifest(path: Path, edit: dict[str, object]) -> None:
@@ -78,10 +79,10 @@ def test_schema_and_manifest_errors(bundle_copy: Path, tmp_path: Path) -> None:
         load_bundle(tmp_path / "nope")
     edit_manifest(bundle_copy, {"schema_version": 99})
     with pytest.raises(
-        BundleError, match=r"schema_version 99 is not supported \(this service reads schemas 2, 3, 4, 5\)"
+        BundleError, match=r"schema_version 99 is not supported \(this service reads schemas 2, 3, 4, 5, 6\)"
     ):
         load_bundle(bundle_copy)
-    edit_manifest(bundle_copy, {"schema_version": 5, "bundle_version": "../escape"})
+    edit_manifest(bundle_copy, {"schema_version": 6, "bundle_version": "../escape"})
     with pytest.raises(BundleError, match="invalid manifest: bundle_version"):
         load_bundle(bundle_copy)
     (bundle_copy / MANIFEST).write_text("{not json")
@@ -195,3 +196,18 @@ def test_content_vectors_and_similar_items_spec(bundle_copy: Path) -> None:
     assert old.item_content is None
     assert old.manifest.content is None
     assert old.manifest.similar_items.co_consumption_weight == 0.0
+
+
+def test_candidate_sources_spec(bundle_copy: Path) -> None:
+    """Schema 6: the extra candidate sources; a schema 5 bundle retrieves from the ANN search alone."""
+    spec = load_bundle(bundle_copy).manifest.candidates
+    assert spec.item_item > 0
+    assert spec.popular > 0
+    edit_manifest(bundle_copy, {"candidates.popular": -1})
+    with pytest.raises(BundleError, match=r"invalid manifest: candidates\.popular"):
+        load_bundle(bundle_copy)
+    edit_manifest(bundle_copy, {"schema_version": 5, "candidates.popular": 1})
+    with pytest.raises(BundleError, match="candidates needs schema_version 6, not 5"):
+        load_bundle(bundle_copy)
+    edit_manifest(bundle_copy, BEFORE_SCHEMA_6)
+    assert load_bundle(bundle_copy).manifest.candidates == CandidatesSpec(item_item=0, popular=0)

@@ -113,6 +113,36 @@ def test_inverted_neighbour_index_equals_the_definition(seed: int) -> None:
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_item_item_candidates_are_the_items_the_neighbour_sum_scores_highest(seed: int) -> None:
+    """ItemNeighbourIndex.top_items (the item-to-item candidate source) against the definition: every item's
+    summed weight from the window (neighbour_scores' first column, un-log1p'd), best first, none blocked, none
+    scoring zero."""
+    rng = np.random.default_rng(seed)
+    for _ in range(30):
+        n_items, k = int(rng.integers(1, 50)), int(rng.integers(1, 8))
+        neighbours = rng.integers(-1, n_items, size=(n_items, k)).astype(np.int32)
+        weights = (rng.random((n_items, k)) * (neighbours >= 0)).astype(np.float32)
+        window = rng.integers(-1, n_items + 2, size=int(rng.integers(0, 8)))  # padding and live items too
+        blocked = rng.integers(0, n_items, size=int(rng.integers(0, 5)))
+        n = int(rng.integers(1, 20))
+        items, sums = ItemNeighbourIndex(neighbours, weights).top_items(window, n, blocked)
+        everything = np.arange(n_items)
+        trained = np.where(window < n_items, window, -1)  # items added live have no neighbours
+        expected = np.expm1(neighbour_scores(neighbours, weights, everything, trained)[:, 0].astype(np.float64))
+        expected[blocked] = 0.0
+        assert len(items) <= n
+        assert not np.isin(items, blocked).any()
+        assert (sums > 0).all()
+        np.testing.assert_allclose(sums, expected[items], rtol=1e-5, atol=1e-6)
+        assert (np.diff(sums) <= 1e-6).all()  # best first
+        # Nothing left out scores more than the last one taken (up to rounding), and a full list takes all.
+        left = np.setdiff1d(everything[expected > 1e-6], items)
+        if len(left):
+            assert len(items) == n
+            assert expected[left].max() <= sums[-1] + 1e-5
+
+
 def test_features_of_several_users_at_once_equal_each_users_alone() -> None:
     rng = np.random.default_rng(3)
     n_items, dim, k = 60, 8, 5
