@@ -143,8 +143,6 @@ PRESETS: dict[str, ExportConfig] = {
     "tiny": ExportConfig(
         preset="tiny",
         num_candidates=100,
-        item_item_candidates=20,
-        popular_candidates=5,
         synthetic=SyntheticConfig(n_users=300, n_items=200, n_genres=6, n_clusters=4, mean_interactions=20.0),
         two_tower=TwoTowerConfig(
             embedding_dim=16,
@@ -162,8 +160,6 @@ PRESETS: dict[str, ExportConfig] = {
             batch_size=512,
             epochs=2,
             hard_pool=100,
-            item_item_negatives=2,  # the extra sources' negatives exercised (off by default)
-            popular_negatives=1,
         ),
         index=IndexConfig(recall_queries=100),
     ),

@@ -29,7 +29,7 @@ def test_manifest_records_everything(tiny_bundle: Path) -> None:
     manifest = json.loads((tiny_bundle / MANIFEST).read_text())
     assert manifest["schema_version"] == 6
     candidates = manifest["candidates"]
-    assert (candidates["item_item"], candidates["popular"]) == (20, 5)  # the tiny preset's extra sources
+    assert (candidates["item_item"], candidates["popular"]) == (0, 0)  # off for the ranker by default
     # Never worse than a source alone on validation: the ordering served is the best of the table.
     by_ranking = {k.removeprefix("ranking="): v for k, v in manifest["metrics"]["validation"].items() if "=" in k}
     assert set(by_ranking) == {"ranker", "item_item", "two_tower", "popular"}
