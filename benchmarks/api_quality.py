@@ -585,6 +585,11 @@ def main() -> None:
     parser.add_argument(
         "--users-fraction", type=float, default=1.0, help="a sparser variant: this random share of the users"
     )
+    parser.add_argument(
+        "--serve-best-ordering",
+        action="store_true",
+        help="build with `--serve-best-ordering` (the ordering best on validation is served)",
+    )
     parser.add_argument("--first-users", type=int, help="a small slice: the first N users of the log (in its order)")
     parser.add_argument(
         "--cache",
@@ -620,6 +625,7 @@ def main() -> None:
             new_users=args.new_users,
             seed=args.seed,
             cache=Path(args.cache) if str(args.cache) else None,
+            export_args=("--serve-best-ordering",) if args.serve_best_ordering else (),
         )
     text = markdown(report)
     print(text)

@@ -243,7 +243,7 @@ def build_bundle(
         "served_positives": len(final_data.positives),
         "served_negative_feedback": len(final_data.negatives),
     }
-    ranking, by_ranking = "ranker", None
+    ranking, best, by_ranking = "ranker", "ranker", None
     if evaluate_bundle and final is not selection:
         # The manifest's validation metrics: the model-selection pipeline, exported and run as the service runs it,
         # on the held-out positives. A temporary bundle (no float16 variants or text encoder: not served).
@@ -252,7 +252,8 @@ def build_bundle(
             _write(scratch, dataset, selection, selection_data, config, rng, fields_extra, None, [], variants=False)
             scratch_bundle = load_bundle(scratch.tmp, verify_checksums=False)
             metrics, similarity = _evaluate(scratch_bundle, train, heldout, config, progress)
-            ranking, by_ranking = choose_ranking(scratch_bundle, heldout, config.num_candidates, progress)
+            best, by_ranking = choose_ranking(scratch_bundle, heldout, config.num_candidates, progress)
+            ranking = best if config.serve_best_ordering else "ranker"
         finally:
             scratch.abort()
     writer = BundleWriter(out_dir)
@@ -268,7 +269,8 @@ def build_bundle(
         if evaluate_bundle and final is selection:
             written = load_bundle(writer.tmp, verify_checksums=False)
             metrics, similarity = _evaluate(written, train, heldout, config, progress)
-            ranking, by_ranking = choose_ranking(written, heldout, config.num_candidates, progress)
+            best, by_ranking = choose_ranking(written, heldout, config.num_candidates, progress)
+            ranking = best if config.serve_best_ordering else "ranker"
             fields["candidates"]["ranking"] = ranking
         fields["similar_items"] = _similar_items_spec(similarity)
         if by_ranking is not None:
@@ -284,8 +286,9 @@ def build_bundle(
                 + ("; the bundle is that model refitted on all interactions" if final is not selection else ""),
                 "ranking": {
                     "chosen": ranking,
+                    "best_on_validation": best,
                     "rule": "the best validation NDCG@10 of the ranker and of each candidate source alone "
-                    "(ranking=<name> rows); ties go to the ranker",
+                    "(ranking=<name> rows; ties go to the ranker), served with serve_best_ordering, else the ranker",
                 },
             }
         writer.write_manifest(fields)

@@ -129,6 +129,10 @@ class ExportConfig:
     # candidates alone (the bundle's `ranking`, chosen on validation) brings its own top 500 either way.
     item_item_candidates: int = 0
     popular_candidates: int = 0
+    # Serve the ordering that scored best on validation (the ranker or a source alone: model_export.evaluate.
+    # choose_ranking) instead of the ranker. Off: under a source's own ordering items added live are not
+    # recommended (tests/test_item_quality.py); the table is recorded and printed either way.
+    serve_best_ordering: bool = False
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
