@@ -225,7 +225,7 @@ def baseline_lists(
     chosen on validation, and the seconds they took: read from `cache` when it holds them for the same input."""
     path = None if cache is None else cache / f"baselines-{cache_key(dataset, split, seed, cold_rows)}.npz"
     if path is not None and path.is_file():
-        with np.load(path) as stored:
+        with np.load(path, allow_pickle=False) as stored:
             meta = json.loads(str(stored["meta"]))
             known = {n.removeprefix("known:"): stored[n] for n in stored.files if n.startswith("known:")}
             cold = {n.removeprefix("cold:"): stored[n] for n in stored.files if n.startswith("cold:")}

@@ -201,9 +201,11 @@ def test_content_vectors_and_similar_items_spec(bundle_copy: Path) -> None:
 def test_candidate_sources_spec(bundle_copy: Path) -> None:
     """Schema 6: the extra candidate sources; a schema 5 bundle retrieves from the ANN search alone."""
     spec = load_bundle(bundle_copy).manifest.candidates
-    assert spec.item_item > 0
-    assert spec.popular > 0
-    edit_manifest(bundle_copy, {"candidates.popular": -1})
+    assert (spec.item_item, spec.popular, spec.ranking) == (0, 0, "ranker")  # the defaults: off for the ranker
+    edit_manifest(bundle_copy, {"candidates.ranking": "nonsense"})
+    with pytest.raises(BundleError, match=r"invalid manifest: candidates\.ranking"):
+        load_bundle(bundle_copy)
+    edit_manifest(bundle_copy, {"candidates.ranking": "item_item", "candidates.popular": -1})
     with pytest.raises(BundleError, match=r"invalid manifest: candidates\.popular"):
         load_bundle(bundle_copy)
     edit_manifest(bundle_copy, {"schema_version": 5, "candidates.popular": 1})
