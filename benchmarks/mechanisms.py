@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serve import WRK_SCRIPT, Server, load_test_args, serving_bundle, wrk
+from benchmarks.serve import WRK_SCRIPT, Server, load_test_args, machine_info, serving_bundle, wrk
 
 VARIANTS: dict[str, dict[str, str]] = {
     "as served": {},
@@ -119,16 +117,8 @@ def main() -> None:
             rounds[name].append(result)
             cells = "  ".join(f"c={c} {x['rps']:.0f} req/s p99 {x['p99_ms']:.1f} ms" for c, x in result.items())
             print(f"round {r + 1} {name:<30} {cells}", flush=True)
-    machine = {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "cpu_model": next(
-            (x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in x),
-            "unknown",
-        ),
-    }
     report = {
-        "machine": machine,
+        "machine": machine_info(),
         "size": args.size,
         "rounds": args.rounds,
         "duration_s": args.duration,

@@ -107,6 +107,19 @@ def load_test_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
+def machine_info() -> dict[str, Any]:
+    """The platform, CPU count and model, and Python of this machine, for a report."""
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu_model": next(
+            (x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in x),
+            "unknown",
+        ),
+        "python": platform.python_version(),
+    }
+
+
 def percentiles(samples: list[float]) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(samples, q) * 1e3) for q in (50, 95, 99)}
 
@@ -313,15 +326,7 @@ def main() -> None:
     args = load_test_args(parser)
 
     settings = Settings(dev_mode=True)
-    machine = {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "cpu_model": next(
-            (x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in x),
-            "unknown",
-        ),
-        "python": platform.python_version(),
-    }
+    machine = machine_info()
     report: dict[str, Any] = {"machine": machine, "settings": settings.model_dump(mode="json"), "sizes": {}}
     print(f"{machine['cpu_model']}, {machine['cpus']} CPUs; wrk shares them with the server (its CPU is reported)")
     rng = np.random.default_rng(0)

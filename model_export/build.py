@@ -252,7 +252,9 @@ def build_bundle(
             _write(scratch, dataset, selection, selection_data, config, rng, fields_extra, None, [], variants=False)
             scratch_bundle = load_bundle(scratch.tmp, verify_checksums=False)
             metrics, similarity = _evaluate(scratch_bundle, train, heldout, config, progress)
-            best, by_ranking = choose_ranking(scratch_bundle, heldout, config.num_candidates, progress)
+            best, by_ranking = choose_ranking(
+                scratch_bundle, heldout, config.num_candidates, progress, ranker=metrics["pipeline"]
+            )
             ranking = best if config.serve_best_ordering else "ranker"
         finally:
             scratch.abort()
@@ -269,7 +271,9 @@ def build_bundle(
         if evaluate_bundle and final is selection:
             written = load_bundle(writer.tmp, verify_checksums=False)
             metrics, similarity = _evaluate(written, train, heldout, config, progress)
-            best, by_ranking = choose_ranking(written, heldout, config.num_candidates, progress)
+            best, by_ranking = choose_ranking(
+                written, heldout, config.num_candidates, progress, ranker=metrics["pipeline"]
+            )
             ranking = best if config.serve_best_ordering else "ranker"
             fields["candidates"]["ranking"] = ranking
         fields["similar_items"] = _similar_items_spec(similarity)

@@ -123,6 +123,19 @@ def new_user_lists(
     return pad(full, depth), pad(popular, depth)
 
 
+def users_with_relevant(heldout: Interactions, n_users: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The users with a held-out positive, and each one's relevant items."""
+    relevant = relevant_sets(heldout, n_users)
+    users = np.array([u for u in range(n_users) if len(relevant[u])], dtype=np.int64)
+    return users, [relevant[u] for u in users]
+
+
+def mean_metrics(recs: np.ndarray, relevant: Sequence[np.ndarray], n_items: int) -> dict[str, float]:
+    """per_user_metrics averaged over users, with coverage and the number of users."""
+    metrics = {k: float(v.mean()) for k, v in per_user_metrics(recs, relevant).items()}
+    return {**metrics, f"coverage@{COVERAGE_AT}": coverage(recs, n_items), "users": len(relevant)}
+
+
 def evaluate(
     pipeline: Pipeline, heldout: Interactions, num_candidates: int, progress: bool = True
 ) -> dict[str, dict[str, float]]:
@@ -130,19 +143,14 @@ def evaluate(
     pipeline and most popular for up to NEW_USERS of those users as brand-new users with NEW_USER_EVENTS events
     (`new_user_pipeline`, `new_user_most_popular`; scored on the same held-out items)."""
     n_users, n_items = pipeline.bundle.manifest.dims.n_users, pipeline.bundle.manifest.dims.n_items
-    relevant = relevant_sets(heldout, n_users)
-    users = np.array([u for u in range(n_users) if len(relevant[u])], dtype=np.int64)
-    rel = [relevant[u] for u in users]
+    users, rel = users_with_relevant(heldout, n_users)
     retrieval, full = pipeline_recommendations(pipeline, users, DEPTH, num_candidates, progress)
     lists = {
         "most_popular": popularity_recommendations(pipeline, users, DEPTH),
         "retrieval": retrieval,
         "pipeline": full,
     }
-    out: dict[str, dict[str, float]] = {}
-    for name, recs in lists.items():
-        metrics = {k: float(v.mean()) for k, v in per_user_metrics(recs, rel).items()}
-        out[name] = {**metrics, f"coverage@{COVERAGE_AT}": coverage(recs, n_items), "users": len(users)}
+    out = {name: mean_metrics(recs, rel, n_items) for name, recs in lists.items()}
     bundle = pipeline.bundle
     eligible = np.flatnonzero([len(bundle.history(int(u))) >= NEW_USER_EVENTS for u in users])
     rows = np.random.default_rng(0).permutation(eligible)[:NEW_USERS]
@@ -150,8 +158,7 @@ def evaluate(
         return out
     new_lists = new_user_lists(pipeline, users[rows], DEPTH, num_candidates)
     for name, recs in zip(("new_user_pipeline", "new_user_most_popular"), new_lists, strict=True):
-        metrics = {k: float(v.mean()) for k, v in per_user_metrics(recs, [rel[r] for r in rows]).items()}
-        out[name] = {**metrics, f"coverage@{COVERAGE_AT}": coverage(recs, n_items), "users": len(rows)}
+        out[name] = mean_metrics(recs, [rel[r] for r in rows], n_items)
     return out
 
 
@@ -160,22 +167,24 @@ RANKINGS = ("ranker", "item_item", "two_tower", "popular")
 
 
 def choose_ranking(
-    bundle: Bundle, heldout: Interactions, num_candidates: int, progress: bool = False
+    bundle: Bundle,
+    heldout: Interactions,
+    num_candidates: int,
+    progress: bool = False,
+    ranker: dict[str, float] | None = None,
 ) -> tuple[str, dict[str, dict[str, float]]]:
     """Each way of ordering the candidates scored on `heldout` through the pipeline as the service runs it
     (known users, seen items excluded): the best by NDCG@10 (a tie goes to the earlier in RANKINGS), and every
-    one's metrics. Whatever data it is given, the bundle then serves no worse on validation than its best
-    source alone."""
+    one's metrics. `ranker`: the ranker's row when `evaluate` has scored it already (its `pipeline` row)."""
     n_users, n_items = bundle.manifest.dims.n_users, bundle.manifest.dims.n_items
-    relevant = relevant_sets(heldout, n_users)
-    users = np.array([u for u in range(n_users) if len(relevant[u])], dtype=np.int64)
-    rel = [relevant[u] for u in users]
-    out: dict[str, dict[str, float]] = {}
+    users, rel = users_with_relevant(heldout, n_users)
+    out: dict[str, dict[str, float]] = {} if ranker is None else {"ranker": ranker}
     for ranking in RANKINGS:
+        if ranking in out:
+            continue
         pipeline = Pipeline.open(bundle, device="cpu", intra_op_threads=0, ranking=ranking)
         _, full = pipeline_recommendations(pipeline, users, DEPTH, num_candidates, progress)
-        metrics = {k: float(v.mean()) for k, v in per_user_metrics(full, rel).items()}
-        out[ranking] = {**metrics, f"coverage@{COVERAGE_AT}": coverage(full, n_items), "users": len(users)}
+        out[ranking] = mean_metrics(full, rel, n_items)
     best = max(RANKINGS, key=lambda r: (out[r]["ndcg@10"], -RANKINGS.index(r)))
     return best, out
 

@@ -3,6 +3,7 @@ and of the settings; what only one process would see is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -187,20 +189,21 @@ def test_each_worker_listens_on_its_own_socket_and_the_kernel_spreads_connection
             s.close()
 
 
-def test_two_workers_serve_as_one_service(tiny_bundle: Path, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def two_workers(tiny_bundle: Path, tmp_path: Path, **settings: str) -> Iterator[tuple[int, Path]]:
+    """`python -m service` with RECO_WORKERS=2 (plus `settings`, RECO_ names), both workers ready: (port, the
+    metrics directory); stopped by SIGTERM after, which must end it cleanly."""
     port, metrics_dir = free_port(), tmp_path / "metrics"
-    metrics_dir.mkdir()
-    (metrics_dir / "counter_1.db").write_bytes(b"stale")  # a previous run's file: emptied at start
+    metrics_dir.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")} | {
         "RECO_WORKERS": "2",
         "RECO_BUNDLE_PATH": str(tiny_bundle),
         "RECO_REDIS_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/15",
         "RECO_DEV_MODE": "true",
-        "RECO_NUM_CANDIDATES": "100",
         "RECO_LIVE_ITEMS_PATH": str(tmp_path / "live_items.jsonl"),
         "RECO_DATABASE_URL": f"sqlite:///{tmp_path / 'reco.sqlite3'}",  # shared by the two workers
-        "RECO_LIVE_ITEMS_SYNC_S": "0.2",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        **settings,
     }
     server = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"], env=env)
     url = f"http://127.0.0.1:{port}"
@@ -210,6 +213,22 @@ def test_two_workers_serve_as_one_service(tiny_bundle: Path, tmp_path: Path) -> 
             assert server.poll() is None, f"the server exited with {server.returncode}"
             assert time.monotonic() < deadline, "two ready workers within 90 s"
             time.sleep(0.3)
+        yield port, metrics_dir
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            assert server.wait(60) == 0
+        finally:
+            if server.poll() is None:
+                server.kill()
+
+
+def test_two_workers_serve_as_one_service(tiny_bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "counter_1.db").write_bytes(b"stale")  # a previous run's file: emptied at start
+    settings = {"RECO_NUM_CANDIDATES": "100", "RECO_LIVE_ITEMS_SYNC_S": "0.2"}
+    with two_workers(tiny_bundle, tmp_path, **settings) as (port, metrics_dir):
+        url = f"http://127.0.0.1:{port}"
         assert not (metrics_dir / "counter_1.db").exists()
 
         n = 60
@@ -238,40 +257,15 @@ def test_two_workers_serve_as_one_service(tiny_bundle: Path, tmp_path: Path) -> 
         status, text = get(url + "/admin/reload", b"{}", "POST")
         assert status == 409
         assert "RECO_WORKERS=2" in text
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            assert server.wait(60) == 0
-        finally:
-            if server.poll() is None:
-                server.kill()
 
 
 def test_two_workers_on_one_shared_socket_when_reuse_port_is_off(tiny_bundle: Path, tmp_path: Path) -> None:
     """RECO_REUSE_PORT=false: uvicorn's one socket, shared by the workers (what SO_REUSEPORT was measured against)."""
-    port, metrics_dir = free_port(), tmp_path / "metrics"
-    metrics_dir.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECO_")} | {
-        "RECO_WORKERS": "2",
-        "RECO_REUSE_PORT": "false",
-        "RECO_BUNDLE_PATH": str(tiny_bundle),
-        "RECO_REDIS_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/15",
-        "RECO_DEV_MODE": "true",
-        "RECO_LIVE_ITEMS_PATH": str(tmp_path / "live_items.jsonl"),
-        "RECO_DATABASE_URL": f"sqlite:///{tmp_path / 'reco.sqlite3'}",
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-    }
-    server = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while not both_ready(url, metrics_dir):
-            assert server.poll() is None, f"the server exited with {server.returncode}"
-            assert time.monotonic() < deadline, "two ready workers within 90 s"
-            time.sleep(0.3)
+    with two_workers(tiny_bundle, tmp_path, RECO_REUSE_PORT="false") as (port, _):
         for user in range(10):
-            status, body = get(url + "/v1/recommendations", json.dumps({"user_id": str(user + 1), "k": 5}).encode())
-            assert status == 200, body
+            body = json.dumps({"user_id": str(user + 1), "k": 5}).encode()
+            status, text = get(f"http://127.0.0.1:{port}/v1/recommendations", body)
+            assert status == 200, text
         # One listening socket on the port (with SO_REUSEPORT each worker has its own: two).
         listening = [
             line
@@ -279,10 +273,3 @@ def test_two_workers_on_one_shared_socket_when_reuse_port_is_off(tiny_bundle: Pa
             if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"
         ]
         assert len(listening) == 1, listening
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            assert server.wait(60) == 0
-        finally:
-            if server.poll() is None:
-                server.kill()
