@@ -473,6 +473,7 @@ def run(
                 if name.startswith("ranking=")
             },
             "train_seconds": round(train_seconds, 1),
+            "train_stage_seconds": manifest.get("training", {}).get("stage_seconds", {}),
             "baseline_seconds": round(baseline_seconds, 1),
             "request_seconds": round(ask_seconds, 1),
             "baseline_settings": chosen,
@@ -527,7 +528,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- coverage@{K}: service / EASE {checks['service_coverage_over_ease']:.3f} (target >= 1); coverage is the "
         "share of the catalogue recommended to anyone, popularity the share of training users who rated an item",
         f"- the bundle orders candidates by: {meta.get('bundle_ranking')} (its validation NDCG@10 by ordering: "
-        f"{meta.get('bundle_validation_by_ranking')}); built in {meta['train_seconds']:.0f} s",
+        f"{meta.get('bundle_validation_by_ranking')}); built in {meta['train_seconds']:.0f} s "
+        f"(by stage: {meta.get('train_stage_seconds')})",
         f"- items returned that the user had already rated: {checks['returned_seen_items']} (must be 0); "
         f"fallbacks for known users: {checks['fallbacks_for_known_users']}",
         "- baselines' settings, chosen on a validation split of the training part: "
@@ -586,9 +588,9 @@ def main() -> None:
         "--users-fraction", type=float, default=1.0, help="a sparser variant: this random share of the users"
     )
     parser.add_argument(
-        "--serve-best-ordering",
+        "--serve-ranker",
         action="store_true",
-        help="build with `--serve-best-ordering` (the ordering best on validation is served)",
+        help="build with `--serve-ranker` (the ranker served, not the ordering best on validation)",
     )
     parser.add_argument("--first-users", type=int, help="a small slice: the first N users of the log (in its order)")
     parser.add_argument(
@@ -625,7 +627,7 @@ def main() -> None:
             new_users=args.new_users,
             seed=args.seed,
             cache=Path(args.cache) if str(args.cache) else None,
-            export_args=("--serve-best-ordering",) if args.serve_best_ordering else (),
+            export_args=("--serve-ranker",) if args.serve_ranker else (),
         )
     text = markdown(report)
     print(text)

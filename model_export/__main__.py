@@ -63,10 +63,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "(evaluation-only: the held-out interactions are unknown to it)",
     )
     parser.add_argument(
-        "--serve-best-ordering",
+        "--serve-ranker",
         action="store_true",
-        help="serve whichever ordering scored best on validation, the ranker or a candidate source alone (items "
-        "added live are then not recommended under a source's ordering)",
+        help="serve the ranker even where a candidate source alone scored better on validation (by default the "
+        "bundle serves whichever of the two scored best)",
     )
     output_arguments(parser)
     parser.add_argument(
@@ -355,8 +355,8 @@ def build(args: argparse.Namespace, load: Callable[[ExportConfig], Dataset]) -> 
         config = replace(config, two_tower=replace(config.two_tower, epochs=args.epochs))
     if args.history_sampling:
         config = replace(config, two_tower=replace(config.two_tower, history_sampling=args.history_sampling))
-    if args.serve_best_ordering:
-        config = replace(config, serve_best_ordering=True)
+    if args.serve_ranker:
+        config = replace(config, serve_best_ordering=False)
     try:
         raw = load(config)
     except DataError as e:
@@ -380,9 +380,14 @@ def build(args: argparse.Namespace, load: Callable[[ExportConfig], Dataset]) -> 
     ranking = manifest["candidates"]["ranking"]
     best = manifest["metrics"].get("ranking", {}).get("best_on_validation", ranking)
     lines.append(f"candidates ordered by: {ranking}; best on validation of the ranker and each source alone: {best}")
-    lines.append(f"built in {time.perf_counter() - started:.0f}s")
+    stages = manifest["training"].get("stage_seconds", {})
+    lines.append(
+        f"built in {time.perf_counter() - started:.0f}s ("
+        + ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in stages.items())
+        + ")"
+    )
     result_fields: dict[str, Any] = {"bundle": str(result.path), "version": result.version, "metrics": result.metrics}
-    result_fields |= {"ranking": ranking, "seconds": round(time.perf_counter() - started, 1)}
+    result_fields |= {"ranking": ranking, "seconds": round(time.perf_counter() - started, 1), "stages": stages}
     report(args, result_fields, "\n".join(lines))
     return 0
 

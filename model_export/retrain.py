@@ -195,7 +195,9 @@ def _retrain(
     try:
         before = dataset.interactions.take(np.flatnonzero(dataset.interactions.timestamp < cut))
         gate_data = train_on(replace(dataset, interactions=before))
-        gate = build_bundle(gate_data, config, scratch, progress=progress, evaluate_bundle=False, make_current=False)
+        # Each bundle validates itself (evaluate_bundle) to serve the ordering best on its own validation split, as
+        # a bundle built by `train` does: the gate judges what would be served.
+        gate = build_bundle(gate_data, config, scratch, progress=progress, make_current=False)
         candidate = score_bundle(gate.path, dataset, cut, relevant, None, config)
         published_scores = None
         if current is not None:
@@ -210,9 +212,7 @@ def _retrain(
         shutil.rmtree(scratch, ignore_errors=True)
     ok = passes(candidate, published_scores, tolerance)
     gate_result = "first" if published_scores is None else ("passed" if ok else "failed")
-    final = build_bundle(
-        train_on(dataset), config, bundles_dir, progress=progress, evaluate_bundle=False, make_current=ok
-    )
+    final = build_bundle(train_on(dataset), config, bundles_dir, progress=progress, make_current=ok)
     metrics = {
         "cut": cut,
         "tolerance": tolerance,

@@ -20,7 +20,7 @@ from service.recommend.candidates import ExtraCandidates, merge
 from service.recommend.catalogue import ARRAYS, Catalogue
 from service.recommend.features import history_window
 from service.recommend.filtering import filter_candidates, top_k
-from service.recommend.ranking import Ranker
+from service.recommend.ranking import Ranker, live_in_ranker_places
 from service.recommend.retrieval import Retriever
 from service.recommend.similar import SimilarItems, SimilarityWeights, co_consumed, rank_similar
 from service.recommend.user_encoder import UNKNOWN_USER, UserEncoder
@@ -194,18 +194,20 @@ class Pipeline:
         t2 = time.perf_counter()
         windows = [history_window(h, self.encoder.history_length) for h in histories]
         kept: list[tuple[np.ndarray, np.ndarray]] = []
+        retrieved: list[tuple[np.ndarray, np.ndarray]] = []  # the ANN's candidates (what the ranker alone ranks)
         item_embeddings = self.bundle.item_embeddings
         for q, b, n, (scores, items), window, history, embedding in zip(
             queries, blocked, wanted, found, windows, histories, embeddings, strict=True
         ):
             items_kept, scores_kept = filter_candidates(items[:n], scores[:n], b)
             items_kept, scores_kept = items_kept[: q.num_candidates], scores_kept[: q.num_candidates]
+            retrieved.append((items_kept, scores_kept))
             # The item-item source alone reads the whole history, as EASE does; for the ranker, the window it sees.
             extra = self.extra.add(history if self.ranking == "item_item" else window, b, items_kept)
             union = merge(items_kept, scores_kept, extra, embedding, item_embeddings)
-            if self.ranking != "ranker":  # a source's score alone: ties go to the two-tower's order
-                by_retrieval = np.argsort(-union[1], kind="stable")
-                union = (union[0][by_retrieval], union[1][by_retrieval])
+            if self.ranking != "ranker":  # a source's score alone: ties go to the tie order
+                tied = self.tie_order(*union)
+                union = (union[0][tied], union[1][tied])
             kept.append(union)
         t3 = time.perf_counter()
         if self.ranking == "ranker":
@@ -214,6 +216,7 @@ class Pipeline:
             )
         else:
             rankings = [self.source_scores(c, s, h) for (c, s), h in zip(kept, histories, strict=True)]
+            self.place_live_items(queries, histories, retrieved, kept, rankings)
         t4 = time.perf_counter()
         batch_timings = {"retrieval": t2 - t1, "filtering": t3 - t2, "ranking": t4 - t3}
         if missing:
@@ -245,6 +248,38 @@ class Pipeline:
                 )
             )
         return out
+
+    def place_live_items(
+        self,
+        queries: Sequence[Query],
+        histories: list[np.ndarray],
+        retrieved: list[tuple[np.ndarray, np.ndarray]],
+        kept: list[tuple[np.ndarray, np.ndarray]],
+        rankings: list[np.ndarray],
+    ) -> None:
+        """Under a source's own ordering, the items added live among a user's candidates go where the ranker would
+        put them were it served, i.e. among the ANN's candidates (ranking.live_in_ranker_places): one ranker call
+        for the users who have any; `kept` and `rankings` are reordered in place."""
+        n_trained = self.bundle.manifest.dims.n_items
+        rows = [row for row, (items, _) in enumerate(retrieved) if len(items) and int(items.max()) >= n_trained]
+        if not rows:
+            return
+        scored = self.ranker.score_batch([(queries[r].user, histories[r], *retrieved[r]) for r in rows])
+        for row, ranker_scores in zip(rows, scored, strict=True):
+            items, scores = kept[row]
+            by_ranker = np.full(len(items), -np.inf, dtype=np.float32)  # the other sources' candidates: last
+            ann = retrieved[row][0]
+            mask, sorter = np.isin(items, ann), np.argsort(ann)
+            by_ranker[mask] = ranker_scores[sorter[np.searchsorted(ann, items[mask], sorter=sorter)]]
+            order, rankings[row] = live_in_ranker_places(rankings[row], by_ranker, items >= n_trained)
+            kept[row] = (items[order], scores[order])
+
+    def tie_order(self, items: np.ndarray, retrieval_scores: np.ndarray) -> np.ndarray:
+        """The order a source alone breaks its ties in: popularity by the items' recent popularity (what is
+        popular lately, then the two-tower's order), every other source by the two-tower score."""
+        if self.ranking == "popular":
+            return np.lexsort((-retrieval_scores, -self.bundle.item_recent_popularity[items]))
+        return np.argsort(-retrieval_scores, kind="stable")
 
     def source_scores(self, items: np.ndarray, retrieval_scores: np.ndarray, history: np.ndarray) -> np.ndarray:
         """One source's own score of `items` (the ranking when the bundle orders by that source alone): the

@@ -116,3 +116,29 @@ class Ranker:
             return np.zeros(0, dtype=np.float32)
         out = run_onnx(self._session, self._output, feed(self.inputs_batch(requests), self._feeds), self._bind)
         return np.asarray(out, dtype=np.float32).reshape(-1)
+
+
+def live_in_ranker_places(source: np.ndarray, ranker: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A source's own ordering with the items added live placed where the ranker puts them. A source alone knows
+    only the trained items (an item added live has no popularity and no item-item weights yet: under the source it
+    would never be recommended); the ranker scores every item from its content. So the live items keep the ranks
+    the ranker gives them and the trained items fill the other places in the source's order.
+
+    `source`, `ranker`: (n,) scores of the same candidates; `live`: (n,) bool. Returns (order, scores): the
+    candidates' positions, best first, and (n,) non-increasing scores along that order (a trained item keeps its
+    source score, a live item takes the score of the trained item before it, else of the first one), so that
+    `filtering.top_k`, which keeps the earlier position on ties, returns this order."""
+    n = len(source)
+    by_ranker = np.argsort(-ranker, kind="stable")
+    live_slots = live[by_ranker]  # the ranks the ranker gives the live items
+    trained = np.flatnonzero(~live)
+    order = np.empty(n, dtype=np.int64)
+    order[live_slots] = by_ranker[live_slots]
+    order[~live_slots] = trained[np.argsort(-source[trained], kind="stable")]
+    if not len(trained):
+        return order, ranker[order].astype(np.float32)
+    # Each slot's nearest trained slot at or before it (the first trained one for leading live slots).
+    last_trained = np.maximum.accumulate(np.where(live_slots, 0, np.arange(n)))
+    last_trained[: int(np.argmax(~live_slots))] = int(np.argmax(~live_slots))
+    scores = source[order[last_trained]].astype(np.float32)
+    return order, scores

@@ -35,7 +35,8 @@ def test_manifest_records_everything(tiny_bundle: Path) -> None:
     assert set(by_ranking) == {"ranker", "item_item", "two_tower", "popular"}
     best = max(m["ndcg@10"] for m in by_ranking.values())
     assert by_ranking[manifest["metrics"]["ranking"]["best_on_validation"]]["ndcg@10"] == best
-    assert candidates["ranking"] == manifest["metrics"]["ranking"]["chosen"] == "ranker"  # serve_best_ordering off
+    chosen = manifest["metrics"]["ranking"]
+    assert candidates["ranking"] == chosen["chosen"] == chosen["best_on_validation"]  # served by default
     assert manifest["bundle_version"] == tiny_bundle.name
     assert {"negative_offsets.npy", "negative_items.npy", "item_content.npy"} <= set(manifest["files"])
     # The content vectors' weights (the text carries the weight), and the similar-items blend with the

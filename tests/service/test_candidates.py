@@ -10,7 +10,9 @@ import pytest
 from service.core.bundle import load_bundle
 from service.recommend.candidates import ExtraCandidates, merge
 from service.recommend.features import ItemNeighbourIndex
+from service.recommend.filtering import top_k
 from service.recommend.pipeline import Pipeline
+from service.recommend.ranking import live_in_ranker_places
 
 
 def sources(item_item: int, popular: int) -> ExtraCandidates:
@@ -59,6 +61,59 @@ def test_a_source_alone_orders_the_candidates_by_its_own_score(tiny_bundle: Path
         }[ranking]
         np.testing.assert_allclose(recs.ranking_scores, own, rtol=1e-6)
         assert (np.diff(recs.ranking_scores) <= 1e-7).all()  # best first
-        ties = np.flatnonzero(np.diff(recs.ranking_scores) == 0)  # a tie goes to the two-tower's order
+        ties = np.flatnonzero(np.diff(recs.ranking_scores) == 0)
+        if ranking == "popular":  # a tie goes to what is popular lately, then to the two-tower's order
+            recent = bundle.item_recent_popularity[recs.items]
+            assert (recent[ties] >= recent[ties + 1]).all()
+            ties = ties[recent[ties] == recent[ties + 1]]
         assert (recs.retrieval_scores[ties] >= recs.retrieval_scores[ties + 1] - 1e-6).all()
         assert not np.isin(recs.items, history).any()
+
+
+def test_live_items_keep_the_rankers_places_and_the_trained_ones_the_sources_order() -> None:
+    source = np.array([0.9, 0.0, 0.5, 0.7, 0.0, 0.1], dtype=np.float32)  # live items (1, 4) score nothing here
+    ranker = np.array([0.2, 0.8, 0.1, 0.3, 0.25, 0.0], dtype=np.float32)  # the ranker: 1, 3, 4, 0, 2, 5
+    live = np.array([False, True, False, False, True, False])
+    order, scores = live_in_ranker_places(source, ranker, live)
+    # The ranker puts the live items at ranks 0 and 2; the trained ones fill ranks 1, 3, 4, 5 by source: 0, 3, 2, 5.
+    assert order.tolist() == [1, 0, 4, 3, 2, 5]
+    np.testing.assert_allclose(scores, [0.9, 0.9, 0.9, 0.7, 0.5, 0.1])
+    assert top_k(scores, 6).tolist() == list(range(6))  # top_k keeps this order (ties: the earlier place)
+    # No live item: the source's order, its own scores.
+    order, scores = live_in_ranker_places(source, ranker, np.zeros(6, bool))
+    assert order.tolist() == [0, 3, 2, 5, 1, 4]
+    assert scores.tolist() == source[order].tolist()
+    # Only live items: the ranker's order and scores.
+    order, scores = live_in_ranker_places(source, ranker, np.ones(6, bool))
+    assert order.tolist() == [1, 3, 4, 0, 2, 5]
+    assert scores.tolist() == ranker[order].tolist()
+
+
+@pytest.mark.parametrize("ranking", ["item_item", "popular"])
+def test_items_added_live_are_recommended_under_a_sources_ordering(tiny_bundle: Path, ranking: str) -> None:
+    bundle = load_bundle(tiny_bundle)
+    pipelines = {mode: Pipeline.open(bundle, device="cpu", ranking=mode) for mode in (ranking, "ranker")}
+    n = bundle.manifest.dims.n_items
+    before = {user: pipelines[ranking].recommend(user, None, 10, 50).ranking_scores for user in range(0, 40, 3)}
+    # Live copies of trained items (their embedding and features): no popularity, no item-item weights.
+    copies = np.arange(0, n, 4)
+    for pipeline in pipelines.values():
+        pipeline.add_items(
+            [f"live-{i}" for i in copies],
+            [f"Live {i}" for i in copies],
+            bundle.item_dense[copies],
+            bundle.item_embeddings[copies],
+        )
+    shown = {mode: 0 for mode in pipelines}
+    for user in before:
+        recs = {mode: p.recommend(user, None, 10, 50) for mode, p in pipelines.items()}
+        for mode, r in recs.items():
+            shown[mode] += int((r.items >= n).sum())
+        got = recs[ranking]
+        assert (np.diff(got.ranking_scores) <= 1e-7).all()
+        trained = got.items[got.items < n]
+        own = pipelines[ranking].source_scores(trained, np.zeros(len(trained), np.float32), bundle.history(user))
+        # The trained items are the source's best, in its order: the live items displaced its last ones.
+        np.testing.assert_allclose(own, before[user][: len(trained)], rtol=1e-6)
+    assert shown["ranker"] > 0
+    assert shown[ranking] > 0  # without the ranker's places: never (no popularity, no item-item weights)
