@@ -169,7 +169,13 @@ def retrain_command(argv: list[str]) -> int:
     parser.add_argument("--bundles", type=Path, required=True, help="the bundles root every replica reads")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tolerance", type=float, default=0.01, help="how much worse (NDCG@10, Recall@10) passes")
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=0.05,
+        help="rejected only when worse with confidence by more than this share of the published bundle's NDCG@10 "
+        "or Recall@10 (model_export/gate.py)",
+    )
     parser.add_argument("--holdout-fraction", type=float, default=0.1, help="latest share of events held out")
     parser.add_argument("--min-users", type=int, default=20, help="fewer users with held-out positives: skip")
     parser.add_argument(
@@ -188,7 +194,7 @@ def retrain_command(argv: list[str]) -> int:
                 args.database,
                 args.bundles,
                 preset(args.preset, seed=args.seed),
-                tolerance=args.tolerance,
+                margin=args.margin,
                 holdout_fraction=args.holdout_fraction,
                 min_users=args.min_users,
                 progress=not args.no_progress,

@@ -7,8 +7,9 @@
 3. The gate: the same recipe (preset, settings) trained on the events before the cut is scored against the published
    bundle on the held-out positives, each bundle through the service's pipeline (service.recommend.pipeline) as the
    service would serve it at the cut: the events after a bundle's own data window are its user's fresh events
-   (history, and never recommended). NDCG@10 and Recall@10; the candidate passes unless it is worse than the
-   published bundle by more than `tolerance` on either. No published bundle: it passes (`first`).
+   (history, and never recommended). NDCG@10 and Recall@10 per user, compared paired (model_export.gate): the
+   candidate passes unless it is worse with confidence (a bootstrap interval over users) by more than `margin` of
+   the published bundle's mean on either. No published bundle: it passes (`first`).
 4. The bundle itself is that recipe trained on everything (what is served learns from all the data): registered
    with both scores and published if the gate passed (the `current` link re-pointed too), else `rejected`.
 Every run, whatever its end, is recorded in the registry's `retrains` table (service.store.registry).
@@ -31,6 +32,7 @@ import sqlalchemy as sa
 from model_export.config import ExportConfig
 from model_export.data import Dataset, Interactions
 from model_export.evaluate import recommend_all
+from model_export.gate import MARGIN, judge
 from service.core.bundle import load_bundle
 from service.recommend.pipeline import Pipeline, Query
 from service.store import registry
@@ -45,7 +47,7 @@ K = 10
 class RetrainResult:
     result: str  # published | rejected | skipped
     version: str | None
-    candidate: dict[str, float] | None  # the gate's scores of the recipe trained before the cut
+    candidate: dict[str, float] | None  # the gate's scores (means) of the recipe trained before the cut
     published: dict[str, float] | None  # ... of the bundle published when the run began (None: there was none)
     published_version: str | None
     message: str
@@ -86,10 +88,11 @@ def score_bundle(
     relevant: dict[str, list[str]],
     known_until: int | None,
     config: ExportConfig,
-) -> dict[str, float]:
-    """NDCG@10 and Recall@10 of the bundle at `path` on `relevant` (user id -> held-out item ids), through the
-    service's pipeline; each user's events in [known_until, cut) (those the bundle was not trained on) are given
-    as fresh events, as the service reads them from the database."""
+) -> dict[str, np.ndarray]:
+    """Per-user NDCG@10 and Recall@10 ((U,) each, in `relevant`'s order) of the bundle at `path` on `relevant`
+    (user id -> held-out item ids), through the service's pipeline; each user's events in [known_until, cut)
+    (those the bundle was not trained on) are given as fresh events, as the service reads them from the
+    database."""
     bundle = load_bundle(path)
     pipeline = Pipeline.open(bundle, device="cpu", intra_op_threads=0)
     x = dataset.interactions
@@ -119,13 +122,14 @@ def score_bundle(
         hits = np.array([item in items for item in top] + [False] * (K - len(top)), dtype=np.float64)
         ndcg.append(float((hits * discounts).sum() / discounts[: min(len(items), K)].sum()))
         recall.append(float(hits.sum() / len(items)))
-    return {f"ndcg@{K}": float(np.mean(ndcg)), f"recall@{K}": float(np.mean(recall)), "users": len(relevant)}
+    return {f"ndcg@{K}": np.array(ndcg), f"recall@{K}": np.array(recall)}
 
 
-def passes(candidate: dict[str, float], published: dict[str, float] | None, tolerance: float) -> bool:
-    if published is None:
-        return True
-    return all(candidate[m] >= published[m] - tolerance for m in (f"ndcg@{K}", f"recall@{K}"))
+def means(scores: dict[str, np.ndarray] | None) -> dict[str, float] | None:
+    """The per-user scores' means, and how many users: what the registry and the run's message record."""
+    if scores is None:
+        return None
+    return {metric: float(values.mean()) for metric, values in scores.items()} | {"users": len(scores[f"ndcg@{K}"])}
 
 
 def retrain(
@@ -133,7 +137,7 @@ def retrain(
     bundles_dir: Path,
     config: ExportConfig,
     *,
-    tolerance: float = 0.01,
+    margin: float = MARGIN,
     holdout_fraction: float = 0.1,
     min_users: int = 20,
     progress: bool = False,
@@ -148,7 +152,7 @@ def retrain(
     try:
         try:
             result = _retrain(
-                engine, url, bundles_dir, config, tolerance, holdout_fraction, min_users, progress, training_data
+                engine, url, bundles_dir, config, margin, holdout_fraction, min_users, progress, training_data
             )
         except Exception as e:
             registry.record_retrain(engine, started, "failed", None, f"{type(e).__name__}: {e}")
@@ -164,7 +168,7 @@ def _retrain(
     url: str,
     bundles_dir: Path,
     config: ExportConfig,
-    tolerance: float,
+    margin: float,
     holdout_fraction: float,
     min_users: int,
     progress: bool,
@@ -210,14 +214,15 @@ def _retrain(
                 )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    ok = passes(candidate, published_scores, tolerance)
+    ok, comparisons = (True, []) if published_scores is None else judge(candidate, published_scores, margin)
     gate_result = "first" if published_scores is None else ("passed" if ok else "failed")
     final = build_bundle(train_on(dataset), config, bundles_dir, progress=progress, make_current=ok)
     metrics = {
         "cut": cut,
-        "tolerance": tolerance,
-        "candidate": candidate,
-        "published": published_scores,
+        "margin": margin,
+        "candidate": means(candidate),
+        "published": means(published_scores),
+        "comparisons": [c.as_dict() for c in comparisons],
         "published_version": current.version if current is not None else None,
         "protocol": f"the latest {holdout_fraction:.0%} of events by time (none the published bundle was trained on); "
         f"positives new to the user; top {K} through the service pipeline",
@@ -230,15 +235,20 @@ def _retrain(
         gate_result,
         publish=ok,
     )
-    cand, pub = candidate, published_scores
+    cand, pub = means(candidate), means(published_scores)
+    assert cand is not None
     message = f"candidate NDCG@10 {cand['ndcg@10']:.4f} Recall@10 {cand['recall@10']:.4f}" + (
-        f" vs published {pub['ndcg@10']:.4f} / {pub['recall@10']:.4f} (tolerance {tolerance})" if pub else ""
+        f" vs published {pub['ndcg@10']:.4f} / {pub['recall@10']:.4f}; differences (95 % interval): "
+        + ", ".join(f"{c.metric} {c.difference:+.4f} [{c.interval[0]:+.4f}, {c.interval[1]:+.4f}]" for c in comparisons)
+        + f"; rejected below -{margin:.0%} of published"
+        if pub
+        else ""
     )
     return RetrainResult(
         "published" if ok else "rejected",
         final.version,
-        candidate,
-        published_scores,
+        cand,
+        pub,
         current.version if current is not None else None,
         message,
         time.time() - started,

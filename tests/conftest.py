@@ -47,6 +47,12 @@ def venv_tool(name: str) -> str:
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 
+# The retrain gate's margin for the tiny recipe (model_export.gate): its own seed spread is NDCG@10 0.220 to 0.279
+# over seeds 0-4 on some 300 held-out users (+-12 %, tests/model_export/test_gate.py), far wider than the default
+# recipe's on ml-100k (about 1-3 %, docs/quality.md), for which the default margin is 5 %.
+TINY_MARGIN = 0.25
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_export.build import build_bundle

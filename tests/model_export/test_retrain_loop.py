@@ -26,7 +26,7 @@ from model_export.retrain import retrain
 from service.core.bundle import load_bundle
 from service.store import registry
 from service.store.schema import migrate, open_engine
-from tests.conftest import uvicorn_server
+from tests.conftest import TINY_MARGIN, uvicorn_server
 from tests.service.test_records import needs_postgres
 
 SYNC_S = 0.5
@@ -153,7 +153,7 @@ def test_retrain_publishes_to_every_replica_rejects_a_worse_model_and_rolls_back
         item = {"title": "An item added live", "genres": ["Drama"], "year": 2020}
         assert request(b + "/v1/items/e2e-new-item", "PUT", item)[0] == 200
 
-        second = retrain(url, bundles, config, tolerance=0.05)
+        second = retrain(url, bundles, config, margin=TINY_MARGIN)
         assert second.result == "published", second
         assert second.published is not None  # judged against the first, on the events since
         switched = wait_for(urls, second.version)
@@ -175,7 +175,7 @@ def test_retrain_publishes_to_every_replica_rejects_a_worse_model_and_rolls_back
             i = d.interactions
             return replace(d, interactions=replace(i, item=rng.integers(0, len(d.item_ids), len(i))))
 
-        worse = retrain(url, bundles, config, tolerance=0.0, training_data=scrambled)
+        worse = retrain(url, bundles, config, margin=TINY_MARGIN, training_data=scrambled)
         assert worse.result == "rejected", worse
         time.sleep(4 * SYNC_S)
         assert [served(u) for u in urls] == [second.version] * 2
