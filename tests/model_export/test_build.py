@@ -4,6 +4,7 @@ import copy
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -13,8 +14,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from model_export.build import build_bundle
 from model_export.build_index import build_index, recall_vs_exact
-from model_export.config import IndexConfig
+from model_export.config import IndexConfig, preset
+from model_export.data import generate_synthetic
 from model_export.evaluate import bootstrap_interval, coverage, per_user_metrics
 from model_export.export_onnx import FP16_TOLERANCE, HalfPrecision, ParityError, export, export_fp16, parity
 from service.api.app import create_app
@@ -35,8 +38,7 @@ def test_manifest_records_everything(tiny_bundle: Path) -> None:
     assert set(by_ranking) == {"ranker", "item_item", "two_tower", "popular"}
     best = max(m["ndcg@10"] for m in by_ranking.values())
     assert by_ranking[manifest["metrics"]["ranking"]["best_on_validation"]]["ndcg@10"] == best
-    chosen = manifest["metrics"]["ranking"]
-    assert candidates["ranking"] == chosen["chosen"] == chosen["best_on_validation"]  # served by default
+    assert candidates["ranking"] == manifest["metrics"]["ranking"]["chosen"] == "ranker"  # the tiny preset's choice
     assert manifest["bundle_version"] == tiny_bundle.name
     assert {"negative_offsets.npy", "negative_items.npy", "item_content.npy"} <= set(manifest["files"])
     # The content vectors' weights (the text carries the weight), and the similar-items blend with the
@@ -257,3 +259,17 @@ def test_batched_evaluation_gives_each_user_what_one_request_gives(tiny_bundle: 
     for q, got in zip(queries, batched, strict=True):
         alone = pipeline.recommend(q.user, q.embedding, q.k, q.num_candidates, history=q.history)
         np.testing.assert_array_equal(got.items, alone.items)
+
+
+def test_the_default_serves_the_ordering_best_on_validation(tmp_path: Path) -> None:
+    """By default (serve_best_ordering) the bundle serves whichever ordering scored best on its validation split: on
+    the tiny synthetic log, popularity (the tiny preset itself serves the ranker, for the service tests)."""
+    config = replace(preset("tiny"), serve_best_ordering=True)
+    built = build_bundle(generate_synthetic(config.synthetic, seed=config.seed), config, tmp_path, progress=False)
+    manifest = json.loads((built.path / MANIFEST).read_text())
+    ranking = manifest["metrics"]["ranking"]
+    assert manifest["candidates"]["ranking"] == ranking["chosen"] == ranking["best_on_validation"] != "ranker"
+    validation = manifest["metrics"]["validation"]
+    by_ranking = {k.removeprefix("ranking="): v["ndcg@10"] for k, v in validation.items() if "=" in k}
+    assert by_ranking[ranking["chosen"]] > by_ranking["ranker"]
+    assert load_bundle(built.path).manifest.candidates.ranking == ranking["chosen"]

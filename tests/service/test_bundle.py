@@ -200,8 +200,10 @@ def test_content_vectors_and_similar_items_spec(bundle_copy: Path) -> None:
 
 def test_candidate_sources_spec(bundle_copy: Path) -> None:
     """Schema 6: the extra candidate sources; a schema 5 bundle retrieves from the ANN search alone."""
-    spec = load_bundle(bundle_copy).manifest.candidates
-    assert (spec.item_item, spec.popular, spec.ranking) == (0, 0, "ranker")  # the defaults: off for the ranker
+    manifest = load_bundle(bundle_copy).manifest
+    spec = manifest.candidates
+    assert (spec.item_item, spec.popular) == (0, 0)  # the defaults: off for the ranker
+    assert spec.ranking == manifest.metrics["ranking"]["chosen"] == "ranker"  # the tiny preset serves the ranker
     edit_manifest(bundle_copy, {"candidates.ranking": "nonsense"})
     with pytest.raises(BundleError, match=r"invalid manifest: candidates\.ranking"):
         load_bundle(bundle_copy)
