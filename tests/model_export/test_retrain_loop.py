@@ -175,7 +175,9 @@ def test_retrain_publishes_to_every_replica_rejects_a_worse_model_and_rolls_back
             i = d.interactions
             return replace(d, interactions=replace(i, item=rng.integers(0, len(d.item_ids), len(i))))
 
-        worse = retrain(url, bundles, config, margin=TINY_MARGIN, training_data=scrambled)
+        # No margin: the gate's few users (the last tenth of a 300-user log) leave a wide interval; worse with
+        # confidence at all is enough here.
+        worse = retrain(url, bundles, config, margin=0.0, training_data=scrambled)
         assert worse.result == "rejected", worse
         time.sleep(4 * SYNC_S)
         assert [served(u) for u in urls] == [second.version] * 2
