@@ -109,8 +109,11 @@ class Timer:
     def lap(self, stage: str | None = None) -> None:
         now = time.perf_counter()
         if stage is not None:
-            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + now - self._last, 1)
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
         self._last = now
+
+    def rounded(self) -> dict[str, float]:
+        return {stage: round(seconds, 1) for stage, seconds in self.seconds.items()}
 
 
 def validation_sample(heldout: Interactions, n_users: int, seed: int) -> Interactions:
@@ -325,7 +328,7 @@ def build_bundle(
             ranking = best if config.serve_best_ordering else "ranker"
             fields["candidates"]["ranking"] = ranking
         fields["similar_items"] = _similar_items_spec(similarity)
-        fields["training"]["stage_seconds"] = timer.seconds
+        fields["training"]["stage_seconds"] = timer.rounded()
         if by_ranking is not None:
             # Never worse than a source alone by construction: what orders the candidates is whichever of the
             # ranker and each source alone scored best on the validation split (service.recommend.pipeline).

@@ -125,10 +125,8 @@ def score_bundle(
     return {f"ndcg@{K}": np.array(ndcg), f"recall@{K}": np.array(recall)}
 
 
-def means(scores: dict[str, np.ndarray] | None) -> dict[str, float] | None:
+def means(scores: dict[str, np.ndarray]) -> dict[str, float]:
     """The per-user scores' means, and how many users: what the registry and the run's message record."""
-    if scores is None:
-        return None
     return {metric: float(values.mean()) for metric, values in scores.items()} | {"users": len(scores[f"ndcg@{K}"])}
 
 
@@ -216,12 +214,13 @@ def _retrain(
         shutil.rmtree(scratch, ignore_errors=True)
     ok, comparisons = (True, []) if published_scores is None else judge(candidate, published_scores, margin)
     gate_result = "first" if published_scores is None else ("passed" if ok else "failed")
+    cand, pub = means(candidate), None if published_scores is None else means(published_scores)
     final = build_bundle(train_on(dataset), config, bundles_dir, progress=progress, make_current=ok)
     metrics = {
         "cut": cut,
         "margin": margin,
-        "candidate": means(candidate),
-        "published": means(published_scores),
+        "candidate": cand,
+        "published": pub,
         "comparisons": [c.as_dict() for c in comparisons],
         "published_version": current.version if current is not None else None,
         "protocol": f"the latest {holdout_fraction:.0%} of events by time (none the published bundle was trained on); "
@@ -235,8 +234,6 @@ def _retrain(
         gate_result,
         publish=ok,
     )
-    cand, pub = means(candidate), means(published_scores)
-    assert cand is not None
     message = f"candidate NDCG@10 {cand['ndcg@10']:.4f} Recall@10 {cand['recall@10']:.4f}" + (
         f" vs published {pub['ndcg@10']:.4f} / {pub['recall@10']:.4f}; differences (95 % interval): "
         + ", ".join(f"{c.metric} {c.difference:+.4f} [{c.interval[0]:+.4f}, {c.interval[1]:+.4f}]" for c in comparisons)
