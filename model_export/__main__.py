@@ -385,7 +385,7 @@ def build(args: argparse.Namespace, load: Callable[[ExportConfig], Dataset]) -> 
     manifest = json.loads((result.path / "manifest.json").read_text())
     ranking = manifest["candidates"]["ranking"]
     best = manifest["metrics"].get("ranking", {}).get("best_on_validation", ranking)
-    lines.append(f"candidates ordered by: {ranking}; best on validation of the ranker and each source alone: {best}")
+    lines.append(f"candidates ordered by: {ranking}; best on validation of the rankers and each source alone: {best}")
     stages = manifest["training"].get("stage_seconds", {})
     lines.append(
         f"built in {time.perf_counter() - started:.0f}s ("

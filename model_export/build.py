@@ -29,6 +29,7 @@ from model_export.data import (
 )
 from model_export.evaluate import choose_ranking, choose_similarity, evaluate
 from model_export.export_onnx import ParityError, export, export_fp16, parity
+from model_export.gbm import export_gbm, train_gbm
 from model_export.ranker import DCNRanker
 from model_export.train import (
     ItemNeighbours,
@@ -47,7 +48,7 @@ from model_export.two_tower import ItemTower, UserTower
 from service.core import bundle as files
 from service.core.bundle import Bundle, load_bundle
 from service.items.content import ContentWeights, content_vectors
-from service.recommend.features import RANKER_CONTEXT_FEATURES, history_windows
+from service.recommend.features import GBM_EXTRA_FEATURES, RANKER_CONTEXT_FEATURES, history_windows
 from service.recommend.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class Models:
     ranker: DCNRanker
     examples: RankerExamples  # the ranker's training examples (parity inputs, dense width)
     training: dict[str, Any]
+    gbm: Any = None  # the gradient-boosted ranker (a LightGBM booster; model_export.gbm), when trained
+    gbm_parity_rows: np.ndarray | None = None  # (n, F) float32: real candidates' features, its ONNX parity inputs
 
 
 @dataclass(frozen=True)
@@ -168,12 +171,42 @@ def _ranker_then_refit(
     ranker, ranker_losses = train_ranker(dataset, examples, examples.dense.shape[1], config, progress)
     timer.lap("ranker")
     info: dict[str, Any] = {"ranker_loss": ranker_losses, "ranker_examples": len(examples.label)}
+    gbm, gbm_rows = None, None
+    if config.gbm.enabled:
+        g = config.gbm
+        # Its events' candidates as the service draws them for it: the two-tower's top, the item-item top.
+        drawn_as_served = replace(
+            config,
+            item_item_candidates=g.item_item_candidates,
+            ranker=replace(
+                config.ranker,
+                hard_negatives=g.hard_negatives,
+                item_item_negatives=g.item_item_negatives,
+                uniform_negatives=g.uniform_negatives,
+                popular_negatives=0,
+            ),
+        )
+        gbm_examples = ranker_examples(
+            dataset,
+            data,
+            rank_events,
+            user_tower,
+            embed_items(item_tower, dataset),
+            features_as_of.popularity,
+            features_as_of.neighbours,
+            drawn_as_served,
+            seen=seen,
+            gbm_features=True,
+        )
+        gbm, info["gbm"] = train_gbm(gbm_examples, g, config.seed)
+        gbm_rows = gbm_examples.dense[_sample(len(gbm_examples.label), 2048, np.random.default_rng(config.seed))]
+        timer.lap("gbm_ranker")
     if config.two_tower.refit:
         seed_everything(config.seed)
         user_tower, item_tower, refitted = train_two_tower(dataset, data, config, progress, epochs=epochs)
         timer.lap("two_tower_refit")
         info["two_tower_refit_loss"] = refitted["loss"]
-    return Models(user_tower, item_tower, ranker, examples, info)
+    return Models(user_tower, item_tower, ranker, examples, info, gbm, gbm_rows)
 
 
 def build_bundle(
@@ -468,6 +501,8 @@ def _write(
                 )
             except ParityError as e:
                 log.warning("no float16 %s (float32 serves on the GPU too): %s", model, e)
+    if models.gbm is not None and models.gbm_parity_rows is not None:
+        parities["ranker_gbm"] = export_gbm(models.gbm, models.gbm_parity_rows, writer.path(files.RANKER_GBM))
     if text_model is not None and variants:
         from model_export.text import export_text_encoder
 
@@ -524,6 +559,13 @@ def _write(
             "user_categorical": dataset.user_categorical_names,
             "item_dense": dataset.item_dense_names,
             "ranker_dense": dataset.item_dense_names + list(RANKER_CONTEXT_FEATURES),
+        }
+        | (
+            {"gbm_dense": dataset.item_dense_names + list(RANKER_CONTEXT_FEATURES) + list(GBM_EXTRA_FEATURES)}
+            if models.gbm is not None
+            else {}
+        )
+        | {
             "user_tower_inputs": {
                 "user_idx": "int64 (B,): user index; n_users = unknown user",
                 "history": f"int64 (B, {L}): latest items, oldest first, -1 padded",
@@ -558,7 +600,8 @@ def _write(
             "item_item": config.item_item_candidates,
             "popular": config.popular_candidates,
             "ranking": ranking,
-        },
+        }
+        | ({"gbm_item_item": config.gbm.item_item_candidates} if models.gbm is not None else {}),
     }
     writer.write_manifest(fields)
     return fields

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model_export.data import Interactions
+from service.core import bundle as files
 from service.core.bundle import Bundle
 from service.recommend.pipeline import Pipeline, Query, Recommendations
 from service.recommend.similar import SimilarityWeights
@@ -162,8 +163,9 @@ def evaluate(
     return out
 
 
-# How candidates can be ordered (service.recommend.pipeline): the ranker, or one source's own score alone.
-RANKINGS = ("ranker", "item_item", "two_tower", "popular")
+# How candidates can be ordered (service.recommend.pipeline): the ranker, the gradient-boosted ranker (where the
+# bundle has one), or one source's own score alone.
+RANKINGS = ("ranker", "gbm", "item_item", "two_tower", "popular")
 
 
 def choose_ranking(
@@ -179,13 +181,14 @@ def choose_ranking(
     n_users, n_items = bundle.manifest.dims.n_users, bundle.manifest.dims.n_items
     users, rel = users_with_relevant(heldout, n_users)
     out: dict[str, dict[str, float]] = {} if ranker is None else {"ranker": ranker}
-    for ranking in RANKINGS:
+    rankings = [r for r in RANKINGS if r != "gbm" or files.RANKER_GBM in bundle.manifest.files]
+    for ranking in rankings:
         if ranking in out:
             continue
         pipeline = Pipeline.open(bundle, device="cpu", intra_op_threads=0, ranking=ranking)
         _, full = pipeline_recommendations(pipeline, users, DEPTH, num_candidates, progress)
         out[ranking] = mean_metrics(full, rel, n_items)
-    best = max(RANKINGS, key=lambda r: (out[r]["ndcg@10"], -RANKINGS.index(r)))
+    best = max(rankings, key=lambda r: (out[r]["ndcg@10"], -RANKINGS.index(r)))
     return best, out
 
 

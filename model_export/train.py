@@ -25,6 +25,7 @@ from model_export.two_tower import ItemTower, RetrievalTask, UserTower
 from service.recommend.features import (
     ItemNeighbourIndex,
     content_profiles,
+    gbm_extra_features,
     history_similarity,
     history_windows,
     ranker_dense_features,
@@ -368,10 +369,12 @@ def ranker_examples(
     neighbours: ItemNeighbours,
     config: ExportConfig,
     seen: Interactions | None = None,
+    gbm_features: bool = False,
 ) -> RankerExamples:
     """Positives are the rank-window events; negatives are uniform items and hard negatives from the two-tower
     top `hard_pool`, never items the user interacted with (in `train`, or in `seen`: every interaction, whatever
-    its rating). Features come from the history before each event, built by the same functions the service uses."""
+    its rating). Features come from the history before each event, built by the same functions the service uses.
+    `gbm_features`: GBM_EXTRA_FEATURES follow (the gradient-boosted ranker's input)."""
     cfg, length = config.ranker, config.two_tower.history_length
     rng = np.random.default_rng(config.seed + 1)
     event_codes = rank_events.user * dataset.n_items + rank_events.item
@@ -465,6 +468,9 @@ def ranker_examples(
         n_before[rows],
         neighbour * known[:, None],
     )
+    if gbm_features:
+        recent = gbm_extra_features(neighbour_index, cand, windows, rows) * known[:, None]
+        dense = np.concatenate([dense, recent], axis=1)
     user_idx = tower_users[rows].copy()
     dropped = rng.random(len(user_idx)) < config.two_tower.user_id_dropout
     user_idx[dropped] = dataset.n_users  # teaches the ranker's unknown-user row

@@ -18,7 +18,7 @@ from model_export.data import generate_synthetic, implicit, temporal_split
 from model_export.train import item_neighbours, item_popularity, new_user_tower, ranker_examples, seed_everything
 from service.core.bundle import Bundle, load_bundle
 from service.core.device import open_session
-from service.recommend.features import RANKER_CONTEXT_FEATURES
+from service.recommend.features import GBM_EXTRA_FEATURES, RANKER_CONTEXT_FEATURES
 from service.recommend.pipeline import Pipeline
 from service.recommend.ranking import Ranker
 
@@ -49,7 +49,10 @@ def test_serving_features_equal_the_training_examples(tiny_bundle: Path, fresh_s
     popularity = item_popularity(tt_train, dataset.n_items)
     neighbours = item_neighbours(tt_train, dataset.n_users, dataset.n_items, config.ranker.neighbours)
     config = replace(config, ranker=replace(config.ranker, retrieved_positives_only=False, new_user_share=0.0))
-    examples = ranker_examples(dataset, train, events, user_tower, item_emb, popularity, neighbours, config)
+    # With the gradient-boosted ranker's extra features: the DCN ranker's are the columns before them.
+    examples = ranker_examples(
+        dataset, train, events, user_tower, item_emb, popularity, neighbours, config, gbm_features=True
+    )
 
     bundle = load_bundle(tiny_bundle)
     assert bundle.manifest.dims.n_users == dataset.n_users  # the same generated data
@@ -75,12 +78,20 @@ def test_serving_features_equal_the_training_examples(tiny_bundle: Path, fresh_s
         stored, fresh = before[:cut], before[cut:]
         served = _bundle_with_histories(bundle, {user: stored})
         ranker = Ranker(served, open_session(tiny_bundle / "ranker.onnx", ["CPUExecutionProvider"], 1))
+        gbm_session = open_session(tiny_bundle / "ranker_gbm.onnx", ["CPUExecutionProvider"], 1)
+        gbm = Ranker(served, gbm_session, inputs=("dense",), file="ranker_gbm.onnx", gbm_features=True)
         pipeline_history = Pipeline.history(_PipelineView(served), user, fresh)  # the service's own composition
         retrieval = examples.dense[rows, len(dataset.item_dense_names)]
         inputs = ranker.inputs(user, pipeline_history, examples.item_idx[rows], retrieval)
+        gbm_dense = gbm.inputs(user, pipeline_history, examples.item_idx[rows], retrieval)["dense"]
         expected = examples.dense[rows]
-        for j, name in enumerate(dataset.item_dense_names + list(RANKER_CONTEXT_FEATURES)):
-            np.testing.assert_allclose(inputs["dense"][:, j], expected[:, j], rtol=1e-5, atol=1e-5, err_msg=name)
+        names = dataset.item_dense_names + list(RANKER_CONTEXT_FEATURES)
+        assert inputs["dense"].shape[1] == len(names)
+        assert gbm_dense.shape[1] == len(names) + len(GBM_EXTRA_FEATURES) == expected.shape[1]
+        for j, name in enumerate(names + list(GBM_EXTRA_FEATURES)):
+            if j < len(names):
+                np.testing.assert_allclose(inputs["dense"][:, j], expected[:, j], rtol=1e-5, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(gbm_dense[:, j], expected[:, j], rtol=1e-5, atol=1e-5, err_msg=name)
         assert (inputs["user_idx"] == examples.user_idx[rows]).all()
         checked += 1
     assert checked >= 30

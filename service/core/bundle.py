@@ -30,6 +30,8 @@ MANIFEST = "manifest.json"
 USER_TOWER = "user_tower.onnx"
 ITEM_TOWER = "item_tower.onnx"
 RANKER = "ranker.onnx"
+# The gradient-boosted ranker (model_export.gbm), optional: one input, `dense` (N, ranker_dense_dim), one output.
+RANKER_GBM = "ranker_gbm.onnx"
 INDEX = "items.faiss"
 ITEM_EMBEDDINGS = "item_embeddings.npy"
 ITEM_DENSE = "item_dense.npy"
@@ -106,6 +108,7 @@ class FeatureSpec(_Strict):
     user_categorical: list[str]
     item_dense: list[str]
     ranker_dense: list[str]
+    gbm_dense: list[str] | None = None  # the gradient-boosted ranker's `dense` input, where the bundle has one
     user_tower_inputs: dict[str, str]
     item_tower_inputs: dict[str, str]
     item_text: str
@@ -153,9 +156,11 @@ class CandidatesSpec(_Strict):
 
     item_item: int = Field(0, ge=0)  # the items the item-item weights score highest from the user's latest items
     popular: int = Field(0, ge=0)  # the most popular items
-    # How the union is ordered (service.recommend.pipeline): the ranker, or one source's own score alone,
-    # whichever the exporter found best on its validation split (model_export.build).
-    ranking: Literal["ranker", "item_item", "two_tower", "popular"] = "ranker"
+    # How the union is ordered (service.recommend.pipeline): the ranker, the gradient-boosted ranker, or one
+    # source's own score alone, whichever the exporter found best on its validation split (model_export.build).
+    ranking: Literal["ranker", "gbm", "item_item", "two_tower", "popular"] = "ranker"
+    # The item-item source's candidates when the gradient-boosted ranker orders them (RANKER_GBM in the bundle).
+    gbm_item_item: int = Field(0, ge=0)
 
 
 class Manifest(_Strict):
@@ -340,6 +345,8 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
     if dims.ranker_dense_dim != len(manifest.feature_spec.ranker_dense):
         raise BundleError(f"{path / MANIFEST}: dims.ranker_dense_dim and feature_spec.ranker_dense disagree")
 
+    if manifest.candidates.ranking == "gbm" and RANKER_GBM not in manifest.files:
+        raise BundleError(f"{path / MANIFEST}: candidates.ranking is 'gbm' but the bundle lists no {RANKER_GBM}")
     item_ids = _load_str_list(path / ITEM_IDS, dims.n_items)
     user_ids = _load_str_list(path / USER_IDS, dims.n_users)
     offsets, history = _load_csr(path, HISTORY_OFFSETS, HISTORY_ITEMS, dims)

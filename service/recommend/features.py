@@ -29,6 +29,17 @@ RANKER_CONTEXT_FEATURES = (
     "neighbour_score_max",
 )
 
+# What the gradient-boosted ranker (ranker_gbm.onnx) sees after RANKER_CONTEXT_FEATURES: the item-item source's score
+# from the user's latest item and from their latest three (what follows what the user just did), beside the whole
+# window's (neighbour_score_*).
+GBM_EXTRA_FEATURES = (
+    "neighbour_score_sum_last_1",
+    "neighbour_score_max_last_1",
+    "neighbour_score_sum_last_3",
+    "neighbour_score_max_last_3",
+)
+RECENT_ITEMS = (1, 3)
+
 
 YEAR_FIRST, YEAR_LAST = 1900, 2030  # year_feature's scale
 UNKNOWN_YEAR_FEATURE = 0.5  # what year_feature gives an item without a year
@@ -96,6 +107,26 @@ def history_windows(histories: Sequence[np.ndarray], length: int) -> np.ndarray:
         recent = history[-length:]
         out[row, : len(recent)] = recent
     return out
+
+
+def latest_of_windows(windows: np.ndarray, n: int) -> np.ndarray:
+    """Each window (B, L) (oldest first, -1 padded at the end, as `history_windows` lays them out) cut to its
+    latest `n` items, laid out the same way. (B, n) int64"""
+    present = (windows >= 0).sum(axis=1)  # (B,)
+    columns = np.arange(n)[None, :]
+    start = np.maximum(present - n, 0)[:, None]
+    source = np.clip(start + columns, 0, max(windows.shape[1] - 1, 0))
+    taken = np.take_along_axis(windows, source, axis=1) if windows.shape[1] else np.full(source.shape, PAD)
+    return np.where(columns < np.minimum(present, n)[:, None], taken, PAD).astype(np.int64)
+
+
+def gbm_extra_features(
+    neighbours: ItemNeighbourIndex, candidates: np.ndarray, windows: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
+    """GBM_EXTRA_FEATURES: `neighbours.scores` from each window's latest 1 and 3 items. candidates (N,), windows
+    (B, L), rows (N,) the window of each candidate (grouped by window, in order). (N, 4) float32"""
+    parts = [neighbours.scores(candidates, latest_of_windows(windows, n), rows) for n in RECENT_ITEMS]
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def content_profiles(item_dense: np.ndarray, windows: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnxruntime as ort
 
-from service.core.bundle import Bundle, variant_name
+from service.core.bundle import RANKER_GBM, Bundle, variant_name
 from service.core.device import faiss_gpus, model_precisions, onnx_providers, open_session
 from service.core.settings import Settings
 from service.recommend.candidates import ExtraCandidates, merge
@@ -67,6 +67,7 @@ class Pipeline:
         onnx_precisions: dict[str, str] | None = None,
         allow_repeats: bool = False,
         ranking: str | None = None,
+        gbm: Ranker | None = None,
     ) -> None:
         self.bundle = bundle
         # False: every item of the user's data (any rating) and fresh events is filtered as already seen; True:
@@ -77,12 +78,21 @@ class Pipeline:
         self.encoder = encoder
         self.retriever = retriever
         self.ranker = ranker
+        self.gbm = gbm  # the gradient-boosted ranker (ranker_gbm.onnx), opened where it orders the candidates
         spec = bundle.manifest.candidates
-        # How candidates are ordered: the bundle's choice (the ranker, or one source alone), or `ranking`.
+        # How candidates are ordered: the bundle's choice (the ranker, the gradient-boosted ranker, or one source
+        # alone), or `ranking`.
         self.ranking = ranking or spec.ranking
+        if self.ranking == "gbm" and gbm is None:
+            raise ValueError("ranking 'gbm' needs the gradient-boosted ranker (ranker_gbm.onnx)")
         # A source alone ranks its own top list too (beside the ANN's): the item-item source alone is EASE's
-        # scoring over the whole catalogue it covers, popularity alone the most popular items.
-        item_item = max(spec.item_item, SOURCE_DEPTH) if self.ranking == "item_item" else spec.item_item
+        # scoring over the whole catalogue it covers, popularity alone the most popular items. The gradient-boosted
+        # ranker orders the item-item source's top beside the ANN's, as it was trained to.
+        item_item = spec.item_item
+        if self.ranking == "item_item":
+            item_item = max(spec.item_item, SOURCE_DEPTH)
+        elif self.ranking == "gbm":
+            item_item = max(spec.item_item, spec.gbm_item_item)
         popular = max(spec.popular, SOURCE_DEPTH) if self.ranking == "popular" else spec.popular
         # Items added live have no popularity and no item-item weights: the list built here stays right.
         self.extra = ExtraCandidates(ranker.neighbours, bundle.item_log_popularity, item_item, popular)
@@ -112,16 +122,32 @@ class Pipeline:
             return open_session(bundle.file(variant_name(model, precisions[model])), providers, intra_op_threads)
 
         user_session, ranker_session = session("user_tower"), session("ranker")
+        encoder = UserEncoder(bundle, user_session, io_binding)
         retriever = Retriever(bundle, faiss_gpus(device))
+        ranker = Ranker(bundle, ranker_session, io_binding)
+        gbm = None
+        if (ranking or bundle.manifest.candidates.ranking) == "gbm":
+            # A tree ensemble runs on ONNX Runtime's CPU provider (a CUDA session would fall back to it per call).
+            gbm_session = open_session(bundle.file(RANKER_GBM), ["CPUExecutionProvider"], intra_op_threads)
+            gbm = Ranker(
+                bundle,
+                gbm_session,
+                "off",
+                inputs=("dense",),
+                file=RANKER_GBM,
+                neighbours=ranker.neighbours,
+                gbm_features=True,
+            )
         return cls(
             bundle,
-            UserEncoder(bundle, user_session, io_binding),
+            encoder,
             retriever,
-            Ranker(bundle, ranker_session, io_binding),
+            ranker,
             onnx_providers=user_session.get_providers(),
             onnx_precisions=precisions,
             allow_repeats=allow_repeats,
             ranking=ranking,
+            gbm=gbm,
         )
 
     @classmethod
@@ -205,13 +231,15 @@ class Pipeline:
             # The item-item source alone reads the whole history, as EASE does; for the ranker, the window it sees.
             extra = self.extra.add(history if self.ranking == "item_item" else window, b, items_kept)
             union = merge(items_kept, scores_kept, extra, embedding, item_embeddings)
-            if self.ranking != "ranker":  # a source's score alone: ties go to the tie order
+            if self.ranking not in ("ranker", "gbm"):  # a source's score alone: ties go to the tie order
                 tied = self.tie_order(*union)
                 union = (union[0][tied], union[1][tied])
             kept.append(union)
         t3 = time.perf_counter()
-        if self.ranking == "ranker":
-            rankings = self.ranker.score_batch(
+        if self.ranking in ("ranker", "gbm"):
+            model = self.gbm if self.ranking == "gbm" else self.ranker
+            assert model is not None
+            rankings = model.score_batch(
                 [(q.user, h, c, s) for q, h, (c, s) in zip(queries, histories, kept, strict=True)]
             )
         else:
@@ -330,6 +358,8 @@ class Pipeline:
         bundle = replace(b, **views)  # type: ignore[arg-type]
         # The catalogue first, then the index: any id the index returns is then in the bundle a request reads.
         self.bundle = self.encoder.bundle = self.ranker.bundle = bundle
+        if self.gbm is not None:
+            self.gbm.bundle = bundle
         self.retriever.add(embeddings)
 
     def similar(

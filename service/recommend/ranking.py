@@ -10,8 +10,10 @@ import onnxruntime as ort
 from service.core.bundle import Bundle
 from service.core.device import io_binding_device, run_onnx
 from service.recommend.features import (
+    GBM_EXTRA_FEATURES,
     ItemNeighbourIndex,
     content_profiles,
+    gbm_extra_features,
     history_similarity,
     history_windows,
     ranker_dense_features,
@@ -24,20 +26,37 @@ class Ranker:
 
     A request is (user index or -1, the user's whole history as the pipeline sees it (the bundle's, then fresh
     events; item indices oldest first), candidates (n,), their retrieval scores (n,)). Every history feature
-    comes from that one history, as training builds them from the events before each label."""
+    comes from that one history, as training builds them from the events before each label.
+
+    `inputs`: the inputs the model takes, of the four the DCN ranker (ranker.onnx) takes; the gradient-boosted
+    ranker (ranker_gbm.onnx, model_export.gbm) takes `dense` alone, with GBM_EXTRA_FEATURES after the DCN's
+    (`gbm_features`)."""
 
     bundle: Bundle  # replaced (never mutated) when items are added live
     CHUNK_ROWS = 2048
 
-    def __init__(self, bundle: Bundle, session: ort.InferenceSession, io_binding: str = "auto") -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        session: ort.InferenceSession,
+        io_binding: str = "auto",
+        inputs: Sequence[str] | None = None,
+        file: str = "ranker.onnx",
+        neighbours: ItemNeighbourIndex | None = None,
+        gbm_features: bool = False,
+    ) -> None:
         dims = bundle.manifest.dims
+        self._gbm_features = gbm_features
         expected = {
             "user_idx": 1,
             "item_idx": 1,
             "user_categorical": len(dims.user_categorical_cardinalities),
-            "dense": dims.ranker_dense_dim,
+            "dense": dims.ranker_dense_dim + (len(GBM_EXTRA_FEATURES) if gbm_features else 0),
         }
-        self._feeds = check_inputs(session, expected, bundle, "ranker.onnx")
+        if inputs is None:
+            self._feeds = check_inputs(session, expected, bundle, file)
+        else:
+            self._feeds = check_inputs(session, {n: expected[n] for n in inputs}, bundle, file) or frozenset(inputs)
         self.bundle = bundle
         self._session = session
         self._output = session.get_outputs()[0].name
@@ -47,7 +66,8 @@ class Ranker:
         self._n_cat = len(dims.user_categorical_cardinalities)
         self._history_length = dims.history_length
         # Items added live have no neighbours and are nobody's: the index built here stays right as they come.
-        self.neighbours = ItemNeighbourIndex(bundle.item_neighbours, bundle.item_neighbour_weights)
+        # (Another ranker's, when given: one inversion per bundle.)
+        self.neighbours = neighbours or ItemNeighbourIndex(bundle.item_neighbours, bundle.item_neighbour_weights)
 
     def inputs(
         self, user: int, history: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray
@@ -79,6 +99,8 @@ class Ranker:
             history_lengths[rows],
             self.neighbours.scores(candidates, windows, rows),
         )
+        if self._gbm_features:
+            dense = np.concatenate([dense, gbm_extra_features(self.neighbours, candidates, windows, rows)], axis=1)
         return {
             "user_idx": np.where(known, users, self._oov)[rows],  # (N,)
             "item_idx": np.minimum(candidates, self._trained_items),  # (N,)

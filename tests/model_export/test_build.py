@@ -35,7 +35,7 @@ def test_manifest_records_everything(tiny_bundle: Path) -> None:
     assert (candidates["item_item"], candidates["popular"]) == (0, 0)  # off for the ranker by default
     # Never worse than a source alone on validation: the ordering served is the best of the table.
     by_ranking = {k.removeprefix("ranking="): v for k, v in manifest["metrics"]["validation"].items() if "=" in k}
-    assert set(by_ranking) == {"ranker", "item_item", "two_tower", "popular"}
+    assert set(by_ranking) == {"ranker", "gbm", "item_item", "two_tower", "popular"}
     best = max(m["ndcg@10"] for m in by_ranking.values())
     assert by_ranking[manifest["metrics"]["ranking"]["best_on_validation"]]["ndcg@10"] == best
     assert candidates["ranking"] == manifest["metrics"]["ranking"]["chosen"] == "ranker"  # the tiny preset's choice
@@ -54,8 +54,16 @@ def test_manifest_records_everything(tiny_bundle: Path) -> None:
     assert manifest["dataset"]["served_positives"] == manifest["dataset"]["n_positives"]
     assert manifest["dataset"]["n_heldout"] > 0
     assert "refitted on all interactions" in manifest["metrics"]["model"]
-    assert set(manifest["onnx_parity_max_abs_diff"]) == {"user_tower", "item_tower", "ranker", "text_encoder"}
-    assert all(0 <= d <= 1e-4 for d in manifest["onnx_parity_max_abs_diff"].values())
+    parities = manifest["onnx_parity_max_abs_diff"]
+    assert set(parities) == {"user_tower", "item_tower", "ranker", "ranker_gbm", "text_encoder"}
+    assert all(0 <= d <= 1e-4 for d in parities.values())
+    # The gradient-boosted ranker: trained with early stopping, its file listed, its candidates recorded.
+    gbm = manifest["training"]["final"]["gbm"]
+    assert 1 <= gbm["trees"] <= manifest["training"]["config"]["gbm"]["trees"]
+    assert gbm["events"] > 0
+    assert gbm["examples"] > gbm["events"]
+    assert "ranker_gbm.onnx" in manifest["files"]
+    assert candidates["gbm_item_item"] == manifest["training"]["config"]["gbm"]["item_item_candidates"] > 0
     # The per-request models in float16 too, within the float16 tolerance of float32 PyTorch, their files listed.
     assert set(manifest["onnx_fp16_parity_max_abs_diff"]) == {"user_tower", "ranker"}
     assert all(0 <= d <= FP16_TOLERANCE for d in manifest["onnx_fp16_parity_max_abs_diff"].values())

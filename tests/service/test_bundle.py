@@ -210,6 +210,14 @@ def test_candidate_sources_spec(bundle_copy: Path) -> None:
     edit_manifest(bundle_copy, {"candidates.ranking": "item_item", "candidates.popular": -1})
     with pytest.raises(BundleError, match=r"invalid manifest: candidates\.popular"):
         load_bundle(bundle_copy)
+    # The gradient-boosted ranker orders only where the bundle has it.
+    edit_manifest(bundle_copy, {"candidates.ranking": "gbm", "candidates.popular": 0})
+    assert load_bundle(bundle_copy).manifest.candidates.gbm_item_item > 0
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    del manifest["files"]["ranker_gbm.onnx"]
+    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"candidates\.ranking is 'gbm' but the bundle lists no ranker_gbm\.onnx"):
+        load_bundle(bundle_copy)
     edit_manifest(bundle_copy, {"schema_version": 5, "candidates.popular": 1})
     with pytest.raises(BundleError, match="candidates needs schema_version 6, not 5"):
         load_bundle(bundle_copy)

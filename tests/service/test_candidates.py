@@ -117,3 +117,30 @@ def test_items_added_live_are_recommended_under_a_sources_ordering(tiny_bundle: 
         np.testing.assert_allclose(own, before[user][: len(trained)], rtol=1e-6)
     assert shown["ranker"] > 0
     assert shown[ranking] > 0  # without the ranker's places: never (no popularity, no item-item weights)
+
+
+def test_the_gradient_boosted_ranker_orders_the_ann_and_item_item_candidates(tiny_bundle: Path) -> None:
+    """ranking=gbm: the union of the two-tower's candidates and the item-item source's top, scored by
+    ranker_gbm.onnx (dense features alone) on the features the service builds for the DCN ranker."""
+    bundle = load_bundle(tiny_bundle)
+    depth = bundle.manifest.candidates.gbm_item_item
+    assert depth > 0
+    pipeline = Pipeline.open(bundle, device="cpu", ranking="gbm")
+    assert pipeline.gbm is not None
+    assert pipeline.gbm.neighbours is pipeline.ranker.neighbours
+    grew = 0
+    for user in range(0, 60, 3):
+        history = bundle.history(user)
+        recs = pipeline.recommend(user, None, 10, 20)  # 20 from the ANN: the item-item top joins them
+        assert not np.isin(recs.items, history).any()
+        assert (np.diff(recs.ranking_scores) <= 1e-7).all()
+        expected = pipeline.gbm.score(user, history, recs.items, recs.retrieval_scores)
+        np.testing.assert_allclose(recs.ranking_scores, expected, rtol=1e-5, atol=1e-6)
+        grew += recs.n_after_filter > 20
+    assert grew > 0
+    # The DCN ranker's answer differs: it is another model on fewer candidates.
+    ranker = Pipeline.open(bundle, device="cpu", ranking="ranker")
+    assert any(
+        ranker.recommend(u, None, 10, 20).items.tolist() != pipeline.recommend(u, None, 10, 20).items.tolist()
+        for u in range(0, 60, 3)
+    )
