@@ -38,6 +38,7 @@ from model_export.train import (
     embed_items,
     embed_users,
     item_popularity,
+    item_transitions,
     neighbour_weights,
     ranker_examples,
     seed_everything,
@@ -76,16 +77,18 @@ class Models:
 
 @dataclass(frozen=True)
 class ItemStats:
-    """The ranker's item statistics over some interactions: popularity and neighbours."""
+    """The rankers' item statistics over some interactions: popularity, neighbours and transitions."""
 
     popularity: ItemPopularity
     neighbours: ItemNeighbours
+    transitions: ItemNeighbours | None  # what follows what (the gradient-boosted ranker's), None without it
 
 
 def _item_stats(interactions: Interactions, dataset: Dataset, config: ExportConfig) -> ItemStats:
     return ItemStats(
         item_popularity(interactions, dataset.n_items),
         neighbour_weights(interactions, dataset.n_users, dataset.n_items, config.ranker),
+        item_transitions(interactions, dataset.n_items, config.gbm.transitions) if config.gbm.enabled else None,
     )
 
 
@@ -197,6 +200,9 @@ def _ranker_then_refit(
             drawn_as_served,
             seen=seen,
             gbm_features=True,
+            transitions=features_as_of.transitions,
+            transition_candidates=g.transition_candidates,
+            transition_negatives=g.transition_negatives,
         )
         gbm, info["gbm"] = train_gbm(gbm_examples, g, config.seed)
         gbm_rows = gbm_examples.dense[_sample(len(gbm_examples.label), 2048, np.random.default_rng(config.seed))]
@@ -525,6 +531,10 @@ def _write(
     writer.array(files.ITEM_RECENT_POPULARITY, popularity.recent)
     writer.array(files.ITEM_NEIGHBOURS, neighbours.items)
     writer.array(files.ITEM_NEIGHBOUR_WEIGHTS, neighbours.weights)
+    transitions = data.stats.transitions if models.gbm is not None else None
+    if transitions is not None:
+        writer.array(files.ITEM_TRANSITIONS, transitions.items)
+        writer.array(files.ITEM_TRANSITION_WEIGHTS, transitions.weights)
     writer.array(files.USER_CATEGORICAL, dataset.user_categorical)
     writer.array(files.HISTORY_OFFSETS, offsets)
     writer.array(files.HISTORY_ITEMS, history)
@@ -552,6 +562,7 @@ def _write(
             "item_dense_dim": dataset.item_dense.shape[1],
             "ranker_dense_dim": examples.dense.shape[1],
             "item_neighbours": config.ranker.neighbours,
+            "item_transitions": transitions.items.shape[1] if transitions is not None else 0,
             "text_dim": dataset.text_dim,
         },
         "feature_spec": {
@@ -601,7 +612,11 @@ def _write(
             "popular": config.popular_candidates,
             "ranking": ranking,
         }
-        | ({"gbm_item_item": config.gbm.item_item_candidates} if models.gbm is not None else {}),
+        | (
+            {"gbm_item_item": config.gbm.item_item_candidates, "gbm_transitions": config.gbm.transition_candidates}
+            if models.gbm is not None
+            else {}
+        ),
     }
     writer.write_manifest(fields)
     return fields

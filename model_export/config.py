@@ -110,10 +110,15 @@ class GbmConfig:
     # Candidates it orders per request beside the two-tower's: the item-item source's top from the user's latest
     # items (their history window); recorded in the manifest (candidates.gbm_item_item).
     item_item_candidates: int = 200
+    # And the transition source's top from their latest items (service.recommend.features.TRANSITION_ITEMS), from
+    # each item's `transitions` most frequent predecessors (model_export.train.item_transitions).
+    transition_candidates: int = 50
+    transitions: int = 50
     # Its training events' negatives: drawn from the two-tower's top `RankerConfig.hard_pool`, from the item-item
     # top `item_item_candidates`, and uniform, as the service draws candidates.
     hard_negatives: int = 16
     item_item_negatives: int = 16
+    transition_negatives: int = 4
     uniform_negatives: int = 1
     # ml-100k's validation window, a tenth of its events left out: lambdarank NDCG@10 over each event's candidates
     # 0.455 at 221 trees with learning rate 0.1 and 200 rows a leaf; 0.450 at 300 trees with 0.05 and 50.
@@ -201,7 +206,7 @@ PRESETS: dict[str, ExportConfig] = {
             epochs=2,
             hard_pool=100,
         ),
-        gbm=GbmConfig(item_item_candidates=50, trees=50, min_data_in_leaf=20),
+        gbm=GbmConfig(item_item_candidates=50, transition_candidates=20, transitions=20, trees=50, min_data_in_leaf=20),
         index=IndexConfig(recall_queries=100),
     ),
 }

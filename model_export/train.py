@@ -11,6 +11,7 @@ import copy
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -23,11 +24,13 @@ from model_export.data import Dataset, Interactions, chronological, pair_codes, 
 from model_export.ranker import DCNRanker
 from model_export.two_tower import ItemTower, RetrievalTask, UserTower
 from service.recommend.features import (
+    TRANSITION_ITEMS,
     ItemNeighbourIndex,
     content_profiles,
     gbm_extra_features,
     history_similarity,
     history_windows,
+    latest_of_windows,
     ranker_dense_features,
 )
 
@@ -114,24 +117,51 @@ def item_neighbours(interactions: Interactions, n_users: int, n_items: int, k: i
     computed sparsely: cost grows with co-occurring pairs, not with items squared."""
     from model_export.baselines import interaction_matrix
 
-    items = np.full((n_items, k), -1, dtype=np.int32)
-    weights = np.zeros((n_items, k), dtype=np.float32)
     if not len(interactions) or not k:
-        return ItemNeighbours(items, weights)
+        return ItemNeighbours(np.full((n_items, k), -1, dtype=np.int32), np.zeros((n_items, k), dtype=np.float32))
     x = interaction_matrix(interactions, n_users, n_items)
     norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
     xn = x.multiply(1.0 / np.maximum(norms, 1e-9)[None, :]).tocsc()
     sim = (xn.T @ xn).tocsr()
     sim.setdiag(0.0)
     sim.eliminate_zeros()
-    rows = np.repeat(np.arange(n_items), np.diff(sim.indptr))
-    order = np.lexsort((-sim.data, rows))  # by row, most similar first
-    rank = np.arange(len(order)) - sim.indptr[rows[order]]
+    return _top_per_row(sim, n_items, k)
+
+
+def _top_per_row(matrix: Any, n_items: int, k: int) -> ItemNeighbours:
+    """The `k` largest entries of each row of a sparse (n_items, n_items) CSR matrix, in the neighbour layout."""
+    items = np.full((n_items, k), -1, dtype=np.int32)
+    weights = np.zeros((n_items, k), dtype=np.float32)
+    rows = np.repeat(np.arange(n_items), np.diff(matrix.indptr))
+    order = np.lexsort((-matrix.data, rows))  # by row, largest first
+    rank = np.arange(len(order)) - matrix.indptr[rows[order]]
     top = rank < k
     keep = order[top]
-    items[rows[keep], rank[top]] = sim.indices[keep]
-    weights[rows[keep], rank[top]] = sim.data[keep]
+    items[rows[keep], rank[top]] = matrix.indices[keep]
+    weights[rows[keep], rank[top]] = matrix.data[keep]
     return ItemNeighbours(items, weights)
+
+
+def item_transitions(interactions: Interactions, n_items: int, k: int, smoothing: float = 1.0) -> ItemNeighbours:
+    """What follows what, in the neighbour layout: row c lists the `k` items h with the largest estimate of
+    P(the next event is c | an event on h), count(h then c) / (count(h then anything) + `smoothing`), over each
+    user's consecutive events in time order (a repeat of the same item skipped). Its `ItemNeighbourIndex` scores a
+    candidate by the sum of those estimates over the user's latest items; `top_items` is the transition source."""
+    import scipy.sparse as sp
+
+    empty = ItemNeighbours(np.full((n_items, k), -1, dtype=np.int32), np.zeros((n_items, k), dtype=np.float32))
+    if len(interactions) < 2 or not k:
+        return empty
+    ordered = interactions.take(chronological(interactions))
+    pairs = (ordered.user[1:] == ordered.user[:-1]) & (ordered.item[1:] != ordered.item[:-1])
+    before, after = ordered.item[:-1][pairs], ordered.item[1:][pairs]
+    if not len(before):
+        return empty
+    counts = sp.csr_matrix((np.ones(len(before)), (after, before)), shape=(n_items, n_items))  # duplicates summed
+    counts.sum_duplicates()
+    leaving = np.bincount(before, minlength=n_items).astype(np.float64)
+    counts.data = counts.data / (leaving[counts.indices] + smoothing)
+    return _top_per_row(counts, n_items, k)
 
 
 def item_ease(
@@ -370,11 +400,16 @@ def ranker_examples(
     config: ExportConfig,
     seen: Interactions | None = None,
     gbm_features: bool = False,
+    transitions: ItemNeighbours | None = None,
+    transition_candidates: int = 0,
+    transition_negatives: int = 0,
 ) -> RankerExamples:
     """Positives are the rank-window events; negatives are uniform items and hard negatives from the two-tower
     top `hard_pool`, never items the user interacted with (in `train`, or in `seen`: every interaction, whatever
     its rating). Features come from the history before each event, built by the same functions the service uses.
-    `gbm_features`: GBM_EXTRA_FEATURES follow (the gradient-boosted ranker's input)."""
+    `gbm_features`: GBM_EXTRA_FEATURES follow (the gradient-boosted ranker's input), the transition scores from
+    `transitions`; `transition_negatives` are drawn from the transition source's top `transition_candidates` (from
+    the latest items before the event, as service.recommend.candidates draws them)."""
     cfg, length = config.ranker, config.two_tower.history_length
     rng = np.random.default_rng(config.seed + 1)
     event_codes = rank_events.user * dataset.n_items + rank_events.item
@@ -403,6 +438,7 @@ def ranker_examples(
         seen_codes = np.union1d(seen_codes, pair_codes(seen, dataset.n_items))
 
     n_neg = cfg.uniform_negatives + cfg.hard_negatives + cfg.item_item_negatives + cfg.popular_negatives
+    n_neg += transition_negatives
     candidates = np.empty((len(users), 1 + n_neg), dtype=np.int64)
     candidates[:, 0] = positives
     # The other candidate sources, as the service draws them (service.recommend.candidates): the item-item top from the
@@ -435,8 +471,25 @@ def ranker_examples(
     at += cfg.item_item_negatives
     candidates[:, at : at + cfg.popular_negatives] = popular_negatives
     at += cfg.popular_negatives
-    candidates[:, at:] = rng.integers(0, dataset.n_items, size=(len(users), cfg.uniform_negatives))
+    candidates[:, at : at + cfg.uniform_negatives] = rng.integers(
+        0, dataset.n_items, size=(len(users), cfg.uniform_negatives)
+    )
+    at += cfg.uniform_negatives
     retrieved |= in_item_item | in_popular  # the positive is a candidate if any source brings it
+    transition_index = None if transitions is None else ItemNeighbourIndex(transitions.items, transitions.weights)
+    if transition_index is not None and (transition_candidates or transition_negatives):
+        following, in_following = extra_source_negatives(
+            transition_index,
+            latest_of_windows(windows, TRANSITION_ITEMS),
+            positives,
+            transition_candidates,
+            transition_negatives,
+            rng,
+        )
+        candidates[:, at:] = following
+        retrieved |= in_following
+    else:
+        candidates[:, at:] = rng.integers(0, dataset.n_items, size=(len(users), transition_negatives))
     labels = np.zeros_like(candidates, dtype=np.float32)
     labels[:, 0] = 1.0
     # Drop negatives the user did interact with (they are positives elsewhere in the log).
@@ -469,7 +522,7 @@ def ranker_examples(
         neighbour * known[:, None],
     )
     if gbm_features:
-        recent = gbm_extra_features(neighbour_index, cand, windows, rows) * known[:, None]
+        recent = gbm_extra_features(neighbour_index, transition_index, cand, windows, rows) * known[:, None]
         dense = np.concatenate([dense, recent], axis=1)
     user_idx = tower_users[rows].copy()
     dropped = rng.random(len(user_idx)) < config.two_tower.user_id_dropout

@@ -15,10 +15,17 @@ import pytest
 
 from model_export.config import preset
 from model_export.data import generate_synthetic, implicit, temporal_split
-from model_export.train import item_neighbours, item_popularity, new_user_tower, ranker_examples, seed_everything
+from model_export.train import (
+    item_neighbours,
+    item_popularity,
+    item_transitions,
+    new_user_tower,
+    ranker_examples,
+    seed_everything,
+)
 from service.core.bundle import Bundle, load_bundle
 from service.core.device import open_session
-from service.recommend.features import GBM_EXTRA_FEATURES, RANKER_CONTEXT_FEATURES
+from service.recommend.features import GBM_EXTRA_FEATURES, RANKER_CONTEXT_FEATURES, ItemNeighbourIndex
 from service.recommend.pipeline import Pipeline
 from service.recommend.ranking import Ranker
 
@@ -50,9 +57,22 @@ def test_serving_features_equal_the_training_examples(tiny_bundle: Path, fresh_s
     neighbours = item_neighbours(tt_train, dataset.n_users, dataset.n_items, config.ranker.neighbours)
     config = replace(config, ranker=replace(config.ranker, retrieved_positives_only=False, new_user_share=0.0))
     # With the gradient-boosted ranker's extra features: the DCN ranker's are the columns before them.
+    transitions = item_transitions(tt_train, dataset.n_items, 20)
     examples = ranker_examples(
-        dataset, train, events, user_tower, item_emb, popularity, neighbours, config, gbm_features=True
+        dataset,
+        train,
+        events,
+        user_tower,
+        item_emb,
+        popularity,
+        neighbours,
+        config,
+        gbm_features=True,
+        transitions=transitions,
+        transition_candidates=20,
+        transition_negatives=4,
     )
+    assert (examples.dense[:, -4:] > 0).mean() > 0.05  # the transition features are live
 
     bundle = load_bundle(tiny_bundle)
     assert bundle.manifest.dims.n_users == dataset.n_users  # the same generated data
@@ -79,7 +99,14 @@ def test_serving_features_equal_the_training_examples(tiny_bundle: Path, fresh_s
         served = _bundle_with_histories(bundle, {user: stored})
         ranker = Ranker(served, open_session(tiny_bundle / "ranker.onnx", ["CPUExecutionProvider"], 1))
         gbm_session = open_session(tiny_bundle / "ranker_gbm.onnx", ["CPUExecutionProvider"], 1)
-        gbm = Ranker(served, gbm_session, inputs=("dense",), file="ranker_gbm.onnx", gbm_features=True)
+        gbm = Ranker(
+            served,
+            gbm_session,
+            inputs=("dense",),
+            file="ranker_gbm.onnx",
+            gbm_features=True,
+            transitions=ItemNeighbourIndex(transitions.items, transitions.weights),
+        )
         pipeline_history = Pipeline.history(_PipelineView(served), user, fresh)  # the service's own composition
         retrieval = examples.dense[rows, len(dataset.item_dense_names)]
         inputs = ranker.inputs(user, pipeline_history, examples.item_idx[rows], retrieval)

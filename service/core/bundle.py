@@ -46,6 +46,11 @@ HISTORY_ITEMS = "history_items.npy"
 # recommended, not history. CSR like the history.
 NEGATIVE_OFFSETS = "negative_offsets.npy"
 NEGATIVE_ITEMS = "negative_items.npy"
+# Optional (dims.item_transitions > 0): what follows what, in the neighbour layout: row c lists the items h most
+# often followed by c in users' histories (the next event), with P(next is c | h); the gradient-boosted ranker's
+# transition source and features (service.recommend.candidates, features.GBM_EXTRA_FEATURES).
+ITEM_TRANSITIONS = "item_transitions.npy"
+ITEM_TRANSITION_WEIGHTS = "item_transition_weights.npy"
 # Schema 5: the trained items' content vectors (service.items.content), float16, (n_items, manifest.content.dim).
 ITEM_CONTENT = "item_content.npy"
 ITEM_IDS = "item_ids.json"
@@ -98,6 +103,7 @@ class Dimensions(_Strict):
     item_dense_dim: int = Field(ge=0)
     ranker_dense_dim: int = Field(ge=1)
     item_neighbours: int = Field(ge=0)  # co-occurrence neighbours kept per item
+    item_transitions: int = Field(0, ge=0)  # predecessors kept per item in ITEM_TRANSITIONS; 0 = no such files
     text_dim: int = Field(ge=0)  # width of the item tower's text input; 0 = no text features
 
 
@@ -159,8 +165,9 @@ class CandidatesSpec(_Strict):
     # How the union is ordered (service.recommend.pipeline): the ranker, the gradient-boosted ranker, or one
     # source's own score alone, whichever the exporter found best on its validation split (model_export.build).
     ranking: Literal["ranker", "gbm", "item_item", "two_tower", "popular"] = "ranker"
-    # The item-item source's candidates when the gradient-boosted ranker orders them (RANKER_GBM in the bundle).
+    # The item-item and transition sources' candidates when the gradient-boosted ranker orders them (RANKER_GBM).
     gbm_item_item: int = Field(0, ge=0)
+    gbm_transitions: int = Field(0, ge=0)
 
 
 class Manifest(_Strict):
@@ -207,6 +214,10 @@ class Bundle:
     negative_offsets: np.ndarray  # (n_users + 1,) int64, CSR offsets into negative_items
     negative_items: np.ndarray  # (nnz,) int64, each user's items with only negative feedback
     item_content: np.ndarray | None = None  # (n_items, content.dim) float16, L2-normalised; None before schema 5
+    # (n_items, item_transitions) int32 and float32 >= 0, of the trained items only (never grown for items added
+    # live: they follow nothing yet); None where the bundle has none.
+    item_transitions: np.ndarray | None = None
+    item_transition_weights: np.ndarray | None = None
 
     @property
     def version(self) -> str:
@@ -354,13 +365,13 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         negative_offsets, negatives = _load_csr(path, NEGATIVE_OFFSETS, NEGATIVE_ITEMS, dims)
     else:
         negative_offsets, negatives = np.zeros(dims.n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    neighbours = _load_array(path / ITEM_NEIGHBOURS, np.int32, (dims.n_items, dims.item_neighbours))
-    if neighbours.size and (neighbours.min() < -1 or neighbours.max() >= dims.n_items):
-        raise BundleError(f"{path / ITEM_NEIGHBOURS}: item indices outside [-1, {dims.n_items})")
-    neighbour_weights = _load_array(path / ITEM_NEIGHBOUR_WEIGHTS, np.float32, (dims.n_items, dims.item_neighbours))
-    if neighbour_weights.size and not neighbour_weights.min() >= 0:  # NaN fails too
-        raise BundleError(
-            f"{path / ITEM_NEIGHBOUR_WEIGHTS}: weights must be non-negative (cosines, EASE's positive part)"
+    neighbours, neighbour_weights = _load_item_lists(
+        path, ITEM_NEIGHBOURS, ITEM_NEIGHBOUR_WEIGHTS, dims.item_neighbours, dims
+    )
+    transitions, transition_weights = None, None
+    if dims.item_transitions:
+        transitions, transition_weights = _load_item_lists(
+            path, ITEM_TRANSITIONS, ITEM_TRANSITION_WEIGHTS, dims.item_transitions, dims
         )
     content = None
     if manifest.content is not None:
@@ -391,7 +402,22 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         negative_offsets=negative_offsets,
         negative_items=negatives,
         item_content=content,
+        item_transitions=transitions,
+        item_transition_weights=transition_weights,
     )
+
+
+def _load_item_lists(
+    path: Path, items_name: str, weights_name: str, width: int, dims: Dimensions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-item lists of items (n_items, width) int32, -1 padded, and their weights (n_items, width) float32 >= 0."""
+    items = _load_array(path / items_name, np.int32, (dims.n_items, width))
+    if items.size and (items.min() < -1 or items.max() >= dims.n_items):
+        raise BundleError(f"{path / items_name}: item indices outside [-1, {dims.n_items})")
+    weights = _load_array(path / weights_name, np.float32, (dims.n_items, width))
+    if weights.size and not weights.min() >= 0:  # NaN fails too
+        raise BundleError(f"{path / weights_name}: weights must be non-negative (cosines, EASE's positive part)")
+    return items, weights
 
 
 def _load_csr(path: Path, offsets_name: str, items_name: str, dims: Dimensions) -> tuple[np.ndarray, np.ndarray]:

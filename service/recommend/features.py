@@ -30,15 +30,20 @@ RANKER_CONTEXT_FEATURES = (
 )
 
 # What the gradient-boosted ranker (ranker_gbm.onnx) sees after RANKER_CONTEXT_FEATURES: the item-item source's score
-# from the user's latest item and from their latest three (what follows what the user just did), beside the whole
-# window's (neighbour_score_*).
+# from the user's latest item and from their latest three, beside the whole window's (neighbour_score_*), and the
+# transition source's (how often the candidate came next after those items in other users' histories).
 GBM_EXTRA_FEATURES = (
     "neighbour_score_sum_last_1",
     "neighbour_score_max_last_1",
     "neighbour_score_sum_last_3",
     "neighbour_score_max_last_3",
+    "transition_score_sum_last_1",
+    "transition_score_max_last_1",
+    "transition_score_sum_last_3",
+    "transition_score_max_last_3",
 )
 RECENT_ITEMS = (1, 3)
+TRANSITION_ITEMS = 3  # the transition source's candidates follow the user's latest items
 
 
 YEAR_FIRST, YEAR_LAST = 1900, 2030  # year_feature's scale
@@ -121,11 +126,21 @@ def latest_of_windows(windows: np.ndarray, n: int) -> np.ndarray:
 
 
 def gbm_extra_features(
-    neighbours: ItemNeighbourIndex, candidates: np.ndarray, windows: np.ndarray, rows: np.ndarray
+    neighbours: ItemNeighbourIndex,
+    transitions: ItemNeighbourIndex | None,
+    candidates: np.ndarray,
+    windows: np.ndarray,
+    rows: np.ndarray,
 ) -> np.ndarray:
-    """GBM_EXTRA_FEATURES: `neighbours.scores` from each window's latest 1 and 3 items. candidates (N,), windows
-    (B, L), rows (N,) the window of each candidate (grouped by window, in order). (N, 4) float32"""
-    parts = [neighbours.scores(candidates, latest_of_windows(windows, n), rows) for n in RECENT_ITEMS]
+    """GBM_EXTRA_FEATURES: `neighbours.scores`, then `transitions.scores` (zeros without), from each window's latest
+    1 and 3 items. candidates (N,), windows (B, L), rows (N,) the window of each candidate (grouped by window, in
+    order). (N, 8) float32"""
+    latest = [latest_of_windows(windows, n) for n in RECENT_ITEMS]
+    parts = [neighbours.scores(candidates, w, rows) for w in latest]
+    if transitions is None:
+        parts += [np.zeros((len(candidates), 2 * len(RECENT_ITEMS)), dtype=np.float32)]
+    else:
+        parts += [transitions.scores(candidates, w, rows) for w in latest]
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 

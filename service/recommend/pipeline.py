@@ -18,7 +18,7 @@ from service.core.device import faiss_gpus, model_precisions, onnx_providers, op
 from service.core.settings import Settings
 from service.recommend.candidates import ExtraCandidates, merge
 from service.recommend.catalogue import ARRAYS, Catalogue
-from service.recommend.features import history_window
+from service.recommend.features import ItemNeighbourIndex, history_window
 from service.recommend.filtering import filter_candidates, top_k
 from service.recommend.ranking import Ranker, live_in_ranker_places
 from service.recommend.retrieval import Retriever
@@ -94,8 +94,12 @@ class Pipeline:
         elif self.ranking == "gbm":
             item_item = max(spec.item_item, spec.gbm_item_item)
         popular = max(spec.popular, SOURCE_DEPTH) if self.ranking == "popular" else spec.popular
-        # Items added live have no popularity and no item-item weights: the list built here stays right.
-        self.extra = ExtraCandidates(ranker.neighbours, bundle.item_log_popularity, item_item, popular)
+        # Items added live have no popularity, no item-item weights and no transitions: the lists built here stay right.
+        transition = spec.gbm_transitions if self.ranking == "gbm" else 0
+        transitions = gbm.transitions if gbm is not None else None
+        self.extra = ExtraCandidates(
+            ranker.neighbours, bundle.item_log_popularity, item_item, popular, transitions, transition
+        )
         self.twins: dict[int, np.ndarray] = {}  # item added live -> the trained items with its content
         self.catalogue: Catalogue | None = None  # the item arrays grown in place, from the first item added live
         # The unknown-user embedding depends on nothing but the model: compute it once.
@@ -137,6 +141,9 @@ class Pipeline:
                 file=RANKER_GBM,
                 neighbours=ranker.neighbours,
                 gbm_features=True,
+                transitions=None
+                if bundle.item_transitions is None or bundle.item_transition_weights is None
+                else ItemNeighbourIndex(bundle.item_transitions, bundle.item_transition_weights),
             )
         return cls(
             bundle,

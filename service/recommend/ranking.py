@@ -44,6 +44,7 @@ class Ranker:
         file: str = "ranker.onnx",
         neighbours: ItemNeighbourIndex | None = None,
         gbm_features: bool = False,
+        transitions: ItemNeighbourIndex | None = None,
     ) -> None:
         dims = bundle.manifest.dims
         self._gbm_features = gbm_features
@@ -68,6 +69,7 @@ class Ranker:
         # Items added live have no neighbours and are nobody's: the index built here stays right as they come.
         # (Another ranker's, when given: one inversion per bundle.)
         self.neighbours = neighbours or ItemNeighbourIndex(bundle.item_neighbours, bundle.item_neighbour_weights)
+        self.transitions = transitions  # the transition source's index (GBM_EXTRA_FEATURES), where the bundle has one
 
     def inputs(
         self, user: int, history: np.ndarray, candidates: np.ndarray, retrieval_scores: np.ndarray
@@ -100,7 +102,9 @@ class Ranker:
             self.neighbours.scores(candidates, windows, rows),
         )
         if self._gbm_features:
-            dense = np.concatenate([dense, gbm_extra_features(self.neighbours, candidates, windows, rows)], axis=1)
+            dense = np.concatenate(
+                [dense, gbm_extra_features(self.neighbours, self.transitions, candidates, windows, rows)], axis=1
+            )
         return {
             "user_idx": np.where(known, users, self._oov)[rows],  # (N,)
             "item_idx": np.minimum(candidates, self._trained_items),  # (N,)

@@ -12,6 +12,7 @@ from model_export.train import (
     item_ease,
     item_neighbours,
     item_popularity,
+    item_transitions,
     latest_items,
     ranker_examples,
     sequence_windows,
@@ -19,6 +20,7 @@ from model_export.train import (
     train_ranker,
     train_two_tower,
 )
+from service.recommend.features import ItemNeighbourIndex
 
 
 def test_sequence_windows_hold_only_the_past() -> None:
@@ -215,3 +217,28 @@ def test_content_distillation_brings_content_only_embeddings_to_the_trained_ones
     # Mean cosine distance between an item's two embeddings, with the term / without: measured 0.71 (torch
     # seeds 1 and 2: 0.62, 0.64; 8 epochs: 0.67-0.71).
     assert 1 - agreement[1.0] < 0.8 * (1 - agreement[0.0]), agreement
+
+
+def test_item_transitions_estimate_what_comes_next() -> None:
+    # User 0: 0 -> 1 -> 2; user 1: 0 -> 1 -> 1 (a repeat, skipped) -> 3; user 2: 0 -> 2. Item 0 is left 3 times:
+    # twice for 1, once for 2; item 1 twice: for 2, for 3.
+    log = Interactions(
+        user=np.array([0, 0, 0, 1, 1, 1, 1, 2, 2]),
+        item=np.array([2, 0, 1, 0, 1, 1, 3, 0, 2]),
+        rating=np.ones(9, dtype=np.float32),
+        timestamp=np.array([30, 10, 20, 10, 20, 30, 40, 10, 20]),
+    )
+    table = item_transitions(log, n_items=5, k=2, smoothing=1.0)
+    # Row c lists its predecessors h by count(h then c) / (count(h then anything) + 1), largest first.
+    assert table.items[1].tolist() == [0, -1]
+    np.testing.assert_allclose(table.weights[1], [2 / 4, 0.0])
+    assert table.items[2].tolist() == [1, 0]  # 1 / 3 from item 1, 1 / 4 from item 0
+    np.testing.assert_allclose(table.weights[2], [1 / 3, 1 / 4])
+    assert table.items[3].tolist() == [1, -1]
+    assert (table.items[0] == -1).all()
+    assert (table.items[4] == -1).all()
+    # The transition source from a history ending on 0: 1 first (2 / 4), then 2 (1 / 4).
+    index = ItemNeighbourIndex(table.items, table.weights)
+    items, scores = index.top_items(np.array([0]), 5)
+    assert items.tolist() == [1, 2]
+    np.testing.assert_allclose(scores, [0.5, 0.25])

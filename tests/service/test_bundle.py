@@ -130,6 +130,25 @@ def test_negative_neighbour_weights_are_refused(bundle_copy: Path) -> None:
         load_bundle(bundle_copy)
 
 
+def test_transition_tables_checked_and_optional(bundle_copy: Path) -> None:
+    bundle = load_bundle(bundle_copy)
+    assert bundle.item_transitions is not None
+    assert bundle.item_transition_weights is not None
+    assert bundle.item_transitions.shape == (bundle.manifest.dims.n_items, bundle.manifest.dims.item_transitions)
+    broken = bundle.item_transition_weights.copy()
+    broken[0, 0] = -1.0
+    _rewrite(bundle_copy, "item_transition_weights.npy", broken)
+    with pytest.raises(BundleError, match=r"item_transition_weights\.npy: weights must be non-negative"):
+        load_bundle(bundle_copy)
+    _rewrite(bundle_copy, "item_transition_weights.npy", bundle.item_transition_weights)
+    _rewrite(bundle_copy, "item_transitions.npy", np.full_like(bundle.item_transitions, bundle.manifest.dims.n_items))
+    with pytest.raises(BundleError, match=r"item_transitions\.npy: item indices outside"):
+        load_bundle(bundle_copy)
+    # A bundle without them (dims.item_transitions 0): none loaded, the gradient-boosted ranker scores them 0.
+    edit_manifest(bundle_copy, {"dims.item_transitions": 0})
+    assert load_bundle(bundle_copy).item_transitions is None
+
+
 def _rewrite(bundle: Path, name: str, array: np.ndarray) -> None:
     np.save(bundle / name, array)
     manifest = json.loads((bundle / MANIFEST).read_text())

@@ -35,6 +35,31 @@ def test_item_item_then_popular_none_blocked_or_retrieved() -> None:
     assert sources(0, 0).add(window, np.array([0]), np.array([1])).tolist() == []
 
 
+def test_the_transition_source_follows_the_latest_items() -> None:
+    # Transitions: row c lists its predecessors. 4 follows 0 (0.6) and 3 (0.35); 5 follows 3 (0.5); 1 follows 2.
+    table = np.full((6, 2), -1, dtype=np.int32)
+    weights = np.zeros((6, 2), dtype=np.float32)
+    table[4], weights[4] = [0, 3], [0.6, 0.35]
+    table[5, 0], weights[5, 0] = 3, 0.5
+    table[1, 0], weights[1, 0] = 2, 0.9
+    transitions = ItemNeighbourIndex(table, weights)
+
+    def extra(popular: int) -> ExtraCandidates:
+        return ExtraCandidates(sources(0, 0).neighbours, np.arange(6.0), 0, popular, transitions, transition=2)
+
+    # History 2, 0, 3: 4 (0.95), 1 (0.9), then 5 (0.5) is beyond the two asked; the most popular item not
+    # already there (5) after them.
+    window = np.array([2, 0, 3, -1])
+    assert extra(0).add(window, blocked=window[:3], retrieved=np.array([], np.int64)).tolist() == [4, 1]
+    assert extra(1).add(window, blocked=window[:3], retrieved=np.array([], np.int64)).tolist() == [4, 1, 5]
+    # Only the latest TRANSITION_ITEMS (3) items count: with 2 four events back, 1 no longer follows; 4 is retrieved.
+    window = np.array([2, 0, 3, 3, -1])
+    assert extra(0).add(window, blocked=window[:4], retrieved=np.array([4])).tolist() == [5]
+    # Without a transition index (a bundle without one) the source adds nothing.
+    none = ExtraCandidates(sources(0, 0).neighbours, np.arange(6.0), 0, 0, None, transition=2)
+    assert none.add(window, window[:4], np.array([4])).tolist() == []
+
+
 def test_merge_scores_the_added_items_by_the_two_tower_inner_product() -> None:
     rng = np.random.default_rng(0)
     items = rng.normal(size=(8, 4)).astype(np.float32)
