@@ -3,6 +3,7 @@ its ONNX export scores as LightGBM does."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from model_export.config import GbmConfig
 from model_export.export_onnx import ParityError
-from model_export.gbm import export_gbm, train_gbm
+from model_export.gbm import _split_thresholds, export_gbm, train_gbm
 from model_export.train import RankerExamples
 
 
@@ -57,3 +58,21 @@ def test_parity_failure_is_reported(tmp_path: Path) -> None:
     booster, _ = train_gbm(train, GbmConfig(trees=20, min_data_in_leaf=10, threads=1), seed=0)
     with pytest.raises(ParityError, match="differs from LightGBM"):
         export_gbm(booster, train.dense, tmp_path / "m.onnx", tolerance=-1.0)
+
+
+def test_a_threshold_rounded_up_to_a_feature_value_keeps_lightgbm_s_side(tmp_path: Path) -> None:
+    """Feature 0 takes two adjacent float32 values a < b: LightGBM splits midway (float64), which float32 rounds up
+    to b (round half to even); unfixed, ONNX Runtime sent every b the other way (scores 2.2 off)."""
+    examples = planted(400, 10, seed=0)
+    a = np.nextafter(np.float32(1), np.float32(2))
+    b = np.nextafter(a, np.float32(2))
+    dense = examples.dense.copy()
+    dense[:, 0] = np.where(examples.label == 1, b, a)
+    flip = np.random.default_rng(0).random(len(dense)) < 0.2
+    dense[flip, 0] = np.where(dense[flip, 0] == a, b, a)
+    examples = replace(examples, dense=dense)
+    booster, _ = train_gbm(examples, GbmConfig(trees=20, min_data_in_leaf=10, threads=1), seed=0)
+    split = [t for t in _split_thresholds(booster) if a < t < b]
+    assert split  # the split between them, which float32 rounds up to b
+    assert np.float32(split[0]) == b
+    assert export_gbm(booster, dense, tmp_path / "m.onnx") < 1e-5
