@@ -181,12 +181,14 @@ def _ranker_then_refit(
         drawn_as_served = replace(
             config,
             item_item_candidates=g.item_item_candidates,
+            popular_candidates=g.popular_candidates,
             ranker=replace(
                 config.ranker,
                 hard_negatives=g.hard_negatives,
                 item_item_negatives=g.item_item_negatives,
                 uniform_negatives=g.uniform_negatives,
-                popular_negatives=0,
+                popular_negatives=g.popular_negatives,
+                negative_depth=g.negative_depth,
             ),
         )
         gbm_examples = ranker_examples(
@@ -613,7 +615,11 @@ def _write(
             "ranking": ranking,
         }
         | (
-            {"gbm_item_item": config.gbm.item_item_candidates, "gbm_transitions": config.gbm.transition_candidates}
+            {
+                "gbm_item_item": config.gbm.item_item_candidates,
+                "gbm_transitions": config.gbm.transition_candidates,
+                "gbm_popular": config.gbm.popular_candidates,
+            }
             if models.gbm is not None
             else {}
         ),

@@ -80,6 +80,9 @@ class RankerConfig:
     item_item_negatives: int = 0
     popular_negatives: int = 0
     hard_pool: int = 500
+    # Negatives drawn from each source's top `negative_depth` only (0: from all it brings): the competition for the
+    # top 10 is among each source's best. The gradient-boosted ranker's (GbmConfig.negative_depth).
+    negative_depth: int = 0
     retrieved_positives_only: bool = True
     # A share of the label events seen as a brand-new user would be: an unknown user (the OOV rows, no user
     # features) knowing only their latest 1..new_user_max_events items before the event (otherwise the ranker only
@@ -114,11 +117,24 @@ class GbmConfig:
     # each item's `transitions` most frequent predecessors (model_export.train.item_transitions).
     transition_candidates: int = 50
     transitions: int = 50
-    # Its training events' negatives: drawn from the two-tower's top `RankerConfig.hard_pool`, from the item-item
-    # top `item_item_candidates`, and uniform, as the service draws candidates.
-    hard_negatives: int = 16
-    item_item_negatives: int = 16
-    transition_negatives: int = 4
+    # And the most popular items (candidates.gbm_popular). Off: not measured on its own (with 50 of them, 4
+    # negatives drawn from them and negative_depth 50 the ranker scored 0.0043 on amazon-sports' first 1,500 users;
+    # negative_depth 50 alone 0.0061).
+    popular_candidates: int = 0
+    # Its training events' negatives: drawn from the two-tower's top `RankerConfig.hard_pool` (500), the item-item
+    # top `item_item_candidates` (200) and the transition top `transition_candidates` (50) at one rate (4 %), as
+    # the union the service serves holds them, and uniform. At unequal rates (16 from each of the first two, 4 from
+    # the third) validation NDCG@10 was 0.0334 on amazon-sports against the item-item ordering's 0.0378
+    # (benchmarks.api_quality's training part, 2026-12-07): a source over-represented among the negatives teaches
+    # that its high scores mean a negative.
+    hard_negatives: int = 20
+    item_item_negatives: int = 8
+    transition_negatives: int = 2
+    popular_negatives: int = 0
+    # From each source's whole list (RankerConfig.negative_depth 0). From the top 50 of each instead, validation
+    # NDCG@10 fell to 0.0006 on amazon-sports and 0.0061 on its first 1,500 users (item-item 0.0378, popularity
+    # 0.0355; 2026-12-07): the positives are rarely at the top, so the top's high scores were taught as negatives.
+    negative_depth: int = 0
     uniform_negatives: int = 1
     # ml-100k's validation window, a tenth of its events left out: lambdarank NDCG@10 over each event's candidates
     # 0.455 at 221 trees with learning rate 0.1 and 200 rows a leaf; 0.450 at 300 trees with 0.05 and 50.

@@ -445,7 +445,13 @@ def ranker_examples(
     # history before the event, and the most popular items.
     neighbour_index = ItemNeighbourIndex(neighbours.items, neighbours.weights)
     item_item, in_item_item = extra_source_negatives(
-        neighbour_index, windows, positives, config.item_item_candidates, cfg.item_item_negatives, rng
+        neighbour_index,
+        windows,
+        positives,
+        config.item_item_candidates,
+        cfg.item_item_negatives,
+        rng,
+        cfg.negative_depth,
     )
     popular = np.argsort(-popularity.overall, kind="stable")[: config.popular_candidates]
     in_popular = np.isin(positives, popular)
@@ -464,7 +470,7 @@ def ranker_examples(
         top_scores, top = exact.search(np.ascontiguousarray(user_emb[s], dtype=np.float32), pool)  # (b, pool)
         positive_scores = np.einsum("bd,bd->b", user_emb[s], item_embeddings[positives[s]])
         retrieved[s] = positive_scores >= top_scores[:, -1] - 1e-6  # float rounding at the boundary
-        pick = rng.integers(0, pool, size=(len(top), cfg.hard_negatives))
+        pick = rng.integers(0, min(pool, cfg.negative_depth or pool), size=(len(top), cfg.hard_negatives))
         candidates[s, 1 : 1 + cfg.hard_negatives] = np.take_along_axis(top, pick, axis=1)
     at = 1 + cfg.hard_negatives
     candidates[:, at : at + cfg.item_item_negatives] = item_item
@@ -485,6 +491,7 @@ def ranker_examples(
             transition_candidates,
             transition_negatives,
             rng,
+            cfg.negative_depth,
         )
         candidates[:, at:] = following
         retrieved |= in_following
@@ -542,10 +549,12 @@ def extra_source_negatives(
     depth: int,
     count: int,
     rng: np.random.Generator,
+    sample_depth: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each event (its history window (E, L), its positive (E,)), `count` items drawn from the item-item
     source's top `depth` (what service.recommend.candidates adds from that history; uniform items where it has none),
-    and whether the positive is on that list. ((E, count) int64, (E,) bool)"""
+    or from its top `sample_depth` only (0: all `depth`), and whether the positive is on the `depth` list.
+    ((E, count) int64, (E,) bool)"""
     drawn = rng.integers(0, neighbours.n_items, size=(len(positives), count))
     found = np.zeros(len(positives), dtype=bool)
     if not depth:
@@ -556,7 +565,7 @@ def extra_source_negatives(
             continue
         found[e] = bool((top == positive).any())
         if count:
-            drawn[e] = top[rng.integers(0, len(top), size=count)]
+            drawn[e] = top[rng.integers(0, min(len(top), sample_depth or len(top)), size=count)]
     return drawn, found
 
 

@@ -165,9 +165,10 @@ class CandidatesSpec(_Strict):
     # How the union is ordered (service.recommend.pipeline): the ranker, the gradient-boosted ranker, or one
     # source's own score alone, whichever the exporter found best on its validation split (model_export.build).
     ranking: Literal["ranker", "gbm", "item_item", "two_tower", "popular"] = "ranker"
-    # The item-item and transition sources' candidates when the gradient-boosted ranker orders them (RANKER_GBM).
+    # The item-item, transition and popular sources' candidates when the gradient-boosted ranker orders them.
     gbm_item_item: int = Field(0, ge=0)
     gbm_transitions: int = Field(0, ge=0)
+    gbm_popular: int = Field(0, ge=0)
 
 
 class Manifest(_Strict):

@@ -93,7 +93,11 @@ class Pipeline:
             item_item = max(spec.item_item, SOURCE_DEPTH)
         elif self.ranking == "gbm":
             item_item = max(spec.item_item, spec.gbm_item_item)
-        popular = max(spec.popular, SOURCE_DEPTH) if self.ranking == "popular" else spec.popular
+        popular = spec.popular
+        if self.ranking == "popular":
+            popular = max(spec.popular, SOURCE_DEPTH)
+        elif self.ranking == "gbm":
+            popular = max(spec.popular, spec.gbm_popular)
         # Items added live have no popularity, no item-item weights and no transitions: the lists built here stay right.
         transition = spec.gbm_transitions if self.ranking == "gbm" else 0
         transitions = gbm.transitions if gbm is not None else None

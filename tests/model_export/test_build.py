@@ -65,6 +65,7 @@ def test_manifest_records_everything(tiny_bundle: Path) -> None:
     assert {"ranker_gbm.onnx", "item_transitions.npy", "item_transition_weights.npy"} <= set(manifest["files"])
     assert manifest["dims"]["item_transitions"] == manifest["training"]["config"]["gbm"]["transitions"]
     assert candidates["gbm_transitions"] == manifest["training"]["config"]["gbm"]["transition_candidates"]
+    assert candidates["gbm_popular"] == manifest["training"]["config"]["gbm"]["popular_candidates"]
     assert candidates["gbm_item_item"] == manifest["training"]["config"]["gbm"]["item_item_candidates"] > 0
     # The per-request models in float16 too, within the float16 tolerance of float32 PyTorch, their files listed.
     assert set(manifest["onnx_fp16_parity_max_abs_diff"]) == {"user_tower", "ranker"}
