@@ -19,6 +19,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.core.bundle_files import BundleError as BundleError  # re-exported: where callers catch it
+from service.core.bundle_files import (
+    index_of,
+    load_array,
+    load_csr,
+    load_item_lists,
+    load_str_list,
+)
+
 SCHEMA_VERSION = 6  # what the exporter writes
 # Schemas this service reads: 4 is 5 before content vectors and similar-item weights (items added live go
 # through the item tower's unknown-item row; similar items by cosine alone), 3 is 4 before negative feedback
@@ -79,10 +88,6 @@ REQUIRED_FILES = (
     USER_IDS,
     ITEM_TITLES,
 )
-
-
-class BundleError(Exception):
-    """The bundle cannot be served; the message says which file or field and why."""
 
 
 class _Strict(BaseModel):
@@ -308,40 +313,6 @@ def verify_files(path: Path, manifest: Manifest) -> None:
             raise BundleError(f"{file}: sha256 {actual} does not match the manifest ({entry.sha256}); corrupted?")
 
 
-def _load_array(path: Path, dtype: type, shape: tuple[int | None, ...]) -> np.ndarray:
-    try:
-        array: np.ndarray = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise BundleError(f"{path}: not a plain numpy array ({e})") from e
-    if array.dtype != dtype:
-        raise BundleError(f"{path}: dtype {array.dtype}, expected {np.dtype(dtype)}")
-    if array.ndim != len(shape) or any(
-        want is not None and got != want for got, want in zip(array.shape, shape, strict=True)
-    ):
-        want_text = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-        raise BundleError(f"{path}: shape {array.shape} does not match the manifest dimensions {want_text}")
-    return array
-
-
-def _load_str_list(path: Path, length: int) -> list[str]:
-    try:
-        values = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise BundleError(f"{path}: expected a JSON list of strings")
-    if len(values) != length:
-        raise BundleError(f"{path}: {len(values)} entries, manifest dimensions say {length}")
-    return values
-
-
-def _index_of(ids: list[str], path: Path) -> dict[str, int]:
-    index = {v: i for i, v in enumerate(ids)}
-    if len(index) != len(ids):
-        raise BundleError(f"{path}: ids are not unique")
-    return index
-
-
 def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
     """Read and validate a bundle. Raises `BundleError` naming what is wrong."""
     path = Path(path).resolve()
@@ -359,27 +330,27 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
 
     if manifest.candidates.ranking == "gbm" and RANKER_GBM not in manifest.files:
         raise BundleError(f"{path / MANIFEST}: candidates.ranking is 'gbm' but the bundle lists no {RANKER_GBM}")
-    item_ids = _load_str_list(path / ITEM_IDS, dims.n_items)
-    user_ids = _load_str_list(path / USER_IDS, dims.n_users)
-    offsets, history = _load_csr(path, HISTORY_OFFSETS, HISTORY_ITEMS, dims)
+    item_ids = load_str_list(path / ITEM_IDS, dims.n_items)
+    user_ids = load_str_list(path / USER_IDS, dims.n_users)
+    offsets, history = load_csr(path, HISTORY_OFFSETS, HISTORY_ITEMS, dims)
     if manifest.schema_version >= 4:
-        negative_offsets, negatives = _load_csr(path, NEGATIVE_OFFSETS, NEGATIVE_ITEMS, dims)
+        negative_offsets, negatives = load_csr(path, NEGATIVE_OFFSETS, NEGATIVE_ITEMS, dims)
     else:
         negative_offsets, negatives = np.zeros(dims.n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    neighbours, neighbour_weights = _load_item_lists(
+    neighbours, neighbour_weights = load_item_lists(
         path, ITEM_NEIGHBOURS, ITEM_NEIGHBOUR_WEIGHTS, dims.item_neighbours, dims
     )
     transitions, transition_weights = None, None
     if dims.item_transitions:
-        transitions, transition_weights = _load_item_lists(
+        transitions, transition_weights = load_item_lists(
             path, ITEM_TRANSITIONS, ITEM_TRANSITION_WEIGHTS, dims.item_transitions, dims
         )
     content = None
     if manifest.content is not None:
-        content = _load_array(path / ITEM_CONTENT, np.float16, (dims.n_items, manifest.content.dim))
+        content = load_array(path / ITEM_CONTENT, np.float16, (dims.n_items, manifest.content.dim))
         if not np.isfinite(content).all():
             raise BundleError(f"{path / ITEM_CONTENT}: content vectors must be finite")
-    user_cat = _load_array(path / USER_CATEGORICAL, np.int64, (dims.n_users, n_cat))
+    user_cat = load_array(path / USER_CATEGORICAL, np.int64, (dims.n_users, n_cat))
     for j, card in enumerate(dims.user_categorical_cardinalities):
         if len(user_cat) and (user_cat[:, j].min() < 0 or user_cat[:, j].max() >= card):
             raise BundleError(f"{path / USER_CATEGORICAL}: column {j} outside [0, {card})")
@@ -388,13 +359,13 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         manifest=manifest,
         item_ids=item_ids,
         user_ids=user_ids,
-        item_titles=_load_str_list(path / ITEM_TITLES, dims.n_items),
-        item_index=_index_of(item_ids, path / ITEM_IDS),
-        user_index=_index_of(user_ids, path / USER_IDS),
-        item_embeddings=_load_array(path / ITEM_EMBEDDINGS, np.float32, (dims.n_items, dims.embedding_dim)),
-        item_dense=_load_array(path / ITEM_DENSE, np.float32, (dims.n_items, dims.item_dense_dim)),
-        item_log_popularity=_load_array(path / ITEM_LOG_POPULARITY, np.float32, (dims.n_items,)),
-        item_recent_popularity=_load_array(path / ITEM_RECENT_POPULARITY, np.float32, (dims.n_items,)),
+        item_titles=load_str_list(path / ITEM_TITLES, dims.n_items),
+        item_index=index_of(item_ids, path / ITEM_IDS),
+        user_index=index_of(user_ids, path / USER_IDS),
+        item_embeddings=load_array(path / ITEM_EMBEDDINGS, np.float32, (dims.n_items, dims.embedding_dim)),
+        item_dense=load_array(path / ITEM_DENSE, np.float32, (dims.n_items, dims.item_dense_dim)),
+        item_log_popularity=load_array(path / ITEM_LOG_POPULARITY, np.float32, (dims.n_items,)),
+        item_recent_popularity=load_array(path / ITEM_RECENT_POPULARITY, np.float32, (dims.n_items,)),
         item_neighbours=neighbours,
         item_neighbour_weights=neighbour_weights,
         user_categorical=user_cat,
@@ -406,27 +377,3 @@ def load_bundle(path: Path, *, verify_checksums: bool = True) -> Bundle:
         item_transitions=transitions,
         item_transition_weights=transition_weights,
     )
-
-
-def _load_item_lists(
-    path: Path, items_name: str, weights_name: str, width: int, dims: Dimensions
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-item lists of items (n_items, width) int32, -1 padded, and their weights (n_items, width) float32 >= 0."""
-    items = _load_array(path / items_name, np.int32, (dims.n_items, width))
-    if items.size and (items.min() < -1 or items.max() >= dims.n_items):
-        raise BundleError(f"{path / items_name}: item indices outside [-1, {dims.n_items})")
-    weights = _load_array(path / weights_name, np.float32, (dims.n_items, width))
-    if weights.size and not weights.min() >= 0:  # NaN fails too
-        raise BundleError(f"{path / weights_name}: weights must be non-negative (cosines, EASE's positive part)")
-    return items, weights
-
-
-def _load_csr(path: Path, offsets_name: str, items_name: str, dims: Dimensions) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user item lists: (offsets (n_users + 1,), items (nnz,)), validated."""
-    offsets = _load_array(path / offsets_name, np.int64, (dims.n_users + 1,))
-    items = _load_array(path / items_name, np.int64, (None,))
-    if offsets[0] != 0 or offsets[-1] != len(items) or np.any(np.diff(offsets) < 0):
-        raise BundleError(f"{path / offsets_name}: offsets are not a valid CSR index into {items_name}")
-    if len(items) and (items.min() < 0 or items.max() >= dims.n_items):
-        raise BundleError(f"{path / items_name}: item indices outside [0, {dims.n_items})")
-    return offsets, items

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnxruntime as ort
 
-from service.core.bundle import RANKER_GBM, Bundle, variant_name
+from service.core.bundle import Bundle, variant_name
 from service.core.device import faiss_gpus, model_precisions, onnx_providers, open_session
 from service.core.settings import Settings
 from service.recommend.candidates import ExtraCandidates, merge
 from service.recommend.catalogue import ARRAYS, Catalogue
-from service.recommend.features import ItemNeighbourIndex, history_window
+from service.recommend.features import history_window
 from service.recommend.filtering import filter_candidates, top_k
-from service.recommend.ranking import Ranker, live_in_ranker_places
+from service.recommend.ranking import Ranker, live_in_ranker_places, open_gbm
 from service.recommend.retrieval import Retriever
 from service.recommend.similar import SimilarItems, SimilarityWeights, co_consumed, rank_similar
 from service.recommend.user_encoder import UNKNOWN_USER, UserEncoder
@@ -88,17 +88,13 @@ class Pipeline:
         # A source alone ranks its own top list too (beside the ANN's): the item-item source alone is EASE's
         # scoring over the whole catalogue it covers, popularity alone the most popular items. The gradient-boosted
         # ranker orders the item-item source's top beside the ANN's, as it was trained to.
-        item_item = spec.item_item
-        if self.ranking == "item_item":
-            item_item = max(spec.item_item, SOURCE_DEPTH)
-        elif self.ranking == "gbm":
-            item_item = max(spec.item_item, spec.gbm_item_item)
-        popular = spec.popular
-        if self.ranking == "popular":
-            popular = max(spec.popular, SOURCE_DEPTH)
-        elif self.ranking == "gbm":
-            popular = max(spec.popular, spec.gbm_popular)
-        # Items added live have no popularity, no item-item weights and no transitions: the lists built here stay right.
+        own_item_item, own_popular = {
+            "item_item": (SOURCE_DEPTH, 0),
+            "popular": (0, SOURCE_DEPTH),
+            "gbm": (spec.gbm_item_item, spec.gbm_popular),
+        }.get(self.ranking, (0, 0))
+        item_item, popular = max(spec.item_item, own_item_item), max(spec.popular, own_popular)
+        # Items added live have no popularity, item-item weights or transitions: the lists built here stay right.
         transition = spec.gbm_transitions if self.ranking == "gbm" else 0
         transitions = gbm.transitions if gbm is not None else None
         self.extra = ExtraCandidates(
@@ -135,20 +131,7 @@ class Pipeline:
         ranker = Ranker(bundle, ranker_session, io_binding)
         gbm = None
         if (ranking or bundle.manifest.candidates.ranking) == "gbm":
-            # A tree ensemble runs on ONNX Runtime's CPU provider (a CUDA session would fall back to it per call).
-            gbm_session = open_session(bundle.file(RANKER_GBM), ["CPUExecutionProvider"], intra_op_threads)
-            gbm = Ranker(
-                bundle,
-                gbm_session,
-                "off",
-                inputs=("dense",),
-                file=RANKER_GBM,
-                neighbours=ranker.neighbours,
-                gbm_features=True,
-                transitions=None
-                if bundle.item_transitions is None or bundle.item_transition_weights is None
-                else ItemNeighbourIndex(bundle.item_transitions, bundle.item_transition_weights),
-            )
+            gbm = open_gbm(bundle, intra_op_threads, ranker.neighbours)
         return cls(
             bundle,
             encoder,

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from service.core.bundle import Bundle
-from service.core.device import io_binding_device, run_onnx
+from service.core.bundle import RANKER_GBM, Bundle
+from service.core.device import io_binding_device, open_session, run_onnx
 from service.recommend.features import (
     GBM_EXTRA_FEATURES,
     ItemNeighbourIndex,
@@ -168,3 +168,23 @@ def live_in_ranker_places(source: np.ndarray, ranker: np.ndarray, live: np.ndarr
     last_trained[: int(np.argmax(~live_slots))] = int(np.argmax(~live_slots))
     scores = source[order[last_trained]].astype(np.float32)
     return order, scores
+
+
+def open_gbm(bundle: Bundle, intra_op_threads: int, neighbours: ItemNeighbourIndex) -> Ranker:
+    """The gradient-boosted ranker (ranker_gbm.onnx) of `bundle`, sharing the DCN ranker's `neighbours` index, with
+    the bundle's transition index where it has one. A tree ensemble runs on ONNX Runtime's CPU provider (a CUDA
+    session would fall back to it per call)."""
+    session = open_session(bundle.file(RANKER_GBM), ["CPUExecutionProvider"], intra_op_threads)
+    transitions = None
+    if bundle.item_transitions is not None and bundle.item_transition_weights is not None:
+        transitions = ItemNeighbourIndex(bundle.item_transitions, bundle.item_transition_weights)
+    return Ranker(
+        bundle,
+        session,
+        "off",
+        inputs=("dense",),
+        file=RANKER_GBM,
+        neighbours=neighbours,
+        gbm_features=True,
+        transitions=transitions,
+    )
