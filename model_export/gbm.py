@@ -2,10 +2,11 @@
 
 It sees the same per-candidate features as the DCN ranker (service.recommend.features.ranker_dense_features: the
 two-tower score, the item-item sums EASE's weights give from the user's history, popularity overall and recent,
-content, history length), without user or item ids: a new user with three events takes the same path as a known
-one. It learns from each label event's candidates as the service draws them for it (the two-tower's top, the
-item-item source's top from the history before the event: model_export.train.ranker_examples), one lambdarank
-group per event, and stops early on the NDCG@10 of a tenth of the events it leaves out.
+content, history length) and GBM_EXTRA_FEATURES (the item-item and transition scores from the user's latest 1 and 3
+items), without user or item ids: a new user with three events takes the same path as a known one. It learns from
+each label event's candidates as the service draws them for it (the two-tower's top, the item-item and transition
+sources' tops from the history before the event, at one rate from each: model_export.train.ranker_examples), one
+lambdarank group per event, and stops early on the NDCG@10 of a tenth of the events it leaves out.
 
 onnxmltools converts the booster to ONNX's TreeEnsembleRegressor (ai.onnx.ml), which ONNX Runtime runs on its CPU
 provider (a GPU session falls back to it for this operator): measured on the 2-core VM, 300 trees of 31 leaves score
