@@ -160,12 +160,13 @@ def _ranker_then_refit(
     model is retrained on all of `data` for `epochs` (serving wants one that saw the latest events)."""
     user_tower, item_tower = towers
     timer.lap()
+    item_embeddings = embed_items(item_tower, dataset)  # both rankers' examples
     examples = ranker_examples(
         dataset,
         data,
         rank_events,
         user_tower,
-        embed_items(item_tower, dataset),
+        item_embeddings,
         features_as_of.popularity,
         features_as_of.neighbours,
         config,
@@ -177,7 +178,7 @@ def _ranker_then_refit(
     gbm, gbm_rows = None, None
     if config.gbm.enabled:
         g = config.gbm
-        # Its events' candidates as the service draws them for it: the two-tower's top, the item-item top.
+        # Its events' candidates as the service draws them for it: the two-tower's, item-item and transition tops.
         drawn_as_served = replace(
             config,
             item_item_candidates=g.item_item_candidates,
@@ -196,7 +197,7 @@ def _ranker_then_refit(
             data,
             rank_events,
             user_tower,
-            embed_items(item_tower, dataset),
+            item_embeddings,
             features_as_of.popularity,
             features_as_of.neighbours,
             drawn_as_served,
