@@ -339,6 +339,8 @@ def build_bundle(
         "served_positives": len(final_data.positives),
         "served_negative_feedback": len(final_data.negatives),
     }
+    if raw.read_at is not None:
+        fields_extra["read_at"] = raw.read_at
     ranking, best, by_ranking = "ranker", "ranker", None
     if evaluate_bundle and final is not selection:
         # The manifest's validation metrics: the model-selection pipeline, exported and run as the service runs it,

@@ -87,6 +87,9 @@ class Dataset:
     # Per item, text beyond its title and genres (the contract's description and other text columns), which the
     # text encoder reads after them; None: none.
     item_descriptions: list[str] | None = None
+    # When the data was read from the service's database (Unix seconds; None: from files). In the manifest
+    # (`dataset.read_at`): the service masks in the bundle only users deleted after it (service.store.forgotten).
+    read_at: float | None = None
 
     @property
     def text_dim(self) -> int:

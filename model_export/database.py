@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,8 @@ def export_tables(url: str, directory: Path) -> dict[str, Path]:
 
 
 def load_database(url: str, workdir: Path, name: str = "database") -> Dataset:
-    """The database's contents as the exporter's Dataset (through the contract's reader)."""
+    """The database's contents as the exporter's Dataset (through the contract's reader), with the time the
+    reading began (`read_at`): a user deleted after it may still be in the data."""
+    read_at = time.time()
     paths = export_tables(url, workdir)
-    return load_contract(paths["interactions"], paths["items"], paths["users"], name=name)
+    return replace(load_contract(paths["interactions"], paths["items"], paths["users"], name=name), read_at=read_at)

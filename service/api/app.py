@@ -181,6 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         drain_on_sigterm(state, settings.shutdown_delay_s)
         follows = settings.live_items_store == "database" or settings.workers > 1
         followers = [asyncio.create_task(state.follow_live_items())] if follows else []
+        followers.append(asyncio.create_task(state.follow_deletions()))
         if settings.bundle_sync_s > 0:
             followers.append(asyncio.create_task(state.follow_published_bundle()))
         try:

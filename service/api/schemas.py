@@ -189,12 +189,25 @@ class StoredEventOut(BaseModel):
     received_at: float = Field(description="When the service stored it (Unix seconds).")
 
 
+class BundleHoldings(BaseModel):
+    """What the served bundle holds of a user (the model files, not the database): how an operator verifies a
+    deletion. A deleted user the bundle still holds is `masked` (served as a new user) until a bundle built
+    without them is served."""
+
+    version: str
+    history_length: int = Field(description="Interactions of the user the bundle was trained on (its history).")
+    negatives: int = Field(description="Items the user gave only negative feedback, in the bundle's data.")
+    embedding: bool = Field(description="The user tower has a learnt embedding row for this user id.")
+    masked: bool = Field(description="Deleted since the bundle's data was read: none of the above is used.")
+
+
 class UserRecord(BaseModel):
     """Everything the service holds about a user (the right of access): the system of record's row and events,
-    and whether the served bundle was trained on the user's interactions."""
+    and what the served bundle holds of them."""
 
     user_id: str
     known_to_bundle: bool = Field(description="The served bundle has this user (trained on their interactions).")
+    bundle: BundleHoldings
     first_seen: float | None = Field(description="Their first event received (Unix seconds); null: none.")
     last_seen: float | None
     events: list[StoredEventOut] = Field(description="Every event stored for the user, oldest first.")

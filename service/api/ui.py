@@ -94,7 +94,7 @@ async def overview(state: StateDep) -> Overview:
 async def user_view(user_id: Annotated[str, Path(min_length=1, max_length=128)], state: StateDep) -> UserView:
     """What the pipeline sees of a user: the bundle's history (with titles) and the recent events it holds."""
     bundle = state.bundle
-    user = bundle.user_index.get(user_id, -1)
+    user, _ = state.recommender.user_of(user_id)  # a deleted user the bundle still holds: none of it is used
     history = bundle.history(user)
     entries = await state.recommender.events.recent(user_id)
     fresh = []

@@ -23,6 +23,7 @@ from service.recommend.refresh import Refresher
 from service.recommend.user_encoder import UNKNOWN_USER
 from service.store.cache import CacheResult, EmbeddingCache
 from service.store.events import DISLIKE_PREFIX
+from service.store.forgotten import Forgotten
 from service.store.recent import RecentEvents
 from service.store.records import NewEvent
 
@@ -74,8 +75,10 @@ class Recommender:
         batching: BatchingOptions | None = None,
         refresh_batch: int = 100,
         refresh_pending: int = 1000,
+        forgotten: Forgotten | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.forgotten = forgotten if forgotten is not None else Forgotten()  # (an empty one is falsy)
         self.cache = cache
         self.events = events
         self.metrics = metrics
@@ -109,6 +112,14 @@ class Recommender:
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         """Run `fn` in the compute thread pool (never on the event loop)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    def user_of(self, user_id: str) -> tuple[int, bool]:
+        """(the user's index in the bundle, or UNKNOWN_USER; whether they are a deleted user the bundle still
+        holds, and so served as unknown: `service.store.forgotten`)."""
+        user = self.pipeline.user_index(user_id)
+        if user != UNKNOWN_USER and self.forgotten.masks(user_id, self.pipeline.bundle):
+            return UNKNOWN_USER, True
+        return user, False
 
     async def fresh_history(self, user_id: str) -> FreshHistory:
         return self.fresh_from(await self.events.recent(user_id))
@@ -147,12 +158,16 @@ class Recommender:
         return cached, result, key
 
     async def fresh_and_cached(
-        self, user: int, user_id: str
+        self, user: int, user_id: str, masked: bool = False
     ) -> tuple[FreshHistory, tuple[np.ndarray | None, CacheResult | None, str | None]]:
         """The user's fresh events and cached embedding. The embedding's key depends on the events, so a known
         user's embedding is read at the same time as the events, under the key it has without fresh events
         (most users, most of the time): the two reads are in flight together (one round trip's wait instead of
-        two, each on its own client) and only a user with fresh events reads again."""
+        two, each on its own client) and only a user with fresh events reads again. A `masked` (deleted) user's
+        embedding is never read or stored: an entry computed before the deletion reached this process may be there."""
+        if masked:
+            fresh = await self.fresh_history(user_id)
+            return fresh, ((self.pipeline.unknown_user_embedding if fresh.empty else None), None, None)
         if user == UNKNOWN_USER:
             fresh = await self.fresh_history(user_id)
             return fresh, await self.cached_embedding(user, user_id, fresh)
@@ -177,8 +192,8 @@ class Recommender:
 
     async def recommend(self, user_id: str, k: int, exclude_item_ids: list[str]) -> RecommendationResult:
         pipeline = self.pipeline
-        user = pipeline.user_index(user_id)
-        fresh, (embedding, cache_result, key) = await self.fresh_and_cached(user, user_id)
+        user, masked = self.user_of(user_id)
+        fresh, (embedding, cache_result, key) = await self.fresh_and_cached(user, user_id, masked)
         if user == UNKNOWN_USER and fresh.empty:
             self.metrics.fallbacks.labels("unknown_user").inc()
         history = pipeline.history(user, fresh.interactions)
@@ -205,8 +220,18 @@ class Recommender:
         first; an embedding cached in between is keyed by the events' digest and is deleted right after. Raises
         EventStoreUnavailable or CacheUnavailable: nothing may be assumed deleted, retry."""
         deleted = await self.events.delete(user_id)
+        self.forgotten.add(user_id, time.time())  # this process masks them at once; the others within a sync
         await self.refresher.forget(user_id)  # a refresh in progress finishes first: what it stored is deleted
         return deleted, await self.cache.delete_user(user_id)
+
+    async def forget_locally(self, user_id: str) -> None:
+        """Another process deleted the user: drop what this process's own caches hold of them (a shared Redis
+        was cleared by the deleting process)."""
+        await self.refresher.forget(user_id)
+        if self.events.cache is not None and self.events.cache.backend == "local":
+            await self.events.cache.delete(user_id)
+        if self.cache.backend == "local":
+            await self.cache.delete_user(user_id)
 
     async def record_events(self, events: list[NewEvent]) -> int:
         """Store `events` (in order) in the database and refresh each user's cached events from what the
@@ -218,7 +243,7 @@ class Recommender:
         changed = {e.user_id for e, is_new in zip(events, new, strict=True) if is_new}  # a retry changes nothing
         for user_id, entries in held.items():
             fresh = self.fresh_from(entries)
-            if user_id in changed and not fresh.empty:
+            if user_id in changed and not fresh.empty and not self.user_of(user_id)[1]:  # masked: never cached
                 todo.append((user_id, fresh))
         self.refresher.submit(todo)
         return sum(new)

@@ -21,6 +21,7 @@ from service.recommend.recommender import BatchingOptions, Recommender
 from service.store.breaker import CircuitBreaker
 from service.store.cache import EmbeddingCache, LocalEmbeddingCache, RedisEmbeddingCache
 from service.store.events import EventCache, LocalEventCache, RedisEventCache
+from service.store.forgotten import Forgotten
 from service.store.recent import RecentEvents
 from service.store.records import Records, RecordsUnavailable
 from service.store.redis_batch import ClientReads, ReadPipeline, Reads
@@ -57,6 +58,7 @@ async def open_serving(
     cache: EmbeddingCache,
     events: EventCache,
     records: Records,
+    forgotten: Forgotten | None = None,
 ) -> Serving:
     """Models, index and items added live for `bundle`, warmed up (first ONNX runs allocate and optimise)."""
     delta = settings.live_items_path or settings.bundle_path.parent / "live_items.jsonl"
@@ -94,6 +96,7 @@ async def open_serving(
         batching,
         refresh_batch=settings.max_event_users_per_request,
         refresh_pending=settings.embedding_refresh_max_pending,
+        forgotten=forgotten,
     )
     await asyncio.get_running_loop().run_in_executor(executor, release_free_memory)  # loading's temporaries
     return Serving(pipeline, recommender, live_items)

@@ -39,6 +39,7 @@ from service.store import registry
 from service.store.breaker import CircuitBreaker
 from service.store.cache import EmbeddingCache
 from service.store.events import EventCache
+from service.store.forgotten import Forgotten
 from service.store.records import Records, RecordsUnavailable
 from service.store.redis_batch import Reads
 from service.store.schema import migrate
@@ -63,6 +64,7 @@ class AppState:
     redis_reads: Reads | None = None  # shared by both Redis caches; closed after them
     redis_breaker: CircuitBreaker | None = None  # the one breaker in front of every Redis call (None: no Redis)
     _refreeze: asyncio.Task[None] | None = None  # freezes the heap again after a reload (`refreeze_after_reload`)
+    forgotten: Forgotten = field(default_factory=Forgotten)  # deleted users, masked in every bundle served
 
     @property
     def bundle(self) -> Bundle:
@@ -128,10 +130,15 @@ class AppState:
             if settings.database_migrate:
                 await loop.run_in_executor(executor, migrate, settings.database)
             records = open_records(settings)
+            forgotten = Forgotten()
+            try:
+                await take_deletions(records, forgotten)
+            except RecordsUnavailable as e:  # the follower reads them once the database answers
+                log.warning("user deletions not read yet (%s): deleted users are masked once the database answers", e)
             bundle = await loop.run_in_executor(executor, load_bundle, settings.bundle_path)
             cache = open_cache(settings, bundle.manifest.dims.embedding_dim, reads, breaker)
             events = open_event_cache(settings, reads, breaker)
-            serving = await open_serving(bundle, settings, metrics, executor, cache, events, records)
+            serving = await open_serving(bundle, settings, metrics, executor, cache, events, records, forgotten)
         except BaseException:
             if cache is not None:
                 await cache.close()
@@ -143,7 +150,16 @@ class AppState:
             executor.shutdown(wait=False)
             raise
         state = cls(
-            settings, metrics, serving, cache, executor, events, records, redis_reads=reads, redis_breaker=breaker
+            settings,
+            metrics,
+            serving,
+            cache,
+            executor,
+            events,
+            records,
+            redis_reads=reads,
+            redis_breaker=breaker,
+            forgotten=forgotten,
         )
         log.info("froze %d objects out of the garbage collector's passes", freeze_heap())
         state.ready = True
@@ -197,7 +213,14 @@ class AppState:
             if dim != served_dim:
                 raise BundleError(f"{bundle.path}: embedding_dim {dim} != {served_dim} served; restart to change it")
             serving = await open_serving(
-                bundle, self.settings, self.metrics, self.executor, self.cache, self.events, self.records
+                bundle,
+                self.settings,
+                self.metrics,
+                self.executor,
+                self.cache,
+                self.events,
+                self.records,
+                self.forgotten,
             )
             old = self.serving
             self.serving = serving  # one assignment: every request from here on sees the new bundle
@@ -256,6 +279,21 @@ class AppState:
                 continue
             log.info("following the registry: %s -> %s", old, new)
 
+    async def follow_deletions(self) -> None:
+        """Every `bundle_sync_s` (10 s if 0), take the user deletions other processes and replicas recorded:
+        those users are masked in the bundle served (`service.store.forgotten`) and dropped from this process's
+        own caches. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.bundle_sync_s or 10.0)
+            try:
+                changed = await take_deletions(self.records, self.forgotten)
+            except RecordsUnavailable:  # the database away: the next round asks again
+                continue
+            for user_id in changed:
+                await self.recommender.forget_locally(user_id)
+            if changed:
+                log.info("%d users deleted by other processes are now masked", len(changed))
+
     def observe_retrains(self, runs: list[registry.Retrain]) -> None:
         """The registry's latest retrain runs (newest first) into the retrain gauges."""
         if not runs:
@@ -306,6 +344,13 @@ class AppState:
         self.records.close()
         self.executor.shutdown(wait=True)
         self.metrics.process_exited()
+
+
+async def take_deletions(records: Records, forgotten: Forgotten) -> list[str]:
+    """The deletions recorded since `forgotten` last looked, into it: the users newly deleted. Raises
+    RecordsUnavailable."""
+    rows = await records.run(functools.partial(records.deletions_after, forgotten.last_id))
+    return forgotten.take(rows)
 
 
 async def get_state(request: Request) -> AppState:

@@ -304,6 +304,16 @@ class Records:
             )
         return int(deleted)
 
+    def deletions_after(self, after_id: int) -> list[tuple[int, str, float]]:
+        """The deletions recorded after row `after_id`, in order: (id, user id, deleted at)."""
+        query = (
+            sa.select(deletions.c.id, deletions.c.user_id, deletions.c.deleted_at)
+            .where(deletions.c.id > after_id)
+            .order_by(deletions.c.id)
+        )
+        with self.engine.connect() as connection:
+            return [(int(i), str(u), float(t)) for i, u, t in connection.execute(query)]
+
     def add_live_item(self, item_id: str, record: str) -> str | None:
         """Store an item added live (its JSON record) unless its id is taken: None if stored, else the record the
         database already holds for that id (the same content: an idempotent retry; other content: a conflict).

@@ -70,3 +70,5 @@ def test_train_on_the_database_learns_new_events_and_forgets_deleted_users(
     assert "1" not in trained.user_index  # deleted: none of their rows reached training
     assert "live-1" in trained.item_index  # the item added while serving is a trained item now
     assert trained.manifest.dataset["name"] == "database"
+    # When the database was read: a deletion before it is not masked in this bundle (it holds none of the user).
+    assert isinstance(trained.manifest.dataset["read_at"], float)
