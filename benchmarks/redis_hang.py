@@ -8,7 +8,7 @@ event store in it, every timeout and breaker setting at its default), driven by 
 connections sending `POST /v1/recommendations` back to back for known users. Redis is then SIGSTOPped (hung:
 connections open, no answers) for `--paused` seconds and SIGCONTed. Printed per phase: requests, failed ones,
 p50/p99/max latency, and what the service's metrics counted (cache errors and bypasses, event reads failed and
-skipped). JSON goes to `--out` (redis_hang.json). `tests/service/test_redis_faults.py` runs the same phases on
+skipped). JSON goes to `--out` (redis_hang[-<name>].json). `tests/service/test_redis_faults.py` runs the same phases on
 the test bundle and asserts the bounds (no failed request, fault p99 <= 2 x normal p99).
 """
 
@@ -205,6 +205,7 @@ def main() -> None:
     parser.add_argument("--paused", type=float, default=10.0)
     parser.add_argument("--resumed", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--name", default="", help="suffix of the result file (redis_hang-<name>.json)")
     args = parser.parse_args()
     bundle = args.bundle
     if bundle is None:
@@ -227,13 +228,21 @@ def main() -> None:
         print(" | ".join(f"{row[c]:.1f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
     report = {
         "command": "python -m benchmarks.redis_hang "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out"),
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if v not in (None, "") and k not in ("out", "name", "bundles")
+        ),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
         "phases": phases,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "redis_hang.json").write_text(json.dumps(report, indent=2) + "\n")
+    ratio = phases[1]["p99_ms"] / phases[0]["p99_ms"]
+    print(f"Redis hung: p99 {ratio:.2f} x normal (target <= 2); requests failed: {sum(p['failed'] for p in phases)}")
+    report["paused_p99_over_normal"] = round(ratio, 3)
+    name = f"redis_hang-{args.name}.json" if args.name else "redis_hang.json"
+    (args.out / name).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ class Metrics:
         )
         self.cache_requests = Counter(
             "reco_cache_requests",
-            "Embedding cache lookups and failed writes by result (hit, miss, error, bypass).",
+            "Embedding cache lookups and failed writes by result (hit, miss, error, bypass; dropped: a write not "
+            "made, too many in flight).",
             ["result"],
             registry=r,
         )
@@ -172,7 +173,7 @@ class Metrics:
             self.stage_latency.labels(stage)
         for stage in BATCH_STAGES:
             self.batch_stage_latency.labels(stage)
-        for result in ("hit", "miss", "error", "bypass"):
+        for result in ("hit", "miss", "error", "bypass", "dropped"):
             self.cache_requests.labels(result)
         for result in ("ok", "refused"):
             self.reloads.labels(result)

@@ -86,7 +86,11 @@ class Settings(BaseSettings):
     events_ttl_s: int = Field(30 * 86400, ge=1, description="How long Redis keeps a user's cached recent events.")
     events_local_users: int = Field(100_000, ge=1, description="Users the in-process recent-events cache holds.")
     events_redis_timeout_s: float = Field(
-        0.2, gt=0, description="Per-command timeout of the Redis recent-events cache."
+        0.05,
+        gt=0,
+        description="Per-command timeout of the Redis recent-events cache (a read past it asks the database). It "
+        "is also the shared read pipeline's reply timeout when longer than RECO_REDIS_SOCKET_TIMEOUT_S: what the "
+        "requests in flight when Redis hangs wait.",
     )
     max_events_per_request: int = Field(1000, ge=1, description="Largest batch POST /v1/events takes.")
     max_event_users_per_request: int = Field(

@@ -28,6 +28,7 @@ from service.store.recent import RecentEvents
 from service.store.records import NewEvent
 
 T = TypeVar("T")
+MAX_PENDING_STORES = 256  # embedding writes in flight (`Recommender.store_later`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class Recommender:
     ) -> None:
         self.pipeline = pipeline
         self.forgotten = forgotten if forgotten is not None else Forgotten()  # (an empty one is falsy)
+        self._stores: dict[asyncio.Task[None], str] = {}  # embedding writes in flight -> their user
         self.cache = cache
         self.events = events
         self.metrics = metrics
@@ -184,6 +186,23 @@ class Recommender:
         if write is not CacheResult.STORED:
             self.metrics.cache_requests.labels(write.value).inc()
 
+    def store_later(self, user_id: str, key: str, embedding: np.ndarray) -> None:
+        """Cache an embedding off the response path: the answer never waits for the cache's write (nor, with
+        Redis hung, for its timeout). At most `MAX_PENDING_STORES` at once; beyond, the write is dropped and
+        counted (`reco_cache_requests_total{result="dropped"}`: the next request computes it again)."""
+        if len(self._stores) >= MAX_PENDING_STORES:
+            self.metrics.cache_requests.labels("dropped").inc()
+            return
+        task = asyncio.create_task(self.store_embedding(key, embedding))
+        self._stores[task] = user_id
+        task.add_done_callback(self._stores.pop)
+
+    async def stores_done(self, user_id: str | None = None) -> None:
+        """Wait for the writes in flight (of `user_id`'s embeddings only, if given)."""
+        waiting = [t for t, u in self._stores.items() if user_id is None or u == user_id]
+        if waiting:
+            await asyncio.wait(waiting)
+
     async def compute_embedding(self, user: int, history: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         embedding: np.ndarray = (await self.run_blocking(lambda: self.pipeline.encode(np.array([user]), [history])))[0]
@@ -203,7 +222,7 @@ class Recommender:
         recs = await self.batcher.submit(Query(user, embedding, k, self.num_candidates, exclude, history))
         self.metrics.stage_latency.labels("queue").observe(max(0.0, recs.started - submitted))
         if recs.encoded and key is not None and recs.embedding is not None:
-            await self.store_embedding(key, recs.embedding)
+            self.store_later(user_id, key, recs.embedding)
         for stage, seconds in recs.timings.items():
             self.metrics.stage_latency.labels(stage).observe(seconds)
         self.metrics.candidates.labels("retrieved").observe(recs.n_retrieved)
@@ -211,8 +230,10 @@ class Recommender:
         return RecommendationResult(user, recs, cache_result, len(fresh.interactions) + len(fresh.disliked))
 
     async def close(self) -> None:
-        """Stop the background refreshes (a reload replaced this bundle, or the service stops)."""
+        """Stop the background refreshes (a reload replaced this bundle, or the service stops); the cache
+        writes in flight finish (each bounded by the cache's timeout)."""
         await self.refresher.close()
+        await self.stores_done()
 
     async def delete_user(self, user_id: str) -> tuple[int, int]:
         """Delete everything held about the user: their events and row in the database, their cached events and
@@ -222,6 +243,7 @@ class Recommender:
         deleted = await self.events.delete(user_id)
         self.forgotten.add(user_id, time.time())  # this process masks them at once; the others within a sync
         await self.refresher.forget(user_id)  # a refresh in progress finishes first: what it stored is deleted
+        await self.stores_done(user_id)  # ... and so does a write of an embedding just computed
         return deleted, await self.cache.delete_user(user_id)
 
     async def forget_locally(self, user_id: str) -> None:

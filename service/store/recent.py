@@ -38,7 +38,7 @@ class RecentEvents:
             return entries or []
         records = self.records
         try:
-            entries = await records.run(lambda: records.recent_entries(user_id), timeout_s=records.read_timeout_s)
+            entries = await records.recent(user_id)
         except RecordsUnavailable:
             self._count("database_read")
             return []

@@ -147,6 +147,9 @@ class Records:
         self._writes: MicroBatcher[Sequence[NewEvent], tuple[list[bool], dict[str, list[str]]]] = MicroBatcher(
             self._append_many, self._pool, max_batch=64, workers=2
         )
+        # Concurrent requests' reads of recent events (every request, while the recent-events cache is down or
+        # skipped), coalesced likewise: one query for the users read while another query runs.
+        self._reads: MicroBatcher[str, list[str]] = MicroBatcher(self._recent_many, self._pool, max_batch=64, workers=2)
 
     async def append_events(self, batch: Sequence[NewEvent]) -> tuple[list[bool], dict[str, list[str]]]:
         """`append`, coalesced with other requests' writes; RecordsUnavailable if the database did not take them
@@ -162,6 +165,18 @@ class Records:
             start += len(batch)
             out.append((mine, {e.user_id: held[e.user_id] for e in batch}))
         return out
+
+    async def recent(self, user_id: str) -> list[str]:
+        """`recent_entries`, coalesced with other requests' reads (`read_timeout_s`); RecordsUnavailable if the
+        database did not answer."""
+        return await self._call(lambda: self._reads.submit(user_id), True, self.read_timeout_s)
+
+    def _recent_many(self, user_ids: Sequence[str]) -> list[list[str]]:
+        if len(user_ids) == 1:
+            return [self.recent_entries(user_ids[0])]
+        with self.engine.connect() as connection:
+            held = self._recent_of(connection, list(dict.fromkeys(user_ids)))
+        return [list(held[u]) for u in user_ids]
 
     async def run(self, fn: Callable[[], T], *, guarded: bool = True, timeout_s: float | None = None) -> T:
         """`fn` in the database threads, within the timeout (default: twice the statement timeout); any database

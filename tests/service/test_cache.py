@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,7 +88,9 @@ def test_redis_second_call_is_a_hit(redis_client: TestClient, tiny_bundle: Path)
 
     first = redis_client.post("/v1/recommendations", json={"user_id": user_id, "k": 5}).json()
     assert metric(redis_client, "reco_cache_requests_total", {"result": "miss"}) == 1
-    stored = raw.get(key)
+    deadline = time.monotonic() + 10  # written after the answer (off the response path)
+    while (stored := raw.get(key)) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert stored is not None
     assert len(stored) == 4 * bundle.manifest.dims.embedding_dim
     assert 0 < raw.ttl(key) <= 3600

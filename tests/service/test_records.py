@@ -4,6 +4,7 @@ every acknowledged event still there, once, after a `kill -9`."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -89,6 +90,13 @@ def test_appends_are_idempotent_by_event_id_and_deletion_leaves_nothing(database
             left = c.execute(sa.text("SELECT count(*) FROM events WHERE user_id = 'u'")).scalar_one()
             logged = c.execute(sa.text("SELECT events_deleted FROM deletions WHERE user_id = 'u'")).scalar_one()
         assert (left, logged) == (0, 3)
+        assert records.deletions_after(0)[-1][1:2] == ("u",)
+        assert records.deletions_after(records.deletions_after(0)[-1][0]) == []
+
+        async def read_at_once() -> list[list[str]]:  # coalesced into one query per batch; each gets its own
+            return list(await asyncio.gather(*(records.recent(u) for u in ["v", "w", "u", "v", "nobody"])))
+
+        assert asyncio.run(read_at_once()) == [["i5", "i6", "i7"], ["i9"], [], ["i5", "i6", "i7"], []]
     finally:
         records.close()
 

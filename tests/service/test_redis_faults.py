@@ -5,6 +5,7 @@ the requests (nearly) nothing: its breaker skips it, for the cache and the event
 from __future__ import annotations
 
 import itertools
+import math
 import signal
 import threading
 import time
@@ -17,7 +18,7 @@ from pydantic import SecretStr
 
 from service.api.app import create_app
 from service.core.settings import Settings
-from tests.conftest import REDIS_SERVER, free_port, start_redis
+from tests.conftest import ML100K, REDIS_SERVER, free_port, start_redis
 
 
 def counter(client: TestClient, result: str) -> float:
@@ -116,31 +117,59 @@ def test_redis_password_from_its_own_setting(settings: Settings, tmp_path: Path)
         process.wait()
 
 
+@pytest.fixture(scope="module")
+def ml100k_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle the size of MovieLens 100K (943 users with ~100 interactions each, 1,682 items), trained by the
+    tiny recipe (quickly): requests cost several times the tiny bundle's."""
+    if not (ML100K / "u.data").is_file():
+        pytest.skip("../shared/data/ml-100k not present")
+    from model_export.build import build_bundle
+    from model_export.config import preset
+    from model_export.data import load_movielens
+
+    out = tmp_path_factory.mktemp("ml100k-bundle")
+    return build_bundle(load_movielens(ML100K), preset("tiny"), out, progress=False).path
+
+
 @pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
-def test_a_hung_redis_at_default_timeouts_costs_the_requests_nothing(tiny_bundle: Path) -> None:
-    """`python -m service` with Redis and every timeout and breaker setting at its default, under 8 steady
+@pytest.mark.parametrize(("size", "concurrency"), [("tiny", 8), ("tiny", 64), ("ml100k", 64)])
+def test_a_hung_redis_at_default_timeouts_costs_the_requests_nothing(
+    size: str, concurrency: int, tiny_bundle: Path, request: pytest.FixtureRequest
+) -> None:
+    """`python -m service` with Redis and every timeout and breaker setting at its default, under steady
     connections; Redis SIGSTOPped for 10 s (more than the breaker's 5 s reset, so a trial falls inside): no
-    request fails, and the fault's p99 stays within 2 x the normal p99 (the first wave, caught in flight, and
-    the trials are the only requests that wait for Redis). benchmarks/redis_hang.py prints the same phases."""
+    request fails, and only the requests caught in flight when it hung and the breaker's trials wait for Redis:
+    Redis reads that failed (each a request that paid a timeout) at most one per connection plus one per breaker
+    period, for the embedding cache and the event store alike. Cache writes are made off the response path.
+    benchmarks/redis_hang.py prints the same phases (and the latency targets, docs/operating.md)."""
     from benchmarks.redis_hang import hang, known_users
 
+    bundle = tiny_bundle if size == "tiny" else request.getfixturevalue("ml100k_bundle")
+    paused_s, reset_s = 10, 5.0  # the breaker's default reset
     phases = {
         row["phase"]: row
         for row in hang(
-            tiny_bundle,
-            known_users(tiny_bundle, 30),
-            concurrency=8,
+            bundle,
+            known_users(bundle, 300),
+            concurrency=concurrency,
             normal_s=5,
-            paused_s=10,
+            paused_s=paused_s,
             resumed_s=7,
-            env={"RECO_DEV_MODE": "true", "RECO_LIVE_ITEMS_PATH": str(tiny_bundle.parent / "live-hang.jsonl")},
+            env={
+                "RECO_DEV_MODE": "true",
+                "RECO_LIVE_ITEMS_PATH": str(bundle.parent / f"live-hang-{concurrency}.jsonl"),
+            },
         )
     }
     normal, paused, resumed = phases["normal"], phases["paused"], phases["resumed"]
     assert sum(p["failed"] for p in phases.values()) == 0
-    assert paused["p99_ms"] <= 2 * normal["p99_ms"], (paused["p99_ms"], normal["p99_ms"])
+    if size == "tiny" and concurrency == 8:
+        assert paused["p99_ms"] <= 2 * normal["p99_ms"], (paused["p99_ms"], normal["p99_ms"])
+    trials = math.ceil(paused_s / reset_s)
+    assert paused["cache_error"] <= concurrency + trials, paused  # the first wave and the trials, no more
+    assert paused["event_read_error"] <= concurrency + trials, paused
+    assert paused["cache_error"] + paused["event_read_error"] > 0  # it was seen
     assert paused["cache_bypass"] > 0  # the breaker skipped Redis, for the cache
     assert paused["event_read_bypass"] > 0  # ... and for the event store
-    assert paused["event_read_error"] + paused["cache_error"] <= 30  # a first wave and a trial, no more
     assert normal["cache_hit"] > 0
     assert resumed["cache_hit"] > 0  # hits come back after the next trial
