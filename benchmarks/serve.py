@@ -12,7 +12,10 @@ the same run, on the same machine:
 - the service, micro-batching off (RECO_BATCH_MAX_SIZE=1) and on (the settings' default), at each concurrency,
   as one process and as `--workers` processes (RECO_WORKERS);
 - the server's resident memory (all its processes) and the CPU time of the server and of wrk, which shares the
-  machine's cores.
+  machine's cores;
+- the reference a team would write instead (`benchmarks.plain_app`: one synchronous FastAPI route, HNSW ef 512,
+  a 3-layer MLP in ONNX Runtime; the same bundle) as one and as `--workers` uvicorn processes, and the service's
+  best throughput over the plain app's best at each concurrency (`--no-plain`: left out).
 A table is printed; JSON and Markdown go to `--out` (serve.json, serve.md).
 """
 
@@ -173,17 +176,23 @@ def free_port() -> int:
 class Server:
     """`python -m service` in a subprocess, as `make run` starts it (RECO_WORKERS processes)."""
 
-    def __init__(self, bundle: Path, env: dict[str, str], cwd: Path | None = None) -> None:
-        """`cwd`: the source tree to run (`python -m service` imports the package found there; default: this one)."""
+    def __init__(self, bundle: Path, env: dict[str, str], cwd: Path | None = None, plain_workers: int = 0) -> None:
+        """`cwd`: the source tree to run (`python -m service` imports the package found there; default: this one).
+        `plain_workers`: serve `benchmarks.plain_app` instead, as that many uvicorn processes."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = int(env.get("RECO_WORKERS", "1"))
         full_env = os.environ | {"RECO_BUNDLE_PATH": str(bundle)}
         self.metrics_dir: Path | None = None
-        if self.workers > 1:  # a directory of its own, so the benchmark can tell when every worker is ready
-            self.metrics_dir = Path(tempfile.mkdtemp(prefix="reco-bench-metrics-"))
+        if self.workers > 1 and not plain_workers:  # a directory of its own, so the benchmark can tell when every
+            self.metrics_dir = Path(tempfile.mkdtemp(prefix="reco-bench-metrics-"))  # worker is ready
             full_env[MULTIPROC_ENV] = str(self.metrics_dir)
         command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)]
+        if plain_workers:
+            full_env["PLAIN_BUNDLE"] = str(bundle)
+            command = [sys.executable, "-m", "uvicorn", "--factory", "benchmarks.plain_app:create_app"]
+            command += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(plain_workers)]
+            command += ["--no-access-log"]
         # The server's own log (an access record per request) goes to a file, not into the benchmark's output.
         self.log = tempfile.NamedTemporaryFile("w+b", prefix="reco-bench-server-", suffix=".log")  # noqa: SIM115
         command += ["--log-level", "warning"]
@@ -195,6 +204,8 @@ class Server:
                 tail = self.log.read().decode(errors="replace")[-4000:]
                 raise RuntimeError(f"the server exited with {self.process.returncode}:\n{tail}")
             if self.ready():
+                if plain_workers > 1:  # any one answers /readyz: give the others their start-up time too
+                    time.sleep(5)
                 return
             time.sleep(0.2)
         self.stop()
@@ -274,8 +285,10 @@ def wrk(url: str, path: str, script: str, concurrency: int, duration: int, env: 
     return out
 
 
-def serve(bundle: Path, env: dict[str, str], args: argparse.Namespace, floor: bool) -> dict[str, Any]:
-    server = Server(bundle, env)
+def serve(
+    bundle: Path, env: dict[str, str], args: argparse.Namespace, floor: bool, plain_workers: int = 0
+) -> dict[str, Any]:
+    server = Server(bundle, env, plain_workers=plain_workers)
     wrk_env = {"BENCH_USERS": str(args.users)}
     try:
         result: dict[str, Any] = {"env": env, "sweep": {}}
@@ -297,6 +310,8 @@ def serve(bundle: Path, env: dict[str, str], args: argparse.Namespace, floor: bo
                 flush=True,
             )
         result["rss_mib"] = server.rss_mib()
+        if plain_workers:
+            return result
         with urllib.request.urlopen(server.url + "/metrics", timeout=5) as r:
             metrics = r.read().decode()
         result["cache_hits"] = sum(
@@ -323,6 +338,7 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="RECO_X=V", help="extra server settings (repeatable)"
     )
+    parser.add_argument("--no-plain", action="store_true", help="leave out the plain reference app")
     args = load_test_args(parser)
 
     settings = Settings(dev_mode=True)
@@ -354,12 +370,44 @@ def main() -> None:
                 print(f" batching {label}:", flush=True)
                 entry["modes"][label] = serve(bundle, env, args, floor=first)
                 first = False
+        if not args.no_plain:
+            entry["plain"] = {}
+            for workers in args.workers:
+                print(f" plain app, {workers} worker(s):", flush=True)
+                entry["plain"][str(workers)] = serve(bundle, {}, args, floor=False, plain_workers=workers)
+            entry["over_plain"] = over_plain(entry)
+            for c, row in entry["over_plain"].items():
+                print(
+                    f"  c={c}: service {row['service_rps']:.0f} req/s (p99 {row['service_p99_ms']:.1f} ms, "
+                    f"{row['service']}) / plain {row['plain_rps']:.0f} req/s (p99 {row['plain_p99_ms']:.1f} ms, "
+                    f"{row['plain']} worker(s)) = {row['ratio']:.2f} x",
+                    flush=True,
+                )
         report["sizes"][str(n_items)] = entry
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serve.json").write_text(json.dumps(report, indent=2))
     text = markdown(report, args)
     (args.out / "serve.md").write_text(text)
     print(text)
+
+
+def over_plain(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per concurrency: the service's best throughput (over batching modes and worker counts) over the plain
+    app's best (over worker counts), with each one's p99."""
+    out = {}
+    for c in next(iter(entry["modes"].values()))["sweep"]:
+        mode, best = max(((m, r["sweep"][c]) for m, r in entry["modes"].items()), key=lambda x: x[1]["rps"])
+        workers, plain = max(((w, r["sweep"][c]) for w, r in entry["plain"].items()), key=lambda x: x[1]["rps"])
+        out[c] = {
+            "service": mode,
+            "service_rps": best["rps"],
+            "service_p99_ms": best["p99_ms"],
+            "plain": workers,
+            "plain_rps": plain["rps"],
+            "plain_p99_ms": plain["p99_ms"],
+            "ratio": best["rps"] / plain["rps"],
+        }
+    return out
 
 
 def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
@@ -417,6 +465,20 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
                     if c in modes[b]["sweep"]
                 )
                 lines += ["", f"{what}: {ratios}."]
+        if "over_plain" in entry:
+            lines += [
+                "",
+                "The plain reference app (`benchmarks.plain_app`, the same bundle), its best over worker counts, "
+                "against the service's best:",
+                "",
+                "| concurrency | service req/s (p99 ms, how) | plain req/s (p99 ms, workers) | service / plain |",
+                "| --- | --- | --- | --- |",
+            ]
+            for c, row in entry["over_plain"].items():
+                lines.append(
+                    f"| {c} | {row['service_rps']:,.0f} ({row['service_p99_ms']:.1f}, {row['service']}) "
+                    f"| {row['plain_rps']:,.0f} ({row['plain_p99_ms']:.1f}, {row['plain']}) | {row['ratio']:.2f} x |"
+                )
         lines.append("")
     return "\n".join(lines) + "\n"
 
