@@ -508,7 +508,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{meta['split']}. Bundle `{meta['bundle']}` (fit: {meta['bundle_fit']}) built by the CLI in "
         f"{meta['train_seconds']} s, served by `python -m service`, {meta['test_users']} users asked over HTTP "
-        f"(k={K}). Mean over users [95 % bootstrap interval].",
+        f"(k={K}){' with ' + ', '.join(meta['server_settings']) if meta.get('server_settings') else ''}. Mean over "
+        "users [95 % bootstrap interval].",
         "",
     ]
     for title, key in (("Known users", "known_users"), (f"New users, {NEW_USER_EVENTS} events each", "new_users")):
@@ -594,6 +595,9 @@ def main() -> None:
     )
     parser.add_argument("--first-users", type=int, help="a small slice: the first N users of the log (in its order)")
     parser.add_argument(
+        "--set", action="append", default=[], metavar="RECO_X=V", help="a setting of the server (repeatable)"
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path("benchmarks/.cache"),
@@ -628,7 +632,9 @@ def main() -> None:
             seed=args.seed,
             cache=Path(args.cache) if str(args.cache) else None,
             export_args=("--serve-ranker",) if args.serve_ranker else (),
+            server_env=dict(kv.split("=", 1) for kv in args.set),
         )
+    report["meta"]["server_settings"] = args.set
     text = markdown(report)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

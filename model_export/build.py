@@ -28,7 +28,7 @@ from model_export.data import (
     user_histories,
 )
 from model_export.evaluate import choose_ranking, choose_similarity, evaluate
-from model_export.export_onnx import ParityError, export, export_fp16, parity
+from model_export.export_onnx import ParityError, export, export_fp16, export_int8, parity
 from model_export.gbm import export_gbm, train_gbm
 from model_export.ranker import DCNRanker
 from model_export.train import (
@@ -500,7 +500,7 @@ def _write(
         (files.ITEM_TOWER, item_tower, item_inputs, "item_embedding"),
         (files.RANKER, ranker, ranker_inputs, "score"),
     ]
-    fp16_parities = {}
+    fp16_parities, int8_parities = {}, {}
     for name, module, inputs, output in exports:
         model = name.removesuffix(".onnx")
         export(module, inputs, output, writer.path(name))
@@ -512,13 +512,17 @@ def _write(
                 )
             except ParityError as e:
                 log.warning("no float16 %s (float32 serves on the GPU too): %s", model, e)
+        if variants and model in files.FP16_MODELS:  # int8 weights, for the CPU (RECO_ONNX_PRECISION=int8)
+            int8_parities[model] = export_int8(
+                writer.path(name), writer.path(files.variant_name(model, "int8")), inputs
+            )
     if models.gbm is not None and models.gbm_parity_rows is not None:
         parities["ranker_gbm"] = export_gbm(models.gbm, models.gbm_parity_rows, writer.path(files.RANKER_GBM))
     if text_model is not None and variants:
         from model_export.text import export_text_encoder
 
         parities["text_encoder"] = export_text_encoder(text_model, [texts[i] for i in sample_items[:256]], writer.tmp)
-    log.info("ONNX parity (max abs diff): %s; float16 variants: %s", parities, fp16_parities)
+    log.info("ONNX parity (max abs diff): %s; float16 variants: %s; int8: %s", parities, fp16_parities, int8_parities)
 
     # Real user queries tune the index (IVF's nprobe) and measure its recall; the recall is measured on
     # other users than the ones that tuned it.
@@ -609,6 +613,7 @@ def _write(
         "index": index_info,
         "onnx_parity_max_abs_diff": parities,
         "onnx_fp16_parity_max_abs_diff": fp16_parities,
+        "onnx_int8_parity": int8_parities,
         "training": {"config": config.to_dict()},
         "metrics": {},
         "content": content_spec,

@@ -9,6 +9,7 @@ the float32 PyTorch model's on real inputs ("where parity holds"); the service p
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from pathlib import Path
 
@@ -95,6 +96,26 @@ class HalfPrecision(nn.Module):
 
 def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype) if x.is_floating_point() else x
+
+
+def export_int8(fp32_path: Path, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """`fp32_path`'s model with its weights quantised to int8 (ONNX Runtime's dynamic quantisation: activations
+    quantised per batch as it runs, on the CPU provider) at `path`, and how far its answers on `inputs` are from
+    the float32 model's: max abs diff, and the Pearson correlation of the outputs (for the ranker, what orders the
+    candidates). No tolerance: whether quality holds is measured where it is served (benchmarks.api_quality with
+    RECO_ONNX_PRECISION=int8), and int8 is served only when asked for."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its "pre-process first" advice
+    quantize_dynamic(fp32_path, path, weight_type=QuantType.QInt8)
+    outputs = []
+    for model in (fp32_path, path):
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        declared = {i.name for i in session.get_inputs()}
+        outputs.append(session.run(None, {k: v for k, v in inputs.items() if k in declared})[0].ravel())
+    full, quantised = outputs
+    correlation = float(np.corrcoef(full, quantised)[0, 1]) if full.size > 1 and full.std() > 0 else 1.0
+    return {"max_abs_diff": float(np.max(np.abs(full - quantised))), "pearson": correlation}
 
 
 def export_fp16(

@@ -190,6 +190,9 @@ class Manifest(_Strict):
     # model (user_tower, ranker) -> its float16 variant's max abs diff from the float32 PyTorch model; a model
     # missing here has no float16 variant (bundles before them have none at all).
     onnx_fp16_parity_max_abs_diff: dict[str, float] = Field(default_factory=dict)
+    # model (user_tower, ranker) -> its int8 variant's distance from float32 on the export's sample inputs
+    # (max_abs_diff, pearson); a model missing here has no int8 variant.
+    onnx_int8_parity: dict[str, dict[str, float]] = Field(default_factory=dict)
     training: dict[str, Any]
     metrics: dict[str, Any]
     content: ContentSpec | None = None  # schema 5; None: items added live go through the item tower alone
@@ -287,7 +290,7 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def variant_name(model: str, precision: str = "fp16") -> str:
-    """The file of `model` (user_tower, ranker) in `precision` (fp32, fp16)."""
+    """The file of `model` (user_tower, ranker) in `precision` (fp32, fp16, int8)."""
     return f"{model}.onnx" if precision == "fp32" else f"{model}.{precision}.onnx"
 
 

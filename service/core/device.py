@@ -92,10 +92,19 @@ def run_onnx(session: ort.InferenceSession, output: str, inputs: dict[str, Any],
 
 
 def model_precisions(bundle: Bundle, providers: list[str], precision: str) -> dict[str, str]:
-    """The precision (fp32, fp16) each per-request model (FP16_MODELS) runs in: auto: float16 on CUDA where the
-    bundle has the model's float16 variant, once GPU_FAST_PATHS_VERIFIED (until then float32; on the CPU always
+    """The precision (fp32, fp16, int8) each per-request model (FP16_MODELS) runs in: auto: float16 on CUDA where
+    the bundle has the model's float16 variant, once GPU_FAST_PATHS_VERIFIED (until then float32; on the CPU always
     float32: ONNX Runtime's float16 kernels there are no faster, and the casts cost); fp16: float16 everywhere,
-    refused if the bundle lacks a variant; fp32: float32."""
+    refused if the bundle lacks a variant; int8: int8 weights (dynamic quantisation, a CPU provider's kernels; on
+    CUDA they fall back to the CPU), refused likewise; fp32: float32."""
+    if precision == "int8":
+        missing = [m for m in FP16_MODELS if m not in bundle.manifest.onnx_int8_parity]
+        if missing:
+            raise BundleError(
+                f"{bundle.path}: onnx_precision=int8 but the bundle has no int8 {', '.join(missing)} (built before "
+                "int8 variants; see onnx_int8_parity)"
+            )
+        return dict.fromkeys(FP16_MODELS, "int8")
     has_fp16 = bundle.manifest.onnx_fp16_parity_max_abs_diff
     if precision == "fp16":
         missing = [m for m in FP16_MODELS if m not in has_fp16]

@@ -201,11 +201,12 @@ class Settings(BaseSettings):
     ort_intra_op_threads: int = Field(
         1, ge=0, description="ONNX Runtime intra-op threads per session (0 = ORT's choice)."
     )
-    onnx_precision: Literal["auto", "fp32", "fp16"] = Field(
+    onnx_precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto",
         description="Precision of the user tower and the ranker. auto: float32 (float16 on CUDA, where the bundle has "
         "a float16 variant, only once scripts/gpu-check.sh has passed with it on a GPU); fp16 opts in and refuses "
-        "a bundle without the variants.",
+        "a bundle without the variants; int8: the int8-weight variants (ONNX Runtime dynamic quantisation, for the "
+        "CPU), refused likewise.",
     )
     ort_io_binding: Literal["auto", "on", "off"] = Field(
         "auto",

@@ -71,6 +71,9 @@ def test_manifest_records_everything(tiny_bundle: Path) -> None:
     assert set(manifest["onnx_fp16_parity_max_abs_diff"]) == {"user_tower", "ranker"}
     assert all(0 <= d <= FP16_TOLERANCE for d in manifest["onnx_fp16_parity_max_abs_diff"].values())
     assert {"user_tower.fp16.onnx", "ranker.fp16.onnx"} <= set(manifest["files"])
+    # ... and with int8 weights (for the CPU, served when asked for), their distance from float32 recorded.
+    assert set(manifest["onnx_int8_parity"]) == {"user_tower", "ranker"}
+    assert {"user_tower.int8.onnx", "ranker.int8.onnx"} <= set(manifest["files"])
     assert manifest["index"]["type"] == "IndexFlatIP"
     assert manifest["index"]["recall_vs_exact"] == 1.0
     assert manifest["training"]["config"]["preset"] == "tiny"

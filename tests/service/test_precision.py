@@ -55,6 +55,29 @@ def test_precision_per_device_and_setting(tiny_bundle: Path, monkeypatch: pytest
         model_precisions(mixed, CPU, "fp16")
 
 
+def test_int8_variants_are_opt_in_close_to_float32_and_refused_when_missing(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    assert set(bundle.manifest.onnx_int8_parity) == {"user_tower", "ranker"}  # every build writes them
+    assert all(p["pearson"] > 0.9 for p in bundle.manifest.onnx_int8_parity.values())
+    assert model_precisions(bundle, CPU, "auto") == {"user_tower": "fp32", "ranker": "fp32"}  # never chosen unasked
+    assert model_precisions(bundle, CPU, "int8") == {"user_tower": "int8", "ranker": "int8"}
+    before = replace(bundle, manifest=bundle.manifest.model_copy(update={"onnx_int8_parity": {}}))
+    with pytest.raises(BundleError, match=r"onnx_precision=int8 but the bundle has no int8 user_tower, ranker"):
+        model_precisions(before, CPU, "int8")
+    full = Pipeline.open(bundle, device="cpu", precision="fp32")
+    quantised = Pipeline.open(bundle, device="cpu", precision="int8")
+    assert quantised.onnx_precisions == {"user_tower": "int8", "ranker": "int8"}
+    users = list(range(0, bundle.manifest.dims.n_users, 7))
+    embeddings, embeddings32 = quantised.encode(np.array(users)), full.encode(np.array(users))
+    assert not np.array_equal(embeddings, embeddings32)  # int8 weights: another model
+    assert np.mean(np.sum(embeddings * embeddings32, axis=1)) > 0.95  # ... pointing the same way
+    overlap = [
+        len(np.intersect1d(items, items32)) / len(items32)
+        for (items, _), (items32, _) in zip(answers(quantised, users), answers(full, users), strict=True)
+    ]
+    assert np.mean(overlap) > 0.7, np.mean(overlap)  # mostly the same top 10
+
+
 def test_float16_models_give_the_float32_answers(tiny_bundle: Path) -> None:
     bundle = load_bundle(tiny_bundle)
     full = Pipeline.open(bundle, device="cpu", precision="fp32")
