@@ -341,6 +341,7 @@ def main() -> None:
     parser.add_argument("--no-plain", action="store_true", help="leave out the plain reference app")
     args = load_test_args(parser)
 
+    os.environ.update(dict(kv.split("=", 1) for kv in args.set))  # the in-process pipeline takes them too
     settings = Settings(dev_mode=True)
     machine = machine_info()
     report: dict[str, Any] = {"machine": machine, "settings": settings.model_dump(mode="json"), "sizes": {}}
