@@ -77,12 +77,18 @@ class Ranker:
         """user: index or -1; history: item indices, oldest first; candidates, retrieval_scores (n,)."""
         return self.inputs_batch([(user, history, candidates, retrieval_scores)])
 
-    def inputs_batch(self, requests: Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    def inputs_batch(
+        self, requests: Sequence[tuple[int, np.ndarray, np.ndarray, np.ndarray]], width: int | None = None
+    ) -> dict[str, np.ndarray]:
         """The ranker's inputs for several users' candidates, rows grouped by request in order: each feature is
-        computed for the whole batch at once (numpy's per-call cost is paid per batch, not per request)."""
+        computed for the whole batch at once (numpy's per-call cost is paid per batch, not per request). The
+        history windows are no wider than the batch's longest history (`width`: another width, for tests): every
+        feature ignores the padding, so they are the same, and a short history (most users of a sparse log)
+        costs its own length, not the window's."""
         b = self.bundle
         users = np.array([r[0] for r in requests], dtype=np.int64)  # (B,)
-        windows = history_windows([r[1] for r in requests], self._history_length)  # (B, L)
+        width = width or max(1, min(self._history_length, max(len(r[1]) for r in requests)))
+        windows = history_windows([r[1] for r in requests], width)  # (B, <= L)
         lengths = [len(r[2]) for r in requests]
         rows = np.repeat(np.arange(len(requests)), lengths)  # (N,) the request of each row
         candidates = np.concatenate([r[2] for r in requests]).astype(np.int64, copy=False)  # (N,)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -169,3 +171,26 @@ def test_features_of_several_users_at_once_equal_each_users_alone() -> None:
     # Equal groups take the unpadded path: the same answers.
     equal = history_similarity(emb, np.concatenate([cands[0], cands[0]]), windows[[0, 2]], np.repeat([0, 1], 4))
     np.testing.assert_allclose(equal[:4], alone_sim[:4], rtol=1e-5, atol=1e-6)
+
+
+def test_the_rankers_features_do_not_depend_on_the_window_padding(tiny_bundle: Path) -> None:
+    """The ranker trims its windows to the batch's longest history (serving cost by history, not by the
+    window's length): every input is the one the full-width window gives, as training computes them."""
+    from service.core.bundle import load_bundle
+    from service.recommend.pipeline import Pipeline
+
+    bundle = load_bundle(tiny_bundle)
+    rng = np.random.default_rng(0)
+    n_items = bundle.manifest.dims.n_items
+    histories = [rng.choice(n_items, size=n, replace=False).astype(np.int64) for n in (3, 1, 0, 7)]
+    requests = [
+        (u, h, rng.choice(n_items, 20, replace=False), rng.random(20).astype(np.float32))
+        for u, h in enumerate(histories)
+    ]
+    for ranker in (Pipeline.open(bundle, ranking="ranker").ranker, Pipeline.open(bundle, ranking="gbm").gbm):
+        assert ranker is not None
+        trimmed = ranker.inputs_batch(requests)
+        full = ranker.inputs_batch(requests, width=bundle.manifest.dims.history_length)
+        assert set(trimmed) == set(full)
+        for name in full:
+            np.testing.assert_array_equal(trimmed[name], full[name], err_msg=name)
