@@ -121,7 +121,8 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description="How often each process asks the bundle registry (the database) which bundle is published, "
-        "and reloads it (from under RECO_BUNDLES_ROOT) when it serves another; 0: never (RECO_BUNDLE_PATH only).",
+        "and reloads it (from under RECO_BUNDLES_ROOT) when it serves another; 0: never (RECO_BUNDLE_PATH only). "
+        "Also how often it takes the user deletions other replicas recorded (every 10 s when 0).",
     )
     live_items_sync_s: float = Field(
         1.0,
