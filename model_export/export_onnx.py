@@ -106,8 +106,13 @@ def export_int8(fp32_path: Path, path: Path, inputs: dict[str, np.ndarray]) -> d
     RECO_ONNX_PRECISION=int8), and int8 is served only when asked for."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its "pre-process first" advice
-    quantize_dynamic(fp32_path, path, weight_type=QuantType.QInt8)
+    root = logging.getLogger()  # it logs a "pre-process first" advice on the root logger: quiet while it runs only
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(fp32_path, path, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     outputs = []
     for model in (fp32_path, path):
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])

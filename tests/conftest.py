@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -152,3 +152,13 @@ def refreshed(client: TestClient, timeout_s: float = 10.0) -> None:
     while recommender.refresher.busy:
         assert time.monotonic() < deadline, "the embedding refresh did not finish"
         time.sleep(0.01)
+
+
+def eventually(check: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Whether `check()` comes true within `seconds` (asked every 50 ms, and once more at the end)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from service.core.bundle import load_bundle
 from service.core.settings import Settings
 from service.store import registry
 from service.store.schema import deletions, migrate, open_engine
-from tests.conftest import TINY_MARGIN, free_port
+from tests.conftest import TINY_MARGIN, eventually, free_port
 from tests.service.test_records import needs_postgres
 
 
@@ -86,15 +86,6 @@ class TcpProxy:
             pass
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
-
-
-def eventually(check: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 def serving(client: TestClient) -> str:

@@ -4,8 +4,6 @@ brand-new user; `GET /v1/users/{id}` shows what the bundle still holds of them."
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,21 +14,13 @@ from service.api.app import create_app
 from service.core.bundle import load_bundle
 from service.core.settings import Settings
 from service.store.forgotten import Forgotten
+from tests.conftest import eventually
 
 
 def items_of(client: TestClient, user_id: str) -> list[str]:
     response = client.post("/v1/recommendations", json={"user_id": user_id, "k": 10})
     assert response.status_code == 200, response.text
     return [item["item_id"] for item in response.json()["items"]]
-
-
-def eventually(check: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def test_masks_follow_the_bundles_data_time(tiny_bundle: Path) -> None:
