@@ -389,13 +389,22 @@ def run(
     server_env: dict[str, str] | None = None,
     export_args: tuple[str, ...] = (),
     cache: Path | None = None,
+    bundles: Path | None = None,
 ) -> dict[str, Any]:
     """The whole measurement in `work` (a scratch directory). Returns the report (JSON-serialisable). `cache`: a
-    directory where the baselines' lists are kept and reused for the same data, split and settings."""
+    directory where the baselines' lists are kept and reused for the same data, split and settings. `bundles`:
+    where the CLI writes the bundle (default: in `work`); one already there (`current`) is served as it is, not
+    rebuilt (to measure server settings on one bundle: it must come from the same data, split and preset)."""
     split = make_split(dataset)
-    copy, bundles = work / "data", work / "bundles"
+    copy = work / "data"
+    bundles = bundles or work / "bundles"
     write_copy(dataset, split.train, source, layout, copy)
-    manifest, train_seconds = build_with_cli(copy, bundles, preset_name, seed, export_args, layout, dataset)
+    reused = (bundles / "current").exists()
+    if reused:
+        manifest, train_seconds = json.loads((bundles / "current" / "manifest.json").read_text()), 0.0
+        log.info("serving the bundle already in %s (not rebuilt)", bundles)
+    else:
+        manifest, train_seconds = build_with_cli(copy, bundles, preset_name, seed, export_args, layout, dataset)
 
     # New users: the first five training positives of a sample of the test users.
     rng = np.random.default_rng(seed)
@@ -473,6 +482,7 @@ def run(
                 if name.startswith("ranking=")
             },
             "train_seconds": round(train_seconds, 1),
+            "bundle_reused": reused,
             "train_stage_seconds": manifest.get("training", {}).get("stage_seconds", {}),
             "baseline_seconds": round(baseline_seconds, 1),
             "request_seconds": round(ask_seconds, 1),
@@ -506,8 +516,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"### Quality through the API ({meta['dataset']}, layout {meta['layout']}, preset {meta['preset']}, "
         f"{meta['date']})",
         "",
-        f"{meta['split']}. Bundle `{meta['bundle']}` (fit: {meta['bundle_fit']}) built by the CLI in "
-        f"{meta['train_seconds']} s, served by `python -m service`, {meta['test_users']} users asked over HTTP "
+        f"{meta['split']}. Bundle `{meta['bundle']}` (fit: {meta['bundle_fit']}) built by the CLI "
+        + ("in an earlier run" if meta.get("bundle_reused") else f"in {meta['train_seconds']} s")
+        + f", served by `python -m service`, {meta['test_users']} users asked over HTTP "
         f"(k={K}){' with ' + ', '.join(meta['server_settings']) if meta.get('server_settings') else ''}. Mean over "
         "users [95 % bootstrap interval].",
         "",
@@ -598,6 +609,12 @@ def main() -> None:
         "--set", action="append", default=[], metavar="RECO_X=V", help="a setting of the server (repeatable)"
     )
     parser.add_argument(
+        "--bundles",
+        type=Path,
+        help="where the CLI writes the bundle, kept after the run (default: a scratch directory); a bundle already "
+        "there is served without rebuilding (same data, split and preset)",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path("benchmarks/.cache"),
@@ -633,6 +650,7 @@ def main() -> None:
             cache=Path(args.cache) if str(args.cache) else None,
             export_args=("--serve-ranker",) if args.serve_ranker else (),
             server_env=dict(kv.split("=", 1) for kv in args.set),
+            bundles=args.bundles,
         )
     report["meta"]["server_settings"] = args.set
     text = markdown(report)

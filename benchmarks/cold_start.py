@@ -107,7 +107,7 @@ def run_seed(raw: Dataset, seed: int, args: argparse.Namespace) -> tuple[dict[st
                 continue
             events, rest = items[: args.events], np.unique(items[args.events :])
             embedding = pipeline.encode(np.array([-1]), [events])[0]
-            recs = pipeline.recommend(-1, embedding, K, config.num_candidates, history=events)
+            recs = pipeline.recommend(-1, embedding, K, pipeline.depth(-1), history=events)
             lists.append(recs.items)
             targets.append(rest)
             pop = popularity.copy()

@@ -116,7 +116,7 @@ def run_seed(
     )
     pipeline = Pipeline.open(load_bundle(result.path), device="cpu", intra_op_threads=0)
     lists["two_tower"], lists["pipeline"] = pipeline_recommendations(
-        pipeline, users, DEPTH, config.num_candidates, progress
+        pipeline, users, DEPTH, pipeline.depth(0), progress
     )
     seconds["ours (train + export + both lists)"] = time.perf_counter() - t0
     return users, [relevant_all[u] for u in users], lists, seconds

@@ -380,12 +380,26 @@ def build(args: argparse.Namespace, load: Callable[[ExportConfig], Dataset]) -> 
         f"validation ({raw.name}, temporal hold-out, seen items excluded, full ranking, {users} users; the model",
         f"selected on the split, {fitted})",
         f"{'model':<22}" + "".join(f"{c:>13}" for c in columns),
-        *(f"{name:<22}" + "".join(f"{m[c]:>13.4f}" for c in columns) for name, m in result.metrics.items()),
+        *(
+            f"{name:<22}" + "".join(f"{m[c]:>13.4f}" for c in columns)
+            for name, m in result.metrics.items()
+            if all(c in m for c in columns)  # a depth=<n> row not scored has its candidate recall alone
+        ),
     ]
     manifest = json.loads((result.path / "manifest.json").read_text())
     ranking = manifest["candidates"]["ranking"]
     best = manifest["metrics"].get("ranking", {}).get("best_on_validation", ranking)
     lines.append(f"candidates ordered by: {ranking}; best on validation of the rankers and each source alone: {best}")
+    recall = {
+        name.removeprefix("depth="): m["candidate_recall"]
+        for name, m in result.metrics.items()
+        if name.startswith("depth=")
+    }
+    lines.append(
+        f"ANN candidates served: {manifest['candidates']['depth']} (held-out positives among them by depth: "
+        + ", ".join(f"{d} {r:.3f}" for d, r in recall.items())
+        + f"); int8 on the CPU: {', '.join(manifest['onnx_int8_served']) or 'none'}"
+    )
     stages = manifest["training"].get("stage_seconds", {})
     lines.append(
         f"built in {time.perf_counter() - started:.0f}s ("

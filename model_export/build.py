@@ -27,7 +27,7 @@ from model_export.data import (
     unseen,
     user_histories,
 )
-from model_export.evaluate import choose_ranking, choose_similarity, evaluate
+from model_export.evaluate import choose_depth, choose_int8, choose_ranking, choose_similarity, evaluate
 from model_export.export_onnx import ParityError, export, export_fp16, export_int8, parity
 from model_export.gbm import export_gbm, train_gbm
 from model_export.ranker import DCNRanker
@@ -327,8 +327,6 @@ def build_bundle(
         )
         timer.lap("item_statistics")
 
-    metrics: dict[str, Any] = {}
-    similarity: dict[str, Any] | None = None
     fields_extra = {
         "n_ratings": len(raw.interactions),
         "n_positives": len(dataset.interactions),
@@ -341,7 +339,7 @@ def build_bundle(
     }
     if raw.read_at is not None:
         fields_extra["read_at"] = raw.read_at
-    ranking, best, by_ranking = "ranker", "ranker", None
+    validation: Validation | None = None
     if evaluate_bundle and final is not selection:
         # The manifest's validation metrics: the model-selection pipeline, exported and run as the service runs it,
         # on the held-out positives. A temporary bundle (no float16 variants or text encoder: not served).
@@ -350,16 +348,13 @@ def build_bundle(
             _write(scratch, dataset, selection, selection_data, config, rng, fields_extra, None, [], variants=False)
             timer.lap("export")
             scratch_bundle = load_bundle(scratch.tmp, verify_checksums=False)
-            metrics, similarity, best, by_ranking = _evaluate(scratch_bundle, train, heldout, config, progress, timer)
-            ranking = best if config.serve_best_ordering else "ranker"
+            validation = _evaluate(scratch_bundle, train, heldout, config, progress, timer)
         finally:
             scratch.abort()
     writer = BundleWriter(out_dir)
     try:
         timer.lap()
-        fields = _write(
-            writer, dataset, final, final_data, config, rng, fields_extra, text_model, texts, ranking=ranking
-        )
+        fields = _write(writer, dataset, final, final_data, config, rng, fields_extra, text_model, texts, validation)
         timer.lap("export")
         fields["training"] |= {
             "model_selection": selection.training,
@@ -368,16 +363,21 @@ def build_bundle(
         }
         if evaluate_bundle and final is selection:
             written = load_bundle(writer.tmp, verify_checksums=False)
-            metrics, similarity, best, by_ranking = _evaluate(written, train, heldout, config, progress, timer)
-            ranking = best if config.serve_best_ordering else "ranker"
-            fields["candidates"]["ranking"] = ranking
-        fields["similar_items"] = _similar_items_spec(similarity)
+            validation = _evaluate(written, train, heldout, config, progress, timer)
+            fields["candidates"] |= {"ranking": validation.ranking, "depth": validation.depth}
+            fields["onnx_int8_served"] = list(validation.int8)
+        fields["similar_items"] = _similar_items_spec(validation.similarity if validation else None)
         fields["training"]["stage_seconds"] = timer.rounded()
-        if by_ranking is not None:
+        metrics: dict[str, Any] = {}
+        if validation is not None:
+            metrics = dict(validation.metrics)
             # Never worse than a source alone by construction: what orders the candidates is whichever of the
             # ranker and each source alone scored best on the validation split (service.recommend.pipeline).
-            metrics |= {f"ranking={mode}": m for mode, m in by_ranking.items()}
+            metrics |= {f"ranking={mode}": m for mode, m in validation.by_ranking.items()}
+            metrics |= {f"depth={depth}": m for depth, m in validation.by_depth.items()}
+            metrics |= {f"int8={models}": m for models, m in validation.by_int8.items()}
         if metrics:
+            assert validation is not None
             fields["metrics"] = {
                 "validation": metrics,
                 "protocol": "held-out positives, seen items excluded, full ranking over the catalogue",
@@ -385,10 +385,22 @@ def build_bundle(
                 "service runs it"
                 + ("; the bundle is that model refitted on all interactions" if final is not selection else ""),
                 "ranking": {
-                    "chosen": ranking,
-                    "best_on_validation": best,
+                    "chosen": validation.ranking,
+                    "best_on_validation": validation.best,
                     "rule": "the best validation NDCG@10 of the ranker and of each candidate source alone "
                     "(ranking=<name> rows; ties go to the ranker), served with serve_best_ordering, else the ranker",
+                },
+                "int8": {
+                    "chosen": list(validation.int8),
+                    "rule": f"on the CPU, the first of both models, the ranker, the user tower whose int8 "
+                    f"variants keep validation NDCG@10 at the depth served at least {1 - config.int8_tolerance:.3f}"
+                    " of float32's (int8=<models> rows); none tried without serve_int8",
+                },
+                "depth": {
+                    "chosen": validation.depth,
+                    "rule": f"the fewest ANN candidates whose validation NDCG@10 under the ordering served is at "
+                    f"least {1 - config.depth_tolerance:.3f} of {config.num_candidates}'s (depth=<n> rows; "
+                    "candidate_recall: held-out positives among the ANN's first n)",
                 },
             }
         writer.write_manifest(fields)
@@ -400,20 +412,62 @@ def build_bundle(
     return BuildResult(path=path, version=fields["bundle_version"], metrics=metrics)
 
 
+@dataclass(frozen=True)
+class Validation:
+    """What the validation of the model-selection fit found and chose (build._evaluate)."""
+
+    metrics: dict[str, Any]  # the pipeline's (the ranker's) and the baselines'
+    similarity: dict[str, Any] | None  # the similar-items blend chosen on next-item prediction
+    best: str  # the ordering best on validation
+    ranking: str  # the ordering served (best, unless config.serve_best_ordering is off)
+    by_ranking: dict[str, dict[str, float]]  # every ordering's metrics
+    depth: int  # the ANN candidates served
+    by_depth: dict[int, dict[str, float]]  # the served ordering's metrics at each depth tried
+    int8: tuple[str, ...]  # the models served in int8 on the CPU
+    by_int8: dict[str, dict[str, float]]  # the metrics of each choice of int8 models tried, at that depth
+
+
 def _evaluate(
     bundle: Bundle, train: Interactions, heldout: Interactions, config: ExportConfig, progress: bool, timer: Timer
-) -> tuple[dict[str, Any], dict[str, Any] | None, str, dict[str, dict[str, float]]]:
-    """The validation of `bundle` (the model-selection fit) on `heldout`: (the pipeline's metrics, the
-    similar-items blend chosen on next-item prediction, the ordering best on validation, every ordering's
-    metrics). The orderings are scored on `config.validation_users` users (model_export.evaluate.choose_ranking)."""
+) -> Validation:
+    """The validation of `bundle` (the model-selection fit) on `heldout`. The orderings and depths are scored on
+    `config.validation_users` users (model_export.evaluate.choose_ranking, choose_depth)."""
     pipeline = Pipeline.open(bundle, device="cpu", intra_op_threads=0)
     sample = validation_sample(heldout, config.validation_users, config.seed)
     metrics = evaluate(pipeline, sample, config.num_candidates, progress)
     best, by_ranking = choose_ranking(bundle, sample, config.num_candidates, progress, ranker=metrics["pipeline"])
     timer.lap("validation")
+    ranking = best if config.serve_best_ordering else "ranker"
+    depth, by_depth = choose_depth(
+        bundle,
+        sample,
+        ranking,
+        config.num_candidates,
+        config.depth_grid,
+        config.depth_tolerance,
+        by_ranking[ranking],
+        progress,
+    )
+    log.info(
+        "ANN depth %d (validation NDCG@10 by depth: %s)",
+        depth,
+        ", ".join(f"{d} {m['ndcg@10']:.4f}" for d, m in by_depth.items() if "ndcg@10" in m),
+    )
+    timer.lap("depth_validation")
+    int8: tuple[str, ...] = ()
+    by_int8: dict[str, dict[str, float]] = {}
+    if config.serve_int8:
+        int8, by_int8 = choose_int8(bundle, sample, ranking, depth, config.int8_tolerance, by_depth[depth], progress)
+        log.info(
+            "int8 on the CPU: %s (validation NDCG@10 %s against float32's %.4f)",
+            "+".join(int8) or "none",
+            ", ".join(f"{models} {m['ndcg@10']:.4f}" for models, m in by_int8.items()),
+            by_depth[depth]["ndcg@10"],
+        )
+        timer.lap("int8_validation")
     similarity = choose_similarity(pipeline, train, heldout, config.seed)
     timer.lap("similar_items_validation")
-    return metrics, similarity, best, by_ranking
+    return Validation(metrics, similarity, best, ranking, by_ranking, depth, by_depth, int8, by_int8)
 
 
 def _similar_items_spec(choice: dict[str, Any] | None) -> dict[str, Any]:
@@ -457,8 +511,8 @@ def _write(
     dataset_fields: dict[str, Any],
     text_model: Any,
     texts: list[str],
+    validation: Validation | None = None,
     variants: bool = True,
-    ranking: str = "ranker",
 ) -> dict[str, Any]:
     """Export `models` and write every bundle file into `writer`, then its manifest (without metrics); returns the
     manifest's fields. `variants`: also the float16 variants; the text encoder is exported when `text_model` is."""
@@ -512,7 +566,7 @@ def _write(
                 )
             except ParityError as e:
                 log.warning("no float16 %s (float32 serves on the GPU too): %s", model, e)
-        if variants and model in files.FP16_MODELS:  # int8 weights, for the CPU (RECO_ONNX_PRECISION=int8)
+        if model in files.FP16_MODELS:  # int8 weights, for the CPU (validation's choose_int8 tries them too)
             int8_parities[model] = export_int8(
                 writer.path(name), writer.path(files.variant_name(model, "int8")), inputs
             )
@@ -614,13 +668,16 @@ def _write(
         "onnx_parity_max_abs_diff": parities,
         "onnx_fp16_parity_max_abs_diff": fp16_parities,
         "onnx_int8_parity": int8_parities,
+        "onnx_int8_served": list(validation.int8) if validation else [],
         "training": {"config": config.to_dict()},
         "metrics": {},
         "content": content_spec,
         "candidates": {
             "item_item": config.item_item_candidates,
             "popular": config.popular_candidates,
-            "ranking": ranking,
+            "ranking": validation.ranking if validation else "ranker",
+            "depth": validation.depth if validation else config.num_candidates,
+            "new_user_depth": config.num_candidates,
         }
         | (
             {

@@ -167,7 +167,19 @@ class ExportConfig:
     seed: int = 0
     min_rating: float = 4.0  # explicit ratings at or above this are positives
     holdout_fraction: float = 0.2  # latest share of each user's positives held out for validation
-    num_candidates: int = 500  # from the two-tower ANN search
+    num_candidates: int = 500  # from the two-tower ANN search, at most (see depth_grid)
+    # The ANN depths validation tries below num_candidates for the ordering served: the bundle serves the fewest
+    # whose validation NDCG@10 is at least (1 - depth_tolerance) of num_candidates' (model_export.evaluate.
+    # choose_depth; manifest candidates.depth). Fewer candidates are less ranking work per request.
+    depth_grid: tuple[int, ...] = (100, 200, 300)
+    depth_tolerance: float = 0.005
+    # int8 weights (ONNX Runtime dynamic quantisation) served on the CPU by RECO_ONNX_PRECISION=auto where they
+    # hold quality: validation scores the ordering served at its depth with the user tower and the ranker in
+    # int8, then the ranker alone, then the user tower alone, and the bundle serves the first whose NDCG@10 is at
+    # least (1 - int8_tolerance) of float32's (model_export.evaluate.choose_int8; manifest onnx_int8_served).
+    # False: validation does not try, and auto serves float32.
+    serve_int8: bool = True
+    int8_tolerance: float = 0.005
     # Users the validation scores (each ordering through the pipeline: model_export.evaluate.choose_ranking), a
     # seeded sample when there are more; 0 = all. 10,000 users bound the standard error of NDCG@10 near 0.003 at
     # amazon-sports' 0.04 and cut its 35,598 users' scoring by 3.5 x.
@@ -204,6 +216,9 @@ PRESETS: dict[str, ExportConfig] = {
         # ranking stage's metrics, a hung Redis) on the unpersonalised path. The ordering chosen on validation is
         # tested on its own (tests/model_export/test_build.py, tests/service/test_candidates.py).
         serve_best_ordering=False,
+        # And float32: the service tests compare answers with the float32 models (int8 on the CPU is tested on
+        # its own: tests/model_export/test_build.py).
+        serve_int8=False,
         synthetic=SyntheticConfig(n_users=300, n_items=200, n_genres=6, n_clusters=4, mean_interactions=20.0),
         two_tower=TwoTowerConfig(
             embedding_dim=16,

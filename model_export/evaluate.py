@@ -192,6 +192,78 @@ def choose_ranking(
     return best, out
 
 
+def choose_depth(
+    bundle: Bundle,
+    heldout: Interactions,
+    ranking: str,
+    full: int,
+    grid: Sequence[int],
+    tolerance: float,
+    at_full: dict[str, float],
+    progress: bool = False,
+) -> tuple[int, dict[int, dict[str, float]]]:
+    """The fewest ANN candidates (`full`, or a depth of `grid` below it, at least DEPTH) whose pipeline, ordered
+    by `ranking`, keeps NDCG@10 on `heldout` at least (1 - `tolerance`) of `full`'s (`at_full`, its metrics), and
+    the metrics of the depths scored: shallowest first, up to the one chosen. Every depth has its
+    `candidate_recall`: the share of held-out positives among the ANN's first `depth` candidates (seen items
+    excluded), what the ranker can find at that depth."""
+    n_users, n_items = bundle.manifest.dims.n_users, bundle.manifest.dims.n_items
+    users, rel = users_with_relevant(heldout, n_users)
+    pipeline = Pipeline.open(bundle, device="cpu", intra_op_threads=0, ranking=ranking)
+    depths = sorted({full, *(d for d in grid if DEPTH <= d < full)})
+    ann = pipeline.retrieve(users, pipeline.encode(users), full)
+    out = {
+        d: {
+            "candidate_recall": float(
+                np.mean([np.isin(r, a[:d]).sum() / len(r) for a, r in zip(ann, rel, strict=True)])
+            )
+        }
+        for d in depths
+    }
+    out[full] |= at_full
+    floor = (1 - tolerance) * at_full["ndcg@10"]
+    for depth in depths[:-1]:
+        _, lists = pipeline_recommendations(pipeline, users, DEPTH, depth, progress)
+        out[depth] |= mean_metrics(lists, rel, n_items)
+        if out[depth]["ndcg@10"] >= floor:
+            return depth, out
+    return full, out
+
+
+# What int8 may serve (model_export.build, ExportConfig.serve_int8), fastest first: both per-request models, the
+# ranker alone (most of the time per request), the user tower alone.
+INT8_CHOICES: tuple[tuple[str, ...], ...] = (("user_tower", "ranker"), ("ranker",), ("user_tower",))
+
+
+def choose_int8(
+    bundle: Bundle,
+    heldout: Interactions,
+    ranking: str,
+    depth: int,
+    tolerance: float,
+    at_fp32: dict[str, float],
+    progress: bool = False,
+) -> tuple[tuple[str, ...], dict[str, dict[str, float]]]:
+    """The models to serve in int8 on the CPU: the first of INT8_CHOICES whose pipeline (ordered by `ranking`, from
+    `depth` ANN candidates, those models' int8 variants) keeps NDCG@10 on `heldout` at least (1 - `tolerance`) of
+    float32's (`at_fp32`, its metrics), else none; and the metrics of each choice tried (by "+"-joined models).
+    Under an ordering that does not call the ranker (a source alone, the gradient-boosted ranker), the ranker's
+    precision changes nothing: only the user tower is tried."""
+    n_users, n_items = bundle.manifest.dims.n_users, bundle.manifest.dims.n_items
+    users, rel = users_with_relevant(heldout, n_users)
+    floor = (1 - tolerance) * at_fp32["ndcg@10"]
+    choices = INT8_CHOICES if ranking == "ranker" else (("user_tower",),)
+    out: dict[str, dict[str, float]] = {}
+    for models in choices:
+        precisions = {m: "int8" if m in models else "fp32" for m in files.FP16_MODELS}
+        pipeline = Pipeline.open(bundle, device="cpu", intra_op_threads=0, ranking=ranking, precisions=precisions)
+        _, lists = pipeline_recommendations(pipeline, users, DEPTH, depth, progress)
+        out["+".join(models)] = metrics = mean_metrics(lists, rel, n_items)
+        if metrics["ndcg@10"] >= floor:
+            return models, out
+    return (), out
+
+
 # Share of co-consumption in the similar-items blend (service.recommend.similar), chosen on validation.
 SIMILAR_CO_CONSUMPTION_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 SIMILAR_K = 10

@@ -102,8 +102,8 @@ def export_int8(fp32_path: Path, path: Path, inputs: dict[str, np.ndarray]) -> d
     """`fp32_path`'s model with its weights quantised to int8 (ONNX Runtime's dynamic quantisation: activations
     quantised per batch as it runs, on the CPU provider) at `path`, and how far its answers on `inputs` are from
     the float32 model's: max abs diff, and the Pearson correlation of the outputs (for the ranker, what orders the
-    candidates). No tolerance: whether quality holds is measured where it is served (benchmarks.api_quality with
-    RECO_ONNX_PRECISION=int8), and int8 is served only when asked for."""
+    candidates). No tolerance here: whether quality holds is measured on validation through the pipeline
+    (model_export.evaluate.choose_int8), which decides what RECO_ONNX_PRECISION=auto serves in int8."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()  # it logs a "pre-process first" advice on the root logger: quiet while it runs only

@@ -115,7 +115,7 @@ def score_bundle(
         history = pipeline.history(user, np.array(liked, dtype=np.int64))
         exclude = np.array(disliked, dtype=np.int64)
         # Embedding None: encoded from `history` in the batch, as the service encodes a user with fresh events.
-        queries.append(Query(user, None, K, max(config.num_candidates, K), exclude=exclude, history=history))
+        queries.append(Query(user, None, K, max(pipeline.depth(user), K), exclude=exclude, history=history))
     ndcg, recall = [], []
     for items, recs in zip(relevant.values(), recommend_all(pipeline, queries), strict=True):
         top = [bundle.item_ids[int(i)] for i in recs.items]

@@ -174,6 +174,13 @@ class CandidatesSpec(_Strict):
     gbm_item_item: int = Field(0, ge=0)
     gbm_transitions: int = Field(0, ge=0)
     gbm_popular: int = Field(0, ge=0)
+    # Candidates the ANN search gives per request: the fewest of the exporter's grid whose validation NDCG@10
+    # stays within its tolerance of the full depth's (model_export.evaluate.choose_depth); RECO_NUM_CANDIDATES
+    # overrides it. Bundles before it: 500.
+    depth: int = Field(500, ge=1)
+    # And for a user the bundle does not know (encoded from fresh events alone): the exporter's full depth, since
+    # validation chose `depth` on known users.
+    new_user_depth: int = Field(500, ge=1)
 
 
 class Manifest(_Strict):
@@ -193,6 +200,9 @@ class Manifest(_Strict):
     # model (user_tower, ranker) -> its int8 variant's distance from float32 on the export's sample inputs
     # (max_abs_diff, pearson); a model missing here has no int8 variant.
     onnx_int8_parity: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # The models whose int8 variant held validation NDCG@10 (model_export.evaluate.choose_int8): what
+    # RECO_ONNX_PRECISION=auto serves in int8 on the CPU. Bundles before it: none.
+    onnx_int8_served: list[Literal["user_tower", "ranker"]] = Field(default_factory=list)
     training: dict[str, Any]
     metrics: dict[str, Any]
     content: ContentSpec | None = None  # schema 5; None: items added live go through the item tower alone

@@ -93,8 +93,9 @@ def run_onnx(session: ort.InferenceSession, output: str, inputs: dict[str, Any],
 
 def model_precisions(bundle: Bundle, providers: list[str], precision: str) -> dict[str, str]:
     """The precision (fp32, fp16, int8) each per-request model (FP16_MODELS) runs in: auto: float16 on CUDA where
-    the bundle has the model's float16 variant, once GPU_FAST_PATHS_VERIFIED (until then float32; on the CPU always
-    float32: ONNX Runtime's float16 kernels there are no faster, and the casts cost); fp16: float16 everywhere,
+    the bundle has the model's float16 variant, once GPU_FAST_PATHS_VERIFIED (until then float32); on the CPU int8
+    for the models whose int8 variant held validation quality at export (manifest onnx_int8_served), float32 for
+    the others (ONNX Runtime's float16 kernels there are no faster, and the casts cost); fp16: float16 everywhere,
     refused if the bundle lacks a variant; int8: int8 weights (dynamic quantisation, a CPU provider's kernels; on
     CUDA they fall back to the CPU), refused likewise; fp32: float32."""
     if precision == "int8":
@@ -113,7 +114,11 @@ def model_precisions(bundle: Bundle, providers: list[str], precision: str) -> di
                 f"{bundle.path}: onnx_precision=fp16 but the bundle has no float16 {', '.join(missing)} (built before "
                 "float16 variants, or their parity with float32 failed at export; see onnx_fp16_parity_max_abs_diff)"
             )
-    fast = providers[0] == "CUDAExecutionProvider" and GPU_FAST_PATHS_VERIFIED
+    cuda = providers[0] == "CUDAExecutionProvider"
+    if precision == "auto" and not cuda:
+        served = bundle.manifest.onnx_int8_served
+        return {m: "int8" if m in served and m in bundle.manifest.onnx_int8_parity else "fp32" for m in FP16_MODELS}
+    fast = cuda and GPU_FAST_PATHS_VERIFIED
     return {
         m: "fp16" if precision == "fp16" or (precision == "auto" and fast and m in has_fp16) else "fp32"
         for m in FP16_MODELS

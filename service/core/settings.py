@@ -28,7 +28,12 @@ class Settings(BaseSettings):
 
     # Request bounds.
     max_k: int = Field(100, ge=1, le=1000, description="Largest `k` a request may ask for.")
-    num_candidates: int = Field(500, ge=1, description="Candidates retrieved from FAISS before filtering and ranking.")
+    num_candidates: int | None = Field(
+        None,
+        ge=1,
+        description="Candidates retrieved from FAISS before filtering and ranking; unset: the bundle's "
+        "`candidates.depth`, the fewest its exporter found to hold validation NDCG@10 (500 for older bundles).",
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; beyond it, 413.")
     max_exclusions: int = Field(1000, ge=0, description="Largest `exclude_item_ids` list a request may send.")
     allow_repeats: bool = Field(
@@ -204,10 +209,11 @@ class Settings(BaseSettings):
     )
     onnx_precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto",
-        description="Precision of the user tower and the ranker. auto: float32 (float16 on CUDA, where the bundle has "
-        "a float16 variant, only once scripts/gpu-check.sh has passed with it on a GPU); fp16 opts in and refuses "
-        "a bundle without the variants; int8: the int8-weight variants (ONNX Runtime dynamic quantisation, for the "
-        "CPU), refused likewise.",
+        description="Precision of the user tower and the ranker. auto: on the CPU, int8 weights for the models whose "
+        "int8 variant held validation NDCG@10 at export (manifest onnx_int8_served), float32 for the others; on "
+        "CUDA float32 (float16 where the bundle has a float16 variant, only once scripts/gpu-check.sh has passed "
+        "with it on a GPU); fp32; fp16 opts in and refuses a bundle without the variants; int8: every model's "
+        "int8-weight variant (ONNX Runtime dynamic quantisation, for the CPU), refused likewise.",
     )
     ort_io_binding: Literal["auto", "on", "off"] = Field(
         "auto",

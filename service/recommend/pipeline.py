@@ -116,11 +116,13 @@ class Pipeline:
         io_binding: str = "auto",
         allow_repeats: bool = False,
         ranking: str | None = None,
+        precisions: dict[str, str] | None = None,
     ) -> Pipeline:
-        """The pipeline on `device` (auto | cpu | cuda), its ONNX models in `precision` (auto | fp32 | fp16, see
-        runtime.model_precisions) and called through IO binding per `io_binding` (auto: on CUDA | on | off)."""
+        """The pipeline on `device` (auto | cpu | cuda), its ONNX models in `precision` (auto | fp32 | fp16 | int8,
+        see device.model_precisions; `precisions`: model -> precision instead) and called through IO binding per
+        `io_binding` (auto: on CUDA | on | off)."""
         providers = onnx_providers(device)
-        precisions = model_precisions(bundle, providers, precision)
+        precisions = precisions or model_precisions(bundle, providers, precision)
 
         def session(model: str) -> ort.InferenceSession:
             return open_session(bundle.file(variant_name(model, precisions[model])), providers, intra_op_threads)
@@ -156,13 +158,17 @@ class Pipeline:
             allow_repeats=settings.allow_repeats,
         )
 
+    def depth(self, user: int) -> int:
+        """The ANN candidates the bundle serves `user` (its depth chosen on validation; unknown users, its full)."""
+        spec = self.bundle.manifest.candidates
+        return spec.new_user_depth if user == UNKNOWN_USER else spec.depth
+
     def user_index(self, user_id: str) -> int:
         return self.bundle.user_index.get(user_id, UNKNOWN_USER)
 
     def item_indices(self, item_ids: list[str]) -> np.ndarray:
         """Indices of the known ids among `item_ids` (unknown ids cannot be recommended anyway)."""
-        index = self.bundle.item_index
-        return np.array([index[i] for i in item_ids if i in index], dtype=np.int64)
+        return np.array([self.bundle.item_index[i] for i in item_ids if i in self.bundle.item_index], dtype=np.int64)
 
     def history(self, user: int, fresh: np.ndarray | None = None) -> np.ndarray:
         """The user's history, oldest first: the bundle's training history, then `fresh` events (item indices)."""
@@ -308,8 +314,7 @@ class Pipeline:
         item-item weights summed over the user's whole history (EASE's score, its positive part), the two-tower
         score, or popularity. (n,) float32"""
         if self.ranking == "item_item":
-            scores: np.ndarray = self.ranker.neighbours.scores(items, history)[:, 0]
-            return scores
+            return np.asarray(self.ranker.neighbours.scores(items, history)[:, 0])
         if self.ranking == "popular":
             popularity: np.ndarray = self.bundle.item_log_popularity[items].astype(np.float32)
             return popularity

@@ -71,7 +71,7 @@ class Recommender:
         cache: EmbeddingCache,
         metrics: Metrics,
         executor: Executor,
-        num_candidates: int,
+        num_candidates: int | None,
         events: RecentEvents,
         batching: BatchingOptions | None = None,
         refresh_batch: int = 100,
@@ -85,7 +85,7 @@ class Recommender:
         self.events = events
         self.metrics = metrics
         self.executor = executor
-        self.num_candidates = num_candidates
+        self.num_candidates = num_candidates  # None: the bundle's (Pipeline.depth)
         self.key_prefix = f"reco:{pipeline.bundle.version}:user_emb:"
         b = batching or BatchingOptions()
         # The pipeline is read when each batch runs (it may be replaced), hence the lambda.
@@ -219,7 +219,8 @@ class Recommender:
         exclude = np.r_[pipeline.item_indices(exclude_item_ids), fresh.disliked].astype(np.int64)
         # A cache miss is encoded in the batch, with the other requests' encodings.
         submitted = time.perf_counter()
-        recs = await self.batcher.submit(Query(user, embedding, k, self.num_candidates, exclude, history))
+        n = self.num_candidates or pipeline.depth(user)
+        recs = await self.batcher.submit(Query(user, embedding, k, n, exclude, history))
         self.metrics.stage_latency.labels("queue").observe(max(0.0, recs.started - submitted))
         if recs.encoded and key is not None and recs.embedding is not None:
             self.store_later(user_id, key, recs.embedding)

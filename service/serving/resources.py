@@ -62,7 +62,7 @@ async def open_serving(
 ) -> Serving:
     """Models, index and items added live for `bundle`, warmed up (first ONNX runs allocate and optimise)."""
     delta = settings.live_items_path or settings.bundle_path.parent / "live_items.jsonl"
-    k, n = min(10, settings.max_k), settings.num_candidates
+    k = min(10, settings.max_k)
 
     def build() -> tuple[Pipeline, LiveItems]:
         pipeline = Pipeline.configured(bundle, settings)
@@ -77,6 +77,7 @@ async def open_serving(
             log.info("re-applied %d live items from %s", replayed, delta)
         for _ in range(settings.warmup_requests):
             for user in (0, -1):
+                n = settings.num_candidates or pipeline.depth(user)
                 pipeline.recommend(user, pipeline.encode(np.array([user]))[0], k, n)
         return pipeline, live
 

@@ -17,12 +17,22 @@ from fastapi.testclient import TestClient
 from model_export.build import build_bundle
 from model_export.build_index import build_index, recall_vs_exact
 from model_export.config import IndexConfig, preset
-from model_export.data import generate_synthetic
-from model_export.evaluate import bootstrap_interval, coverage, per_user_metrics
+from model_export.data import Interactions, generate_synthetic
+from model_export.evaluate import (
+    bootstrap_interval,
+    choose_depth,
+    choose_int8,
+    coverage,
+    mean_metrics,
+    per_user_metrics,
+    pipeline_recommendations,
+    users_with_relevant,
+)
 from model_export.export_onnx import FP16_TOLERANCE, HalfPrecision, ParityError, export, export_fp16, parity
 from service.api.app import create_app
-from service.core.bundle import MANIFEST, load_bundle
+from service.core.bundle import MANIFEST, Bundle, load_bundle
 from service.core.settings import Settings
+from service.recommend.pipeline import Pipeline
 from tests.conftest import ML100K
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,11 +44,15 @@ def test_manifest_records_everything(tiny_bundle: Path) -> None:
     candidates = manifest["candidates"]
     assert (candidates["item_item"], candidates["popular"]) == (0, 0)  # off for the ranker by default
     # Never worse than a source alone on validation: the ordering served is the best of the table.
-    by_ranking = {k.removeprefix("ranking="): v for k, v in manifest["metrics"]["validation"].items() if "=" in k}
+    validation = manifest["metrics"]["validation"]
+    by_ranking = {k.removeprefix("ranking="): v for k, v in validation.items() if k.startswith("ranking=")}
     assert set(by_ranking) == {"ranker", "gbm", "item_item", "two_tower", "popular"}
     best = max(m["ndcg@10"] for m in by_ranking.values())
     assert by_ranking[manifest["metrics"]["ranking"]["best_on_validation"]]["ndcg@10"] == best
     assert candidates["ranking"] == manifest["metrics"]["ranking"]["chosen"] == "ranker"  # the tiny preset's choice
+    # The ANN depth: the tiny preset's 100 candidates are the least the grid tries, so it is served.
+    assert candidates["depth"] == manifest["metrics"]["depth"]["chosen"] == 100
+    assert validation["depth=100"]["ndcg@10"] == by_ranking["ranker"]["ndcg@10"]
     assert manifest["bundle_version"] == tiny_bundle.name
     assert {"negative_offsets.npy", "negative_items.npy", "item_content.npy"} <= set(manifest["files"])
     # The content vectors' weights (the text carries the weight), and the similar-items blend with the
@@ -261,7 +275,7 @@ def test_batched_evaluation_gives_each_user_what_one_request_gives(tiny_bundle: 
     """The exporter's evaluation asks the pipeline in batches (recommend_all): each user's list is the one a lone
     request gets, known users with their embedding and new users encoded from their events in the batch."""
     from model_export.evaluate import recommend_all
-    from service.recommend.pipeline import Pipeline, Query
+    from service.recommend.pipeline import Query
 
     pipeline = Pipeline.open(load_bundle(tiny_bundle), device="cpu")
     users = np.arange(40)
@@ -278,12 +292,90 @@ def test_batched_evaluation_gives_each_user_what_one_request_gives(tiny_bundle: 
 def test_the_default_serves_the_ordering_best_on_validation(tmp_path: Path) -> None:
     """By default (serve_best_ordering) the bundle serves whichever ordering scored best on its validation split: on
     the tiny synthetic log, popularity (the tiny preset itself serves the ranker, for the service tests)."""
-    config = replace(preset("tiny"), serve_best_ordering=True)
+    config = replace(
+        preset("tiny"), serve_best_ordering=True, serve_int8=True, num_candidates=150, depth_grid=(100, 120)
+    )
     built = build_bundle(generate_synthetic(config.synthetic, seed=config.seed), config, tmp_path, progress=False)
     manifest = json.loads((built.path / MANIFEST).read_text())
+    # The depth: 100, then 120, tried below the 150 ANN candidates; the first that held validation is served.
+    depth = manifest["candidates"]["depth"]
+    assert depth in (100, 120, 150)
+    assert manifest["metrics"]["depth"]["chosen"] == depth
+    assert {"depth=100", "depth=120", "depth=150"} <= set(manifest["metrics"]["validation"])
+    assert "ndcg@10" in manifest["metrics"]["validation"]["depth=100"]
+    # With serve_int8 (the default preset's), validation tried int8 at the depth served and recorded its choice.
+    int8 = manifest["metrics"]["int8"]
+    assert manifest["onnx_int8_served"] == int8["chosen"]
+    tried = {
+        k.removeprefix("int8="): v["ndcg@10"]
+        for k, v in manifest["metrics"]["validation"].items()
+        if k.startswith("int8=")
+    }
+    assert tried
+    at_fp32 = manifest["metrics"]["validation"][f"depth={manifest['candidates']['depth']}"]["ndcg@10"]
+    if int8["chosen"]:
+        assert tried["+".join(int8["chosen"])] >= (1 - config.int8_tolerance) * at_fp32
+    else:
+        assert all(v < (1 - config.int8_tolerance) * at_fp32 for v in tried.values())
     ranking = manifest["metrics"]["ranking"]
     assert manifest["candidates"]["ranking"] == ranking["chosen"] == ranking["best_on_validation"] != "ranker"
     validation = manifest["metrics"]["validation"]
-    by_ranking = {k.removeprefix("ranking="): v["ndcg@10"] for k, v in validation.items() if "=" in k}
+    by_ranking = {k.removeprefix("ranking="): v["ndcg@10"] for k, v in validation.items() if k.startswith("ranking=")}
     assert by_ranking[ranking["chosen"]] > by_ranking["ranker"]
     assert load_bundle(built.path).manifest.candidates.ranking == ranking["chosen"]
+
+
+def unseen_heldout(bundle: Bundle, seed: int) -> Interactions:
+    """A held-out set for a bundle fitted on all its data: three items each user has not seen, at random."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items = bundle.manifest.dims.n_users, bundle.manifest.dims.n_items
+    rows = [
+        (u, i) for u in range(n_users) for i in rng.permutation(np.setdiff1d(np.arange(n_items), bundle.seen(u)))[:3]
+    ]
+    user, item = np.array(rows, dtype=np.int64).T
+    return Interactions(user, item, np.ones(len(rows), np.float32), np.zeros(len(rows), np.int64))
+
+
+def test_the_depth_served_is_the_fewest_candidates_that_hold_validation(tiny_bundle: Path) -> None:
+    """choose_depth: a depth below the full one is served only where validation NDCG@10 holds within the
+    tolerance; the ANN's recall grows with depth; with no tolerance a shallower depth must score at least as well."""
+    bundle = load_bundle(tiny_bundle)
+    heldout = unseen_heldout(bundle, seed=0)
+    pipeline = Pipeline.open(bundle, device="cpu", intra_op_threads=0)
+    users, rel = users_with_relevant(heldout, bundle.manifest.dims.n_users)
+    full = 180
+    _, lists = pipeline_recommendations(pipeline, users, 100, full, progress=False)
+    at_full = mean_metrics(lists, rel, bundle.manifest.dims.n_items)
+    grid = (50, 100, 140)  # 50 is below the lists' depth (100): never tried
+    loose, by_depth = choose_depth(bundle, heldout, "ranker", full, grid, 1.0, at_full)
+    assert loose == 100
+    assert set(by_depth) == {100, 140, 180}
+    recall = [by_depth[d]["candidate_recall"] for d in (100, 140, 180)]
+    assert recall == sorted(recall)
+    assert recall[0] < recall[-1]
+    assert "ndcg@10" not in by_depth[140]  # scored shallowest first, up to the depth chosen
+    strict, by_depth = choose_depth(bundle, heldout, "ranker", full, grid, 0.0, at_full)
+    assert by_depth[strict]["ndcg@10"] >= at_full["ndcg@10"]
+    assert all(by_depth[d]["ndcg@10"] < at_full["ndcg@10"] for d in (100, 140) if d < strict)
+
+
+def test_int8_is_served_only_where_it_holds_validation(tiny_bundle: Path) -> None:
+    """choose_int8 tries both models in int8, then the ranker alone, then the user tower alone, and keeps the first
+    within the tolerance of float32's NDCG@10; none when none is. An ordering that never calls the ranker tries
+    the user tower alone."""
+    bundle = load_bundle(tiny_bundle)
+    n_users, n_items = bundle.manifest.dims.n_users, bundle.manifest.dims.n_items
+    heldout = unseen_heldout(bundle, seed=1)
+    users, rel = users_with_relevant(heldout, n_users)
+    _, lists = pipeline_recommendations(Pipeline.open(bundle, device="cpu", precision="fp32"), users, 100, 100, False)
+    at_fp32 = mean_metrics(lists, rel, n_items)
+    models, tried = choose_int8(bundle, heldout, "ranker", 100, 1.0, at_fp32)
+    assert models == ("user_tower", "ranker")
+    assert list(tried) == ["user_tower+ranker"]
+    assert tried["user_tower+ranker"]["ndcg@10"] != at_fp32["ndcg@10"]  # int8 weights: other answers
+    models, tried = choose_int8(bundle, heldout, "ranker", 100, -1.0, at_fp32)  # nothing can reach twice float32's
+    assert models == ()
+    assert list(tried) == ["user_tower+ranker", "ranker", "user_tower"]
+    models, tried = choose_int8(bundle, heldout, "item_item", 100, 1.0, at_fp32)
+    assert models == ("user_tower",)
+    assert list(tried) == ["user_tower"]

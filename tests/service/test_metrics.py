@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +10,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.core.bundle import load_bundle
+from service.api.app import create_app
+from service.core.bundle import MANIFEST, load_bundle
+from service.core.settings import Settings
 from service.recommend.pipeline import Query
 
 
@@ -108,3 +112,26 @@ def test_stage_metrics_are_per_request_and_a_batch_counts_once(client: TestClien
     for name, more in (("user_encoding", 0), ("queue", 1), ("ranking", 1)):
         key = ("reco_stage_duration_seconds_count", (("stage", name),))
         assert second[key] - first[key] == more, name
+
+
+def test_the_service_retrieves_the_bundles_depth_unless_told(
+    tiny_bundle: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """RECO_NUM_CANDIDATES unset: the ANN search gives a known user the manifest's candidates.depth (the depth its
+    exporter chose on validation, on known users) and an unknown one candidates.new_user_depth; set, it overrides
+    both. The tiny bundle's ranker ranks the ANN's candidates alone, so each request ranks that many (its
+    catalogue leaves enough after the seen items)."""
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["candidates"] |= {"depth": 37, "new_user_depth": 45}
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    user_id = load_bundle(copy).user_ids[0]
+    for num_candidates, known, unknown in ((None, 37, 45), (50, 50, 50)):
+        told = settings.model_copy(update={"bundle_path": copy, "num_candidates": num_candidates})
+        with TestClient(create_app(told)) as c:
+            for user in (user_id, user_id, "stranger"):
+                assert c.post("/v1/recommendations", json={"user_id": user, "k": 5}).status_code == 200
+            m = scrape(c)
+        after = (("stage", "after_filtering"),)
+        assert m[("reco_candidates_count", after)] == 3
+        assert m[("reco_candidates_sum", after)] == 2 * known + unknown

@@ -55,11 +55,20 @@ def test_precision_per_device_and_setting(tiny_bundle: Path, monkeypatch: pytest
         model_precisions(mixed, CPU, "fp16")
 
 
-def test_int8_variants_are_opt_in_close_to_float32_and_refused_when_missing(tiny_bundle: Path) -> None:
+def test_int8_variants_serve_where_validation_held_close_to_float32_and_refused_when_missing(
+    tiny_bundle: Path,
+) -> None:
     bundle = load_bundle(tiny_bundle)
     assert set(bundle.manifest.onnx_int8_parity) == {"user_tower", "ranker"}  # every build writes them
     assert all(p["pearson"] > 0.9 for p in bundle.manifest.onnx_int8_parity.values())
-    assert model_precisions(bundle, CPU, "auto") == {"user_tower": "fp32", "ranker": "fp32"}  # never chosen unasked
+    assert bundle.manifest.onnx_int8_served == []  # the tiny preset does not try (serve_int8=False)
+    assert model_precisions(bundle, CPU, "auto") == {"user_tower": "fp32", "ranker": "fp32"}
+    # auto, on the CPU: int8 for the models the export found to hold validation quality; never on CUDA.
+    held = replace(bundle, manifest=bundle.manifest.model_copy(update={"onnx_int8_served": ["ranker"]}))
+    assert model_precisions(held, CPU, "auto") == {"user_tower": "fp32", "ranker": "int8"}
+    assert model_precisions(held, CUDA, "auto") == {"user_tower": "fp32", "ranker": "fp32"}
+    assert model_precisions(held, CPU, "fp32") == {"user_tower": "fp32", "ranker": "fp32"}
+    assert Pipeline.open(held, device="cpu").onnx_precisions == {"user_tower": "fp32", "ranker": "int8"}
     assert model_precisions(bundle, CPU, "int8") == {"user_tower": "int8", "ranker": "int8"}
     before = replace(bundle, manifest=bundle.manifest.model_copy(update={"onnx_int8_parity": {}}))
     with pytest.raises(BundleError, match=r"onnx_precision=int8 but the bundle has no int8 user_tower, ranker"):
