@@ -18,12 +18,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import admin, events, health, items, recommendations, ui, users
+from service.api import admin, events, experiments, health, items, recommendations, ui, users
 from service.api.fast_path import FastPath
 from service.core.errors import install_error_handlers
 from service.core.logs import ACCESS, UserHasher, configure_logging, request_id_from
 from service.core.metrics import Metrics
 from service.core.settings import Settings
+from service.experiments.design import follow
+from service.experiments.guard import watch
 from service.serving.state import AppState
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ API_ROUTERS = (
     items.admin,
     users.router,
     admin.router,
+    experiments.router,
 )
 UI_ROUTERS = (ui.admin, ui.pages)
 
@@ -182,6 +185,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         follows = settings.live_items_store == "database" or settings.workers > 1
         followers = [asyncio.create_task(state.follow_live_items())] if follows else []
         followers.append(asyncio.create_task(state.follow_deletions()))
+        followers.append(asyncio.create_task(follow(state.experiments, state.records, settings.experiments_sync_s)))
+        if settings.impressions:
+            served = lambda: state.bundle.version  # noqa: E731
+            guarded = watch(state.records, metrics, served, min_lists=settings.guard_min_lists)
+            followers.append(asyncio.create_task(guarded))
         if settings.bundle_sync_s > 0:
             followers.append(asyncio.create_task(state.follow_published_bundle()))
         try:

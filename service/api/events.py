@@ -49,7 +49,9 @@ async def accept_events(state: AppState, body: EventBatch) -> EventsAccepted:
             raise NotFound(f"body.events.{n}.item_id: unknown item {event.item_id!r}")
     per_user: dict[str, list[tuple[float, int, NewEvent]]] = {}
     for n, event in enumerate(body.events):
-        stored = NewEvent(event.user_id, event.item_id, event.event_type, event.timestamp, event.event_id)
+        stored = NewEvent(
+            event.user_id, event.item_id, event.event_type, event.timestamp, event.event_id, event.request_id
+        )
         per_user.setdefault(event.user_id, []).append((event.timestamp or 0.0, n, stored))
     if len(per_user) > settings.max_event_users_per_request:
         limit = settings.max_event_users_per_request
@@ -63,4 +65,8 @@ async def accept_events(state: AppState, body: EventBatch) -> EventsAccepted:
         raise Unavailable(str(e)) from e
     for event in body.events:
         state.metrics.events.labels(event.event_type).inc()
+        if event.request_id is not None:  # attributed to a list: counted by the user's variant
+            experiment, variant = state.experiments.assign(event.user_id)
+            if experiment is not None:
+                state.metrics.experiment_events.labels(experiment, variant.name, event.event_type).inc()
     return EventsAccepted(accepted=len(body.events), users=len(per_user), duplicates=len(body.events) - new)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import Request, Response
@@ -15,8 +16,10 @@ from service.api.schemas import (
 )
 from service.core.errors import InvalidField
 from service.core.logs import UserHasher
+from service.experiments.treatment import treat
 from service.recommend.features import most_similar_in_history
 from service.serving.state import AppState, StateDep
+from service.store.experiments import Impression
 
 router = client_router()  # RECO_API_KEY
 
@@ -42,9 +45,32 @@ async def recommendations_json(
     request_id: str = request_state["request_id"]  # set by HTTPMetricsMiddleware from X-Request-ID or new
     request_state["user_hash"] = user_hash(body.user_id)  # the access record's `user`
     serving = state.serving  # one bundle for the whole request, whatever a reload does meanwhile
+    experiment, variant = state.experiments.assign(body.user_id)
     async with state.admit():
-        result = await serving.recommender.recommend(body.user_id, body.k, body.exclude_item_ids)
+        treated = await treat(
+            serving.recommender, variant, body.user_id, body.k, body.exclude_item_ids, state.exposure, state.rng
+        )
+    result = treated.result
     recs, bundle = result.recommendations, serving.bundle
+    shown = [bundle.item_ids[i] for i in recs.items.tolist()]
+    state.exposure.add(shown)
+    if experiment is not None:
+        state.metrics.experiment_lists.labels(experiment, variant.name).inc()
+        if treated.explored:
+            state.metrics.explored_slots.labels(experiment, variant.name).inc(treated.explored)
+    if state.impressions is not None:
+        state.impressions.record(
+            Impression(
+                request_id,
+                body.user_id,
+                bundle.version,
+                experiment,
+                variant.name if experiment is not None else None,
+                shown,
+                treated.propensities,
+                time.time(),
+            )
+        )
     because: list[dict[str, Any] | None] = [None] * len(recs.items)
     if body.explain and recs.window is not None:
         sources, sims = most_similar_in_history(bundle.item_embeddings, recs.items, recs.window)
@@ -62,14 +88,19 @@ async def recommendations_json(
         "fallback": "unknown_user" if result.user_index < 0 and not result.fresh_events else None,
         "items": [
             {
-                "item_id": bundle.item_ids[i],
+                "item_id": item_id,
                 "title": bundle.item_titles[i],
                 "retrieval_score": r,
                 "ranking_score": s,
                 "because": b,
             }
-            for i, r, s, b in zip(
-                recs.items.tolist(), recs.retrieval_scores.tolist(), recs.ranking_scores.tolist(), because, strict=True
+            for item_id, i, r, s, b in zip(
+                shown,
+                recs.items.tolist(),
+                recs.retrieval_scores.tolist(),
+                recs.ranking_scores.tolist(),
+                because,
+                strict=True,
             )
         ],
     }

@@ -83,6 +83,12 @@ class Event(BaseModel):
         max_length=128,
         description="The client's id for the event: sent again (a retry), it is stored once.",
     )
+    request_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="The request_id of the recommendation list that showed the item: the event is attributed to "
+        "that list (its experiment variant, the item's position) in the experiments' results.",
+    )
 
 
 class EventBatch(BaseModel):
@@ -211,6 +217,10 @@ class UserRecord(BaseModel):
     first_seen: float | None = Field(description="Their first event received (Unix seconds); null: none.")
     last_seen: float | None
     events: list[StoredEventOut] = Field(description="Every event stored for the user, oldest first.")
+    lists_shown: int = Field(
+        0,
+        description="Recommendation lists recorded as shown to them (impressions: items, variant); deleted with them.",
+    )
 
 
 class ReloadRequest(BaseModel):

@@ -59,11 +59,13 @@ def static_files() -> StaticFiles:
 @pages.get("/ui")
 @pages.get("/ui/")
 @pages.get("/ui/bundles")
+@pages.get("/ui/experiments")
+@pages.get("/ui/experiments/{name}")
 @pages.get("/ui/users/")
 @pages.get("/ui/users/{user_id}")
 @pages.get("/ui/items/")
 @pages.get("/ui/items/{item_id}")
-async def page(user_id: str | None = None, item_id: str | None = None) -> FileResponse:
+async def page(user_id: str | None = None, item_id: str | None = None, name: str | None = None) -> FileResponse:
     """Every page is the one app; it reads the path and renders that page (so each has its own link)."""
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 from fastapi import Path
@@ -16,6 +17,7 @@ from service.api.schemas import (
 )
 from service.core.errors import Unavailable
 from service.serving.state import StateDep
+from service.store import experiments
 from service.store.cache import CacheUnavailable
 from service.store.events import EventStoreUnavailable
 from service.store.records import RecordsUnavailable
@@ -50,6 +52,7 @@ async def get_user(user_id: Annotated[str, Path(min_length=1, max_length=128)], 
     records = state.records
     try:
         profile, stored = await records.run(lambda: records.user(user_id))
+        shown = await records.run(functools.partial(experiments.impressions_of, records.engine, user_id))
     except RecordsUnavailable as e:
         raise Unavailable(str(e)) from e
     bundle = state.bundle
@@ -76,4 +79,5 @@ async def get_user(user_id: Annotated[str, Path(min_length=1, max_length=128)], 
             )
             for e in stored
         ],
+        lists_shown=shown,
     )

@@ -166,6 +166,39 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.impressions = Counter(
+            "reco_impressions",
+            "Lists served, as recorded in the system of record off the response path (service.experiments."
+            "impressions), by result: stored; duplicate (a request id seen before); dropped (too many waiting); "
+            "failed (the database did not take them).",
+            ["result"],
+            registry=r,
+        )
+        self.experiment_lists = Counter(
+            "reco_experiment_lists",
+            "Lists served within an experiment, by experiment and variant.",
+            ["experiment", "variant"],
+            registry=r,
+        )
+        self.experiment_events = Counter(
+            "reco_experiment_events",
+            "Events attributed to a list (their request_id) within an experiment, by experiment, variant and type.",
+            ["experiment", "variant", "event_type"],
+            registry=r,
+        )
+        self.explored_slots = Counter(
+            "reco_explored_slots",
+            "Slots a variant's exploration policy filled with an item the model ranked lower or showed rarely.",
+            ["experiment", "variant"],
+            registry=r,
+        )
+        self.bundle_ctr_regression = Gauge(
+            "reco_bundle_ctr_regression",
+            "1 when the served bundle's live CTR is significantly below that of the bundle served before it "
+            "(the post-publish guard, service.experiments.guard), else 0.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.ready = Gauge(
             "reco_ready", "1 when the service is ready to serve.", registry=r, multiprocess_mode="livemin"
         )
@@ -183,6 +216,8 @@ class Metrics:
             self.rejected.labels(reason)
         for result in ("stored", "dropped", "failed"):
             self.embedding_refreshes.labels(result)
+        for result in ("stored", "duplicate", "dropped", "failed"):
+            self.impressions.labels(result)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition of every metric (of all the server's processes in multiprocess mode) and its

@@ -135,6 +135,24 @@ class Settings(BaseSettings):
         description="How often each process adds the items other processes and replicas were sent (the database "
         "store; the file store: only with RECO_WORKERS > 1).",
     )
+    # Online experiments (service.experiments).
+    impressions: bool = Field(
+        True,
+        description="Record every list served (request id, user, items, bundle, experiment variant) in the system "
+        "of record, off the response path: what experiments' results and the post-publish guard are computed from.",
+    )
+    impressions_max_pending: int = Field(
+        10_000, ge=1, description="Lists waiting to be written; past it a list's impression is dropped and counted."
+    )
+    experiments_sync_s: float = Field(
+        2.0, gt=0, description="How often each process reads which experiment runs (started or stopped anywhere)."
+    )
+    guard_min_lists: int = Field(
+        1000,
+        ge=1,
+        description="The post-publish guard compares the served bundle's live CTR with its predecessor's once each "
+        "has this many lists recorded.",
+    )
     admin_token: SecretStr | None = Field(
         None,
         description="Bearer token the admin routes (/admin/*, PUT /v1/items, DELETE /v1/users) require: at least "

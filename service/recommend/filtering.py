@@ -23,3 +23,16 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
     return part[np.lexsort((part, -scores[part]))].astype(np.int64)
+
+
+def popularity_order(log_popularity: np.ndarray, recent_popularity: np.ndarray) -> np.ndarray:
+    """Every item, most popular first (ties: recently popular first, then the lower index). (n,) int64"""
+    return np.lexsort((np.arange(len(log_popularity)), -recent_popularity, -log_popularity)).astype(np.int64)
+
+
+def most_popular(order: np.ndarray, blocked: np.ndarray, k: int) -> np.ndarray:
+    """The first k items of `order` (popularity_order) not in `blocked`: the most-popular baseline. (<= k,) int64"""
+    head = order[: k + len(blocked)]
+    if len(blocked):
+        head = head[~np.isin(head, blocked)]
+    return head[:k]

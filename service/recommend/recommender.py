@@ -18,6 +18,7 @@ import numpy as np
 
 from service.core.batching import MicroBatcher
 from service.core.metrics import Metrics
+from service.recommend.filtering import most_popular, popularity_order
 from service.recommend.pipeline import Pipeline, Query, Recommendations
 from service.recommend.refresh import Refresher
 from service.recommend.user_encoder import UNKNOWN_USER
@@ -87,6 +88,7 @@ class Recommender:
         self.executor = executor
         self.num_candidates = num_candidates  # None: the bundle's (Pipeline.depth)
         self.key_prefix = f"reco:{pipeline.bundle.version}:user_emb:"
+        self._popular: tuple[object, np.ndarray] | None = None  # (the bundle, its popularity order)
         b = batching or BatchingOptions()
         # The pipeline is read when each batch runs (it may be replaced), hence the lambda.
         self.batcher: MicroBatcher[Query, Recommendations] = MicroBatcher(
@@ -229,6 +231,27 @@ class Recommender:
         self.metrics.candidates.labels("retrieved").observe(recs.n_retrieved)
         self.metrics.candidates.labels("after_filtering").observe(recs.n_after_filter)
         return RecommendationResult(user, recs, cache_result, len(fresh.interactions) + len(fresh.disliked))
+
+    async def popular(self, user_id: str, k: int, exclude_item_ids: list[str]) -> RecommendationResult:
+        """The most popular items the user has not seen (nor excluded, nor disliked): the bundle's popularity
+        alone, as an experiment's control variant serves it (`service.experiments`). Retrieval scores are 0, ranking
+        scores the items' log popularity."""
+        pipeline = self.pipeline
+        user, _ = self.user_of(user_id)
+        fresh = await self.fresh_history(user_id)
+
+        def rank() -> Recommendations:
+            bundle = pipeline.bundle
+            if self._popular is None or self._popular[0] is not bundle:
+                self._popular = (bundle, popularity_order(bundle.item_log_popularity, bundle.item_recent_popularity))
+            exclude = np.r_[pipeline.item_indices(exclude_item_ids), fresh.disliked].astype(np.int64)
+            blocked = pipeline.blocked(user, pipeline.history(user, fresh.interactions), exclude)
+            items = most_popular(self._popular[1], blocked, k)
+            scores = bundle.item_log_popularity[items].astype(np.float32)
+            return Recommendations(items, np.zeros(len(items), np.float32), scores, len(items), len(items))
+
+        recs = await self.run_blocking(rank)
+        return RecommendationResult(user, recs, None, len(fresh.interactions) + len(fresh.disliked))
 
     async def close(self) -> None:
         """Stop the background refreshes (a reload replaced this bundle, or the service stops); the cache

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, Request
 
 from service.core.bundle import Bundle, BundleError, load_bundle
@@ -22,6 +23,9 @@ from service.core.errors import Conflict, NotReady, Overloaded
 from service.core.metrics import Metrics
 from service.core.settings import Settings
 from service.core.threads import LifoThreadPool
+from service.experiments.design import Experiments
+from service.experiments.exploration import Exposure
+from service.experiments.impressions import ImpressionLog
 from service.items.live_items import LiveItems
 from service.recommend.pipeline import Pipeline
 from service.recommend.recommender import Recommender
@@ -65,6 +69,10 @@ class AppState:
     redis_breaker: CircuitBreaker | None = None  # the one breaker in front of every Redis call (None: no Redis)
     _refreeze: asyncio.Task[None] | None = None  # freezes the heap again after a reload (`refreeze_after_reload`)
     forgotten: Forgotten = field(default_factory=Forgotten)  # deleted users, masked in every bundle served
+    experiments: Experiments = field(default_factory=Experiments)  # the running experiment (its follower's)
+    impressions: ImpressionLog | None = None  # every list served, into the database (None: RECO_IMPRESSIONS off)
+    exposure: Exposure = field(default_factory=Exposure)  # items shown by this process: exploration's weights
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)  # exploration's draws
 
     @property
     def bundle(self) -> Bundle:
@@ -161,6 +169,9 @@ class AppState:
             redis_breaker=breaker,
             forgotten=forgotten,
         )
+        if settings.impressions:
+            state.impressions = ImpressionLog(records, metrics, max_pending=settings.impressions_max_pending)
+            state.impressions.start()
         log.info("froze %d objects out of the garbage collector's passes", freeze_heap())
         state.ready = True
         metrics.ready.set(1)
@@ -338,6 +349,8 @@ class AppState:
             self._refreeze.cancel()
         gc.unfreeze()  # what this state held can be collected (another app in the process, as in tests)
         await self.recommender.close()
+        if self.impressions is not None:
+            await self.impressions.close()
         await self.cache.close()
         await self.events.close()
         await close_shared_reads(self.redis_reads)

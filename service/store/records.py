@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from service.core.batching import MicroBatcher
 from service.store.breaker import CircuitBreaker
-from service.store.schema import deletions, events, live_items, open_engine, users
+from service.store.schema import deletions, events, impressions, live_items, open_engine, users
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,12 +40,12 @@ APPEND_POSTGRES = sa.text(
 WITH batch AS (
     SELECT * FROM unnest(
         CAST(:event_ids AS varchar[]), CAST(:user_ids AS varchar[]), CAST(:item_ids AS varchar[]),
-        CAST(:event_types AS varchar[]), CAST(:timestamps AS float8[])
-    ) WITH ORDINALITY AS b(event_id, user_id, item_id, event_type, ts, ord)
+        CAST(:event_types AS varchar[]), CAST(:timestamps AS float8[]), CAST(:request_ids AS varchar[])
+    ) WITH ORDINALITY AS b(event_id, user_id, item_id, event_type, ts, request_id, ord)
 ),
 inserted AS (
-    INSERT INTO events (event_id, user_id, item_id, event_type, "timestamp", received_at)
-    SELECT event_id, user_id, item_id, event_type, ts, :now FROM batch ORDER BY ord
+    INSERT INTO events (event_id, user_id, item_id, event_type, "timestamp", received_at, request_id)
+    SELECT event_id, user_id, item_id, event_type, ts, :now, request_id FROM batch ORDER BY ord
     ON CONFLICT (event_id) DO NOTHING
     RETURNING id, event_id, user_id, item_id, event_type
 ),
@@ -87,6 +87,7 @@ class NewEvent:
     event_type: str
     timestamp: float | None
     event_id: str | None = None
+    request_id: str | None = None  # the list (impression) it answers, for attribution
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +228,7 @@ class Records:
                     "event_type": e.event_type,
                     "timestamp": e.timestamp,
                     "received_at": now,
+                    "request_id": e.request_id,
                 }
             )
         touched = sorted({e.user_id for e in batch})
@@ -259,6 +261,7 @@ class Records:
             "item_ids": [r["item_id"] for r in rows],
             "event_types": [r["event_type"] for r in rows],
             "timestamps": [r["timestamp"] for r in rows],
+            "request_ids": [r["request_id"] for r in rows],
             "now": now,
             "cap": self._recent,
         }
@@ -310,9 +313,11 @@ class Records:
         return profile, [StoredEvent(*r) for r in stored]
 
     def delete_user(self, user_id: str) -> int:
-        """Delete the user's events and row, and record the deletion (when and how many events, no content)."""
+        """Delete the user's events, the lists shown to them and their row, and record the deletion (when and how
+        many events, no content)."""
         with self.engine.begin() as connection:
             deleted = connection.execute(sa.delete(events).where(events.c.user_id == user_id)).rowcount
+            connection.execute(sa.delete(impressions).where(impressions.c.user_id == user_id))
             connection.execute(sa.delete(users).where(users.c.user_id == user_id))
             connection.execute(
                 sa.insert(deletions).values(user_id=user_id, deleted_at=time.time(), events_deleted=deleted)

@@ -22,6 +22,7 @@ events = sa.Table(
     sa.Column("timestamp", sa.Float(), nullable=True),  # the client's time, if it sent one
     sa.Column("received_at", sa.Float(), nullable=False),
     sa.Column("rating", sa.Float(), nullable=True),  # an imported interaction's rating, if it had one
+    sa.Column("request_id", sa.String(64), nullable=True, index=True),  # the list it answers (an impression)
     sa.Index("ix_events_user_id_id", "user_id", "id"),  # a user's latest events: the end of one index range
 )
 users = sa.Table(
@@ -51,6 +52,29 @@ live_items = sa.Table(
     sa.Column("item_id", sa.String(128), nullable=False, unique=True),
     sa.Column("record", sa.Text(), nullable=False),  # JSON: what the client sent
     sa.Column("created_at", sa.Float(), nullable=False),
+)
+impressions = sa.Table(  # every list served (service.experiments.impressions)
+    "impressions",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=False, index=True),
+    sa.Column("bundle_version", sa.String(128), nullable=False),
+    sa.Column("experiment", sa.String(64), nullable=True),
+    sa.Column("variant", sa.String(64), nullable=True),
+    sa.Column("items", sa.Text(), nullable=False),  # JSON: the item ids, in the order shown
+    sa.Column("propensities", sa.Text(), nullable=True),  # JSON: each slot's probability under the policy
+    sa.Column("created_at", sa.Float(), nullable=False),
+    sa.Index("ix_impressions_experiment_created_at", "experiment", "created_at"),
+)
+experiments = sa.Table(
+    "experiments",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("variants", sa.Text(), nullable=False),  # JSON: [{name, share, settings...}]
+    sa.Column("status", sa.String(16), nullable=False),  # created | running | stopped
+    sa.Column("created_at", sa.Float(), nullable=False),
+    sa.Column("started_at", sa.Float(), nullable=True),
+    sa.Column("stopped_at", sa.Float(), nullable=True),
 )
 deletions = sa.Table(
     "deletions",

@@ -19,6 +19,7 @@ CLIENT = "test-client-key-0123456789"
 OPEN = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 # The dashboard's pages: the app's shell, no data (everything it shows comes from the guarded routes).
 OPEN |= {"/ui", "/ui/", "/ui/bundles", "/ui/users/", "/ui/users/{user_id}", "/ui/items/", "/ui/items/{item_id}"}
+OPEN |= {"/ui/experiments", "/ui/experiments/{name}"}
 ADMIN_ROUTES = {
     ("PUT", "/v1/items/{item_id}"),
     ("DELETE", "/v1/users/{user_id}"),
@@ -31,6 +32,12 @@ ADMIN_ROUTES = {
     ("GET", "/admin/bundles"),
     ("POST", "/admin/bundles/{version}/publish"),
     ("POST", "/admin/bundles/rollback"),
+    ("POST", "/admin/experiments"),
+    ("GET", "/admin/experiments"),
+    ("POST", "/admin/experiments/{name}/start"),
+    ("POST", "/admin/experiments/{name}/stop"),
+    ("GET", "/admin/experiments/{name}/results"),
+    ("GET", "/admin/guard"),
 }
 
 

@@ -123,6 +123,25 @@ def test_every_page_works_in_a_real_browser(dashboard) -> None:  # type: ignore[
         expect(registry_table).to_contain_text("published")
         expect(registry_table).to_contain_text("0.2100")
         page.screenshot(path=str(ARTIFACTS / "bundles.png"), full_page=True)
+        expect(page.locator("#guard")).to_contain_text("Post-publish guard")
+
+        # An experiment: created and started from the page, served, its results and curve on its own page.
+        page.click("header nav a[data-page=experiments]")
+        expect(page.locator("h1")).to_have_text("Experiments")
+        page.fill("input[name=name]", "dash-exp")
+        page.click("text=Create")
+        expect(page.locator("table").first).to_contain_text("dash-exp")
+        page.click("table button:text-is('start')")
+        expect(page.locator("table").first).to_contain_text("running")
+        for n in range(6):
+            body, auth = {"user_id": f"dash-{n}", "k": 5}, {"Authorization": f"Bearer {ADMIN}"}
+            assert page.request.post(f"{url}/v1/recommendations", data=body, headers=auth).ok
+        page.wait_for_timeout(600)  # the impressions are written off the response path
+        page.click("table a:text-is('dash-exp')")
+        expect(page.locator("h1")).to_have_text("Experiment dash-exp (running)")
+        expect(page.locator("table").first.locator("tbody tr")).to_have_count(2)
+        expect(page.locator("svg.chart path")).to_have_count(2)
+        page.screenshot(path=str(ARTIFACTS / "experiment.png"), full_page=True)
 
         # Errors are messages, never a blank page.
         page.goto(f"{url}/ui/items/no-such-item")

@@ -325,7 +325,7 @@ async function itemPage(itemId) {
 // --- Bundles -------------------------------------------------------------------------------------------------
 
 async function bundlesPage() {
-  const view = await api("/admin/bundles");
+  const [view, guard] = await Promise.all([api("/admin/bundles"), api("/admin/guard")]);
   const publish = (version, override) => async () => {
     try {
       await api(`/admin/bundles/${encodeURIComponent(version)}/publish`, { method: "POST", body: JSON.stringify({ override_gate: override }) });
@@ -360,6 +360,8 @@ async function bundlesPage() {
   render(
     el("h1", {}, "Bundles"),
     el("p", {}, `Serving ${view.serving}; the registry publishes ${view.published ?? "nothing yet"} (every process follows every ${view.sync_s} s).`),
+    el("p", { id: "guard", class: guard.regression ? "status-rejected" : "muted" },
+      `Post-publish guard: ${guard.regression ? "live CTR significantly below" : "compared with"} ${guard.previous ?? "no earlier bundle"}: ${guard.reason}.`),
     el("button", { type: "button", onclick: rollback, disabled: !view.published }, "Roll back to the bundle published before"),
     el("h2", {}, "Registry"),
     view.bundles.length
@@ -373,6 +375,101 @@ async function bundlesPage() {
   );
 }
 
+// --- Experiments -------------------------------------------------------------------------------------------
+
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+}
+
+const COLOURS = ["#0b5cad", "#c2410c", "#2b7a0b", "#7e22ce", "#a4161a", "#0f766e"];
+
+function ctrChart(series, variants) {
+  const width = 640, height = 220, pad = 36;
+  const points = series.flatMap((p) => variants.map((v) => p.variants[v]?.ctr).filter((x) => typeof x === "number"));
+  const top = Math.max(0.01, ...points) * 1.1;
+  const x = (j) => pad + (series.length > 1 ? (j / (series.length - 1)) * (width - 2 * pad) : 0);
+  const y = (ctr) => height - pad - (ctr / top) * (height - 2 * pad);
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": "cumulative CTR by variant" });
+  chart.append(svg("line", { x1: pad, y1: height - pad, x2: width - pad, y2: height - pad, stroke: "#999" }));
+  chart.append(svg("line", { x1: pad, y1: pad, x2: pad, y2: height - pad, stroke: "#999" }));
+  const label = svg("text", { x: 4, y: pad - 8, "font-size": 11 });
+  label.textContent = `CTR ${top.toFixed(3)}`;
+  chart.append(label);
+  variants.forEach((v, n) => {
+    const path = series.map((p, j) => [j, p.variants[v]?.ctr]).filter(([, c]) => typeof c === "number")
+      .map(([j, c], i) => `${i ? "L" : "M"}${x(j).toFixed(1)},${y(c).toFixed(1)}`).join(" ");
+    if (path) chart.append(svg("path", { d: path, fill: "none", stroke: COLOURS[n % COLOURS.length], "stroke-width": 2, "data-variant": v }));
+    const key = svg("text", { x: width - pad - 120, y: pad + 14 * n, "font-size": 12, fill: COLOURS[n % COLOURS.length] });
+    key.textContent = v;
+    chart.append(key);
+  });
+  return chart;
+}
+
+async function experimentsPage(name) {
+  if (name) return experimentPage(name);
+  const listed = await api("/admin/experiments");
+  const act = (n, what) => async () => {
+    try {
+      await api(`/admin/experiments/${encodeURIComponent(n)}/${what}`, { method: "POST" });
+      await experimentsPage("");
+      show(`Experiment ${n}: ${what === "start" ? "started" : "stopped"} (every process follows within seconds).`, "info");
+    } catch (e) { show(e.message); }
+  };
+  const create = async (event) => {
+    event.preventDefault();
+    const form = event.target;
+    try {
+      const variants = JSON.parse(form.variants.value);
+      await api("/admin/experiments", { method: "POST", body: JSON.stringify({ name: form.name.value, variants }) });
+      await experimentsPage("");
+      show(`Created ${form.name.value}.`, "info");
+    } catch (e) { show(e.message); }
+  };
+  const example = JSON.stringify([{ name: "popular", share: 0.5, ordering: "popular" }, { name: "model", share: 0.5, exploration: 0.1 }]);
+  render(
+    el("h1", {}, "Experiments"),
+    listed.length
+      ? table(["name", "status", "variants", "created", "started", "stopped", ""], listed.map((x) => [
+        el("a", { href: `/ui/experiments/${encodeURIComponent(x.name)}` }, x.name),
+        x.status,
+        x.variants.map((v) => `${v.name} ${(v.share * 100).toFixed(0)} %${v.ordering === "popular" ? " popular" : ""}${v.exploration ? ` explore ${v.exploration}` : ""}`).join(", "),
+        when(x.created_at), when(x.started_at), when(x.stopped_at),
+        x.status === "created" ? el("button", { type: "button", onclick: act(x.name, "start") }, "start")
+          : x.status === "running" ? el("button", { type: "button", onclick: act(x.name, "stop") }, "stop") : "–",
+      ]))
+      : el("p", { class: "muted" }, "No experiment yet."),
+    el("h2", {}, "New experiment"),
+    el("form", { id: "experiment-form", onsubmit: create },
+      el("label", {}, "Name", el("input", { name: "name", required: true, pattern: "[A-Za-z0-9._-]+" })),
+      el("label", {}, "Variants (JSON; the first is the control)", el("input", { name: "variants", required: true, size: 80, value: example })),
+      el("button", { type: "submit" }, "Create")),
+  );
+}
+
+async function experimentPage(name) {
+  const found = await api(`/admin/experiments/${encodeURIComponent(name)}/results?k=10&bucket_s=60`);
+  const names = Object.keys(found.variants);
+  const rows = names.map((v) => {
+    const r = found.variants[v];
+    const c = r.against_control?.ctr;
+    return [v, r.lists, fmt(r.ctr), fmt(r.clicks_per_list), fmt(r.like_rate), fmt(r.purchase_rate), fmt(r.coverage),
+      c ? `${fmt(c.difference)} [${fmt(c.always_valid_interval[0])}, ${fmt(c.always_valid_interval[1])}]` : "control",
+      c ? fmt(c.always_valid_p_value) : "–",
+      c ? el("span", { class: c.significant ? "status-published" : "muted" }, c.significant ? "significant" : "not yet") : "–"];
+  });
+  render(
+    el("h1", {}, `Experiment ${found.experiment.name} (${found.experiment.status})`),
+    table(["variant", "lists", "CTR@10", "clicks/list", "like rate", "purchase rate", "coverage", "CTR vs control (always-valid 95 %)", "p", ""], rows, [1, 2, 3, 4, 5, 6, 8]),
+    el("h2", {}, "Cumulative CTR@10, per minute"),
+    found.series.length ? ctrChart(found.series, names) : el("p", { class: "muted" }, "No lists served yet."),
+    el("p", { class: "muted" }, "The always-valid test stays valid however often this page is read; the fixed-horizon p-values and intervals are in the JSON (GET /admin/experiments/{name}/results)."),
+  );
+  if (found.experiment.status === "running") refreshTimer = setInterval(() => experimentPage(name).catch((e) => show(e.message)), 10000);
+}
+
 // --- Routing -------------------------------------------------------------------------------------------------
 
 async function route() {
@@ -381,7 +478,7 @@ async function route() {
   const path = decodeURI(location.pathname).replace(/\/+$/, "");
   const [, , kind, ...rest] = path.split("/");
   const id = rest.length ? decodeURIComponent(location.pathname.split("/").slice(3).join("/")) : "";
-  const name = kind === "users" ? "user" : kind === "items" ? "item" : kind === "bundles" ? "bundles" : "overview";
+  const name = { users: "user", items: "item", bundles: "bundles", experiments: "experiments" }[kind] || "overview";
   for (const link of document.querySelectorAll("header nav a")) link.classList.toggle("active", link.dataset.page === name);
   document.title = `reco-service: ${name}${id ? ` ${id}` : ""}`;
   tokenForm.hidden = true;
@@ -391,6 +488,7 @@ async function route() {
     if (name === "user") await userPage(id);
     else if (name === "item") await itemPage(id);
     else if (name === "bundles") await bundlesPage();
+    else if (name === "experiments") await experimentsPage(id);
     else await overviewPage();
   } catch (e) {
     if (e.status === 401 || e.status === 403) return;
