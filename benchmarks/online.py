@@ -32,11 +32,13 @@ import logging
 import math
 import platform
 import shutil
+import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import astuple
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,14 +48,16 @@ import numpy as np
 from benchmarks.api_quality import build_with_cli, make_split, write_copy
 from benchmarks.item_quality import item_record
 from benchmarks.serve import Server
-from model_export.data import Dataset, load_movielens, temporal_split
+from model_export.data import Dataset, Interactions, load_movielens, temporal_split
+from service.experiments.design import Experiment, Variant
+from service.experiments.results import fixed_horizon
 
 log = logging.getLogger("online")
 K = 10
 CLICK = {5: 0.5, 4: 0.3, 3: 0.1, 2: 0.02, 1: 0.02}  # by the rating the user gave the item later
 NOISE = 0.005  # an item the user never rated
 RESULTS = Path(__file__).resolve().parent / "results"
-FLUSH_S = 0.6  # the service writes impressions every 0.25 s
+FLUSH_S = 1.5  # the service writes impressions every second
 
 
 def call(method: str, url: str, body: Any = None) -> Any:
@@ -195,10 +199,9 @@ def exploration(
     queue = [u for _ in range(days) for u in day(population, rng)]
     new = set(new_items)
     first_click: dict[str, dict[str, int]] = {"greedy": {}, "explore": {}}
+    clicks: dict[str, list[tuple[str, str]]] = {"greedy": [], "explore": []}  # (user, item): a retrain's new data
     shown_new: dict[str, int] = {"greedy": 0, "explore": 0}
     sessions_of: dict[str, int] = {"greedy": 0, "explore": 0}
-    from service.experiments.design import Experiment, Variant
-
     split = Experiment(name, (Variant("greedy", 0.5), Variant("explore", 0.5, exploration=share)))
     curve = []
     step = 100
@@ -207,6 +210,7 @@ def exploration(
             arm = split.assign(user).name
             sessions_of[arm] += 1
             shown_new[arm] += sum(i in new for i in shown)
+            clicks[arm] += [(user, item) for item in clicked]
             for item in clicked:
                 if item in new and item not in first_click[arm]:
                     first_click[arm][item] = sessions_of[arm]
@@ -220,10 +224,79 @@ def exploration(
         "median_sessions_to_first_click": {
             arm: float(np.median(list(v.values()))) if v else None for arm, v in first_click.items()
         },
+        # Every new item, one never clicked counted at the arm's last session: lower is sooner.
+        "mean_sessions_to_first_click_censored": {
+            arm: (sum(v.values()) + (len(new) - len(v)) * sessions_of[arm]) / len(new) for arm, v in first_click.items()
+        },
         "new_items_shown_per_list": {arm: shown_new[arm] / max(1, sessions_of[arm]) for arm in shown_new},
         "curve": curve,
         "final": final,
+        "clicks": clicks,
     }
+
+
+def retrain_worlds(
+    dataset: Dataset,
+    train: Any,
+    population: Population,
+    clicks: dict[str, list[tuple[str, str]]],
+    share: float,
+    args: argparse.Namespace,
+    work: Path,
+) -> dict[str, Any]:
+    """Each arm of the exploration experiment as its own world: its bundle retrained on the training part plus
+    the clicks its own lists earned (the new items now in the catalogue), then its users served by it for
+    `--after-days`, the explore world still exploring. CTR@10 of the two worlds after the retrain, compared."""
+    user_index = {u: j for j, u in enumerate(dataset.user_ids)}
+    item_index = {i: j for j, i in enumerate(dataset.item_ids)}
+    start_ts = int(train.timestamp.max()) + 1
+    out: dict[str, Any] = {"share": share, "days": args.after_days, "worlds": {}}
+    tallies = {}
+    for arm, arm_clicks in clicks.items():
+        users = np.array([user_index[u] for u, _ in arm_clicks], dtype=np.int64)
+        items = np.array([item_index[i.removeprefix("new-")] for _, i in arm_clicks], dtype=np.int64)
+        more = Interactions(
+            users, items, np.full(len(users), 4.0, np.float32), start_ts + np.arange(len(users), dtype=np.int64)
+        )
+        combined = Interactions(*(np.concatenate([a, b]) for a, b in zip(astuple(train), astuple(more), strict=True)))
+        copy, bundles = work / f"data-{arm}", work / f"bundles-{arm}"
+        write_copy(dataset, combined, args.data_dir, "same", copy)
+        t0 = time.perf_counter()
+        build_with_cli(copy, bundles, args.preset, args.seed)
+        build_s = time.perf_counter() - t0
+        env = {
+            "RECO_DEV_MODE": "true",
+            "RECO_ACCESS_LOG": "false",
+            "RECO_LOG_LEVEL": "warning",
+            "RECO_DATABASE_URL": f"sqlite:///{work / f'reco-{arm}.sqlite3'}",
+            "RECO_EXPERIMENTS_SYNC_S": "1",
+            "RECO_BUNDLE_SYNC_S": "0",
+        }
+        server = Server(bundles / "current", env)
+        try:
+            if arm == "explore":  # every user of this world explores: two identical exploring variants
+                both = [{"name": n, "share": 0.5, "exploration": share} for n in ("explore-a", "explore-b")]
+                start(server.url, "world-explore", both)
+            split = Experiment(f"exploration-{args.seed + 1}", (Variant("greedy", 0.5), Variant("explore", 0.5)))
+            arm_users = [u for u in population.users if split.assign(u).name == arm]
+            rng = np.random.default_rng(args.seed + 3)
+            queue = [arm_users[j] for _ in range(args.after_days) for j in rng.permutation(len(arm_users))]
+            with ThreadPoolExecutor(args.threads) as pool:
+                done = sessions(server.url, population, queue, args.seed + 4, pool)
+        finally:
+            server.stop()
+        clicked = sum(bool(c) for _, _, c in done)
+        tallies[arm] = (clicked, len(done))
+        out["worlds"][arm] = {
+            "build_s": build_s,
+            "clicks_trained": len(arm_clicks),
+            "lists": len(done),
+            "ctr": clicked / len(done),
+        }
+    (x1, n1), (x0, n0) = tallies["explore"], tallies["greedy"]
+    p_value, low, high = fixed_horizon(x1, n1, x0, n0)
+    out["explore_vs_greedy"] = {"difference": x1 / n1 - x0 / n0, "p_value": p_value, "interval": [low, high]}
+    return out
 
 
 def main() -> None:
@@ -237,6 +310,11 @@ def main() -> None:
     parser.add_argument("--exploration", type=float, default=0.1)
     parser.add_argument("--exploration-days", type=int, default=5)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument(
+        "--retrain", action="store_true", help="then retrain each exploration arm on its own clicks and compare"
+    )
+    parser.add_argument("--after-days", type=int, default=1, help="days served after the retrain")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["popular", "aa"], help="parts left out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="online")
@@ -272,6 +350,8 @@ def main() -> None:
             "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "machine": {"platform": platform.platform(), "python": platform.python_version()},
             "build_s": build_s,
+            "preset": args.preset,
+            "command": "python -m benchmarks.online " + " ".join(sys.argv[1:]),
             "users": len(population.users),
             "new_items": len(cold),
             "click_model": {"by_rating": CLICK, "other": NOISE, "position_bias": "1/log2(position+2)"},
@@ -284,28 +364,29 @@ def main() -> None:
             call("PUT", server.url + f"/v1/items/{item_id}", item_record(dataset, int(i)))
             new_ids.append(item_id)
         with ThreadPoolExecutor(args.threads) as pool:
-            t = time.perf_counter()
-            report["service_vs_popular"] = service_against_popular(
-                server.url, population, pool, args.seed, args.max_days
-            )
-            report["service_vs_popular"]["seconds"] = time.perf_counter() - t
-            log.info(
-                "service vs popular: detected after %s sessions",
-                report["service_vs_popular"]["detected_after_sessions"],
-            )
+            if "popular" not in args.skip:
+                t = time.perf_counter()
+                found = service_against_popular(server.url, population, pool, args.seed, args.max_days)
+                report["service_vs_popular"] = found | {"seconds": time.perf_counter() - t}
+                log.info("service vs popular: detected after %s sessions", found["detected_after_sessions"])
             t = time.perf_counter()
             report["exploration"] = exploration(
                 server.url, population, pool, new_ids, args.exploration, args.exploration_days, args.seed + 1
             )
             report["exploration"]["seconds"] = time.perf_counter() - t
             log.info("exploration: %s", report["exploration"]["new_items_clicked"])
-            t = time.perf_counter()
-            report["aa"] = aa(server.url, population, pool, args.aa_runs, args.aa_sessions, args.seed + 2)
-            report["aa"]["seconds"] = time.perf_counter() - t
+            if "aa" not in args.skip:
+                t = time.perf_counter()
+                report["aa"] = aa(server.url, population, pool, args.aa_runs, args.aa_sessions, args.seed + 2)
+                report["aa"]["seconds"] = time.perf_counter() - t
     finally:
         server.stop()
-        if args.bundles is None:
-            shutil.rmtree(work, ignore_errors=True)
+    try:
+        clicks = report["exploration"].pop("clicks")
+        if args.retrain:
+            report["retrain"] = retrain_worlds(dataset, train, population, clicks, args.exploration, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / f"{args.name}.md").write_text(markdown(report))
@@ -314,41 +395,54 @@ def main() -> None:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    m, vp, ex, aa_ = report["meta"], report["service_vs_popular"], report["exploration"], report["aa"]
-    final = vp["final"]["variants"]
-    versus = final["service"]["against_control"]["ctr"]
-    days = vp["detected_after_sessions"] / vp["sessions_per_day"] if vp["detected_after_sessions"] else None
-    exf = ex["final"]["variants"]
+    m = report["meta"]
     lines = [
         f"# Online experiments, simulated ({m['dataset']}, {m['date']})",
         "",
-        f"`python -m benchmarks.online --data-dir ../shared/data/ml-100k`; {m['users']} simulated users, "
-        f"{m['new_items']} new items added live; {m['machine']['platform']}.",
+        f"`{m['command']}`; {m['users']} simulated users, {m['new_items']} new items added live; "
+        f"preset {m['preset']}; {m['machine']['platform']}.",
         "",
-        "## Service against most popular",
-        f"- Detected as better after **{vp['detected_after_sessions']} sessions** ({days:.2f} simulated days)"
-        if days is not None
-        else "- **Not detected** within the sessions run",
-        f"- CTR@{K}: service {final['service']['ctr']:.3f}, popular {final['popular']['ctr']:.3f} "
-        f"({final['service']['lists']} and {final['popular']['lists']} lists); difference {versus['difference']:+.3f}, "
-        f"always-valid p {versus['always_valid_p_value']:.2g}, fixed-horizon 95 % interval "
-        f"[{versus['interval'][0]:+.3f}, {versus['interval'][1]:+.3f}]",
-        "",
-        "## A/A",
-        f"- {aa_['runs']} runs of {aa_['sessions_per_run']} sessions: **{aa_['significant']} significant** "
-        f"({aa_['share']:.0%}) by the always-valid test read at the end (it is valid at every look); "
-        f"{aa_['fixed_horizon_significant']} by the fixed-horizon test at 5 %.",
-        "",
+    ]
+    if "service_vs_popular" in report:
+        vp = report["service_vs_popular"]
+        final = vp["final"]["variants"]
+        versus = final["service"]["against_control"]["ctr"]
+        detected = vp["detected_after_sessions"]
+        lines += [
+            "## Service against most popular",
+            f"- Detected as better after **{detected} sessions** ({detected / vp['sessions_per_day']:.2f} simulated "
+            "days), by the always-valid test read every 100 sessions"
+            if detected
+            else "- **Not detected** within the sessions run",
+            f"- CTR@{K}: service {final['service']['ctr']:.3f}, popular {final['popular']['ctr']:.3f} "
+            f"({final['service']['lists']} and {final['popular']['lists']} lists); difference "
+            f"{versus['difference']:+.3f}, always-valid p {versus['always_valid_p_value']:.2g}, fixed-horizon 95 % "
+            f"interval [{versus['interval'][0]:+.3f}, {versus['interval'][1]:+.3f}]",
+            "",
+        ]
+    if "aa" in report:
+        a = report["aa"]
+        lines += [
+            "## A/A",
+            f"- {a['runs']} runs of {a['sessions_per_run']} sessions: **{a['significant']} significant** "
+            f"({a['share']:.0%}) by the always-valid test (valid at every look); {a['fixed_horizon_significant']} "
+            "by the fixed-horizon test at 5 %, read once at the end.",
+            "",
+        ]
+    ex = report["exploration"]
+    exf = ex["final"]["variants"]
+    lines += [
         f"## Exploration ({ex['share']:.0%} of slots, {ex['days']} simulated days)",
-        "| arm | new items clicked | median sessions to a new item's first click | new items shown per list "
-        "| CTR@10 | lists |",
-        "|---|---|---|---|---|---|",
+        "| arm | new items clicked | median sessions to a clicked new item's first click | mean sessions to a new "
+        "item's first click (never: the last session) | new items shown per list | CTR@10 | lists |",
+        "|---|---|---|---|---|---|---|",
     ]
     for arm in ("greedy", "explore"):
         median = ex["median_sessions_to_first_click"][arm]
         lines.append(
             f"| {arm} | {ex['new_items_clicked'][arm]} / {ex['new_items']} | "
-            f"{median if median is not None else '-'} | {ex['new_items_shown_per_list'][arm]:.2f} | "
+            f"{median if median is not None else '-'} | {ex['mean_sessions_to_first_click_censored'][arm]:.0f} | "
+            f"{ex['new_items_shown_per_list'][arm]:.2f} | "
             f"{exf[arm]['ctr']:.3f} | {exf[arm]['lists']} |"
         )
     test = exf["explore"]["against_control"]["ctr"]
@@ -359,6 +453,27 @@ def markdown(report: dict[str, Any]) -> str:
         f"always-valid p {test['always_valid_p_value']:.2g}).",
         "",
     ]
+    if "retrain" in report:
+        r = report["retrain"]
+        w = r["worlds"]
+        d = r["explore_vs_greedy"]
+        lines += [
+            f"## After a retrain ({r['days']} simulated day per world)",
+            "Each arm retrained on the training part plus the clicks its own lists earned, then serving its own "
+            "users (the explore world still exploring):",
+            "",
+            "| world | clicks added | build s | lists | CTR@10 |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {arm} | {w[arm]['clicks_trained']} | {w[arm]['build_s']:.0f} | {w[arm]['lists']} | "
+                f"{w[arm]['ctr']:.3f} |"
+                for arm in ("greedy", "explore")
+            ),
+            "",
+            f"Explore against greedy after the retrain: {d['difference']:+.3f} (95 % interval "
+            f"[{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}], p {d['p_value']:.2g}).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -369,7 +484,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    curve = report["service_vs_popular"]["curve"]
+    curve = report.get("service_vs_popular", {}).get("curve", [])
     x = [c["sessions"] for c in curve]
     for arm in ("service", "popular"):
         left.plot(x, [c[arm] for c in curve], label=arm)

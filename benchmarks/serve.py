@@ -341,6 +341,12 @@ def main() -> None:
         "--set", action="append", default=[], metavar="RECO_X=V", help="extra server settings (repeatable)"
     )
     parser.add_argument("--no-plain", action="store_true", help="leave out the plain reference app")
+    parser.add_argument(
+        "--impressions-off-too",
+        action="store_true",
+        help="serve each mode a second time with RECO_IMPRESSIONS=false (what recording every list costs)",
+    )
+    parser.add_argument("--impressions-off-first", action="store_true", help="with the above, serve that one first")
     args = load_test_args(parser)
 
     os.environ.update(dict(kv.split("=", 1) for kv in args.set))  # the in-process pipeline takes them too
@@ -370,9 +376,14 @@ def main() -> None:
                 if mode == "off":
                     env["RECO_BATCH_MAX_SIZE"] = "1"
                 label = mode if workers == 1 else f"{mode}, {workers} workers"
-                print(f" batching {label}:", flush=True)
-                entry["modes"][label] = serve(bundle, env, args, floor=first)
-                first = False
+                runs = [(label, env)]
+                if args.impressions_off_too:  # in the order asked: which goes first matters (a warmer cache)
+                    off = (f"{label}, impressions off", env | {"RECO_IMPRESSIONS": "false"})
+                    runs = [off, *runs] if args.impressions_off_first else [*runs, off]
+                for name, run_env in runs:
+                    print(f" batching {name}:", flush=True)
+                    entry["modes"][name] = serve(bundle, run_env, args, floor=first)
+                    first = False
         if not args.no_plain:
             entry["plain"] = {}
             for workers in args.workers:
@@ -458,9 +469,17 @@ def markdown(report: dict[str, Any], args: argparse.Namespace) -> str:
                 )
                 + ".",
             ]
-        for a, b, what in [("on", "off", "Batching on / off throughput")] + [
-            (f"on, {w} workers", "on", f"{w} workers / 1 worker throughput (batching on)") for w in args.workers
-        ]:
+        impressions = [(m, f"{m}, impressions off", f"{m}: impressions recorded / not") for m in args.modes]
+        impressions += [
+            (f"{m}, {w} workers", f"{m}, {w} workers, impressions off", f"{m}, {w} workers: impressions recorded / not")
+            for m in args.modes
+            for w in args.workers
+        ]
+        for a, b, what in (
+            impressions
+            + [("on", "off", "Batching on / off throughput")]
+            + [(f"on, {w} workers", "on", f"{w} workers / 1 worker throughput (batching on)") for w in args.workers]
+        ):
             if {a, b} <= set(modes):
                 ratios = ", ".join(
                     f"c={c} {modes[a]['sweep'][c]['rps'] / modes[b]['sweep'][c]['rps']:.2f} x"

@@ -66,6 +66,8 @@ async def accept_events(state: AppState, body: EventBatch) -> EventsAccepted:
     for event in body.events:
         state.metrics.events.labels(event.event_type).inc()
         if event.request_id is not None:  # attributed to a list: counted by the user's variant
+            if event.event_type in ("click", "like", "purchase"):
+                state.exposure.click(event.item_id)  # exploration's click counts
             experiment, variant = state.experiments.assign(event.user_id)
             if experiment is not None:
                 state.metrics.experiment_events.labels(experiment, variant.name, event.event_type).inc()

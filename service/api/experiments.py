@@ -152,11 +152,11 @@ async def experiment_results(
 
 
 @router.get("/admin/guard", responses=ERRORS)
-async def bundle_guard(state: StateDep, k: Annotated[int, Query(ge=1, le=1000)] = 10) -> dict[str, Any]:
-    """The post-publish guard: the served bundle's live CTR@k against the bundle served before it (from their
-    impressions), with the test; `regression` when it is significantly lower (the dashboard then offers the
-    registry's rollback)."""
+async def bundle_guard(state: StateDep) -> dict[str, Any]:
+    """The post-publish guard: the served bundle's live CTR (lists with a click) against the bundle served before
+    it (from their impressions), with the always-valid test; `regression` when it is significantly lower (the
+    dashboard then offers the registry's rollback)."""
     try:
-        return await compare_bundles(state.records, state.bundle.version, k=k, min_lists=state.settings.guard_min_lists)
+        return await compare_bundles(state.records, state.bundle.version, min_lists=state.settings.guard_min_lists)
     except RecordsUnavailable as e:
         raise Unavailable(str(e)) from e

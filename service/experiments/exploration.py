@@ -2,10 +2,12 @@
 slot logged with its propensity so that later evaluation can correct for the policy (inverse propensity scoring).
 
 Epsilon-greedy over the model's own ranking: slot by slot, with probability `epsilon` the slot is explored, else
-it takes the best item not yet placed. An explored slot draws from the pool (the model's ranks k+1 .. k+pool),
-each item weighted by 1 / (1 + times this process has shown it), so items rarely shown (new ones first) are drawn
-most. Propensity of a slot: 1 - epsilon when exploited; epsilon x the drawn item's weight share when explored.
-Numpy in / numpy out.
+it takes the best item not yet placed. An explored slot draws from the pool (the model's ranks k+1 .. k+pool):
+among its items the bundle never trained on (added live: the model is least sure of them) while there are any,
+else among all of them; each item weighted by the posterior mean of its click rate as this process has seen it,
+(1 + clicks) / (2 + shows) (a uniform Beta prior): an item never shown weighs 1/2, one shown often and never
+clicked little, one shown and clicked much. Propensity of a slot: 1 - epsilon when exploited; epsilon x the drawn item's
+weight share when explored. Numpy in / numpy out.
 """
 
 from __future__ import annotations
@@ -24,20 +26,32 @@ class Explored:
     explored: np.ndarray  # (<= k,) bool: whether the slot was explored
 
 
-def explore(ranked: Sequence[str], k: int, epsilon: float, shown: Counter[str], rng: np.random.Generator) -> Explored:
+def explore(
+    ranked: Sequence[str],
+    k: int,
+    epsilon: float,
+    exposure: Exposure,
+    rng: np.random.Generator,
+    untrained: Sequence[bool] | None = None,
+) -> Explored:
     """Fill k slots from `ranked` (item ids, the model's order, k + pool long), exploring each with probability
-    `epsilon`. `shown`: how often each item was shown (read only)."""
+    `epsilon`. `exposure`: how often each item was shown and clicked (read only). `untrained`: per ranked item,
+    whether the bundle never trained on it (added live): the model is least sure of those, and an explored slot
+    draws among the pool's untrained items while there are any."""
     k = min(k, len(ranked))
     head = list(range(k))  # the model's top k, best first
     pool = list(range(k, len(ranked)))
     order, propensities, explored = [], [], []
     for _ in range(k):
         if pool and rng.random() < epsilon:
-            weights = np.array([1.0 / (1.0 + shown[ranked[j]]) for j in pool])
+            unsure = [n for n, j in enumerate(pool) if untrained is not None and untrained[j]]
+            among = unsure or list(range(len(pool)))
+            weights = np.array([exposure.weight(ranked[pool[n]]) for n in among])
             p = weights / weights.sum()
-            pick = int(rng.choice(len(pool), p=p))
+            drawn = int(rng.choice(len(among), p=p))
+            pick = among[drawn]
             order.append(pool.pop(pick))
-            propensities.append(epsilon * float(p[pick]))
+            propensities.append(epsilon * float(p[drawn]))
             explored.append(True)
         else:
             order.append(head.pop(0))
@@ -47,13 +61,24 @@ def explore(ranked: Sequence[str], k: int, epsilon: float, shown: Counter[str], 
 
 
 class Exposure:
-    """How often this process has shown each item (bounded: past `max_items` ids the counts start again)."""
+    """How often this process has shown each item, and how often a list's item was clicked (an event naming the
+    list). Bounded: past `max_items` ids the counts start again."""
 
     def __init__(self, max_items: int = 1_000_000) -> None:
         self.max_items = max_items
         self.counts: Counter[str] = Counter()
+        self.clicks: Counter[str] = Counter()
 
     def add(self, items: Sequence[str]) -> None:
         if len(self.counts) > self.max_items:
             self.counts.clear()
+            self.clicks.clear()
         self.counts.update(items)
+
+    def click(self, item: str) -> None:
+        self.clicks[item] += 1
+
+    def weight(self, item: str) -> float:
+        """The posterior mean of the item's click rate (a uniform prior): exploration's weight."""
+        shown = self.counts.get(item, 0)
+        return (1.0 + min(self.clicks.get(item, 0), shown)) / (2.0 + shown)

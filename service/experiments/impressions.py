@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 class ImpressionLog:
     def __init__(
-        self, records: Records, metrics: Metrics, *, max_pending: int = 10_000, batch: int = 500, every_s: float = 0.25
+        self, records: Records, metrics: Metrics, *, max_pending: int = 10_000, batch: int = 2000, every_s: float = 1.0
     ) -> None:
         self.records = records
         self.metrics = metrics

@@ -36,7 +36,9 @@ async def treat(
     recs = result.recommendations
     ids = recommender.pipeline.bundle.item_ids
     ranked = [ids[i] for i in recs.items.tolist()]
-    chosen = explore(ranked, k, variant.exploration, exposure.counts, rng)
+    n_trained = recommender.pipeline.bundle.manifest.dims.n_items
+    untrained = (recs.items >= n_trained).tolist()  # items added live: no interactions behind their embedding
+    chosen = explore(ranked, k, variant.exploration, exposure, rng, untrained)
     o = chosen.order
     recs = replace(
         recs, items=recs.items[o], retrieval_scores=recs.retrieval_scores[o], ranking_scores=recs.ranking_scores[o]

@@ -209,13 +209,44 @@ def impressions_of(engine: Engine, user_id: str) -> int:
     return int(count)
 
 
-def bundle_versions(engine: Engine) -> list[tuple[str, float, int]]:
-    """(bundle version, its first list's time, lists) of every bundle that served a recorded list, in order of
-    their first list."""
+def bundle_before(engine: Engine, current: str) -> tuple[float | None, str | None]:
+    """(the first recorded list of bundle `current`, the bundle that served the last list before it): two index
+    range reads, whatever the table's size. (None, None) while `current` has no list."""
+    first_query = sa.select(sa.func.min(impressions.c.created_at)).where(impressions.c.bundle_version == current)
+    with engine.connect() as connection:
+        first = connection.execute(first_query).scalar_one_or_none()
+        if first is None:
+            return None, None
+        before = connection.execute(
+            sa.select(impressions.c.bundle_version)
+            .where(impressions.c.created_at < first, impressions.c.bundle_version != current)
+            .order_by(impressions.c.created_at.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    return float(first), before
+
+
+def clicked_lists_by_bundle(
+    engine: Engine, versions: Sequence[str], since: float, bucket_s: float
+) -> list[tuple[str, int, int, int]]:
+    """Per bundle version and time bucket (since `since`): (version, bucket, lists, lists with an attributed click),
+    aggregated in the database (the guard reads this every minute, whatever the traffic)."""
+    clicked = (
+        sa.exists()
+        .where(events.c.request_id == impressions.c.request_id, events.c.event_type == "click")
+        .correlate(impressions)
+    )  # per list, one probe of ix_events_request_id
+    bucket = sa.cast(sa.func.floor((impressions.c.created_at - since) / bucket_s), sa.Integer).label("bucket")
     query = (
-        sa.select(impressions.c.bundle_version, sa.func.min(impressions.c.created_at), sa.func.count())
-        .group_by(impressions.c.bundle_version)
-        .order_by(sa.func.min(impressions.c.created_at))
+        sa.select(
+            impressions.c.bundle_version,
+            bucket,
+            sa.func.count(),
+            sa.func.sum(sa.case((clicked, 1), else_=0)),
+        )
+        .where(impressions.c.bundle_version.in_(list(versions)), impressions.c.created_at >= since)
+        .group_by(impressions.c.bundle_version, bucket)
+        .order_by(bucket)
     )
     with engine.connect() as connection:
-        return [(str(v), float(t), int(n)) for v, t, n in connection.execute(query)]
+        return [(str(v), int(b), int(n), int(c)) for v, b, n, c in connection.execute(query)]

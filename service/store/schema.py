@@ -63,8 +63,9 @@ impressions = sa.Table(  # every list served (service.experiments.impressions)
     sa.Column("variant", sa.String(64), nullable=True),
     sa.Column("items", sa.Text(), nullable=False),  # JSON: the item ids, in the order shown
     sa.Column("propensities", sa.Text(), nullable=True),  # JSON: each slot's probability under the policy
-    sa.Column("created_at", sa.Float(), nullable=False),
+    sa.Column("created_at", sa.Float(), nullable=False, index=True),
     sa.Index("ix_impressions_experiment_created_at", "experiment", "created_at"),
+    sa.Index("ix_impressions_bundle_version_created_at", "bundle_version", "created_at"),
 )
 experiments = sa.Table(
     "experiments",

@@ -136,7 +136,7 @@ def test_every_page_works_in_a_real_browser(dashboard) -> None:  # type: ignore[
         for n in range(6):
             body, auth = {"user_id": f"dash-{n}", "k": 5}, {"Authorization": f"Bearer {ADMIN}"}
             assert page.request.post(f"{url}/v1/recommendations", data=body, headers=auth).ok
-        page.wait_for_timeout(600)  # the impressions are written off the response path
+        page.wait_for_timeout(2000)  # the impressions are written off the response path, every second
         page.click("table a:text-is('dash-exp')")
         expect(page.locator("h1")).to_have_text("Experiment dash-exp (running)")
         expect(page.locator("table").first.locator("tbody tr")).to_have_count(2)

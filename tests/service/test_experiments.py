@@ -4,7 +4,6 @@ impressions and attributed events in the system of record (SQLite and PostgreSQL
 from __future__ import annotations
 
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,8 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.core.settings import Settings
 from service.experiments.design import Experiment, Variant, check_variants
-from service.experiments.exploration import explore
+from service.experiments.exploration import Exposure, explore
+from service.experiments.guard import compare
 from service.experiments.results import always_valid, results
 from service.store import experiments as store
 from service.store.experiments import Impression, Shown
@@ -54,11 +54,12 @@ def test_a_wrong_split_is_named(variants: list[Variant], problem: str) -> None:
 def test_exploration_takes_a_bounded_share_of_slots_and_logs_their_propensities() -> None:
     ranked = [f"i{n}" for n in range(60)]
     rng = np.random.default_rng(0)
-    kept = explore(ranked, 10, 0.0, Counter(), rng)
+    kept = explore(ranked, 10, 0.0, Exposure(), rng)
     assert kept.order.tolist() == list(range(10))
     assert not kept.explored.any()
     assert np.allclose(kept.propensities, 1.0)
-    shown = Counter({f"i{n}": 1000 for n in range(10, 59)})  # every pool item shown often but the last
+    shown = Exposure()
+    shown.add([f"i{n}" for n in range(10, 59)] * 1000)  # every pool item shown often but the last
     explored, exploring, rare = 0, 0, 0
     for _ in range(400):
         out = explore(ranked, 10, 0.2, shown, rng)
@@ -74,6 +75,20 @@ def test_exploration_takes_a_bounded_share_of_slots_and_logs_their_propensities(
     assert abs(explored / 4000 - 0.2) < 0.03  # the share asked for
     # The item shown rarely is in nearly every list that explores (1 in 50 by rank alone).
     assert rare / exploring > 0.9
+    # Items the bundle never trained on (added live) are drawn first while the pool holds any.
+    untrained = [n >= 55 for n in range(60)]
+    for _ in range(50):
+        out = explore(ranked, 10, 0.5, Exposure(), rng, untrained)
+        picked = out.order[out.explored]
+        assert (picked[: min(len(picked), 5)] >= 55).all()
+        if len(picked):
+            assert out.propensities[out.explored][0] == pytest.approx(0.5 / 5)  # one of the five, equal weights
+    # Shown and clicked often weighs more than never shown, which weighs more than shown often and never clicked.
+    exposure = Exposure()
+    exposure.add(["hit"] * 100 + ["miss"] * 100)
+    for _ in range(60):
+        exposure.click("hit")
+    assert exposure.weight("hit") > exposure.weight("new") == 0.5 > exposure.weight("miss")
 
 
 def _lists(variant: str, n: int, clicked: int, start: float = 0.0) -> list[Shown]:
@@ -213,3 +228,33 @@ def test_an_experiment_end_to_end(settings: Settings, tiny_bundle: Path) -> None
         guard = client.get("/admin/guard").json()
         assert guard["regression"] is False
         assert guard["previous"] is None
+
+
+def test_the_guard_flags_a_bundle_whose_live_ctr_fell(database: str) -> None:  # noqa: F811
+    """Counted in the database per bundle and hour: the old bundle's lists clicked 30 %, the new one's 10 %."""
+    migrate(database)
+    records = Records(database, timeout_s=5, threads=2, recent=5)
+    try:
+        engine, now = records.engine, time.time()
+        assert compare(engine, "v1", min_lists=100)["reason"] == "no lists of both bundles recorded yet"
+        clicks = []
+        for version, start, rate in (("v1", now - 7200, 0.3), ("v2", now - 3600, 0.1)):
+            shown = [
+                Impression(f"{version}-{j}", f"u{j}", version, None, None, ["a", "b"], None, start + j)
+                for j in range(1500)
+            ]
+            store.store_impressions(engine, shown)
+            clicks += [
+                NewEvent(f"u{j}", "b", "click", None, request_id=f"{version}-{j}") for j in range(int(rate * 1500))
+            ]
+        for at in range(0, len(clicks), 200):
+            records.append(clicks[at : at + 200])
+        verdict = compare(engine, "v2", min_lists=1000)
+        assert verdict["previous"] == "v1"
+        assert verdict["bundles"]["v1"] == {"lists": 1500, "clicked_lists": 450, "ctr": 0.3}
+        assert verdict["regression"]
+        assert verdict["interval"][1] < 0
+        assert not compare(engine, "v2", min_lists=2000)["regression"]  # not enough lists yet
+        assert not compare(engine, "v1", min_lists=1000)["regression"]  # v1 has no bundle before it
+    finally:
+        records.close()

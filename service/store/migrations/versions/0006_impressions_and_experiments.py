@@ -32,6 +32,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_impressions_experiment_created_at", "impressions", ["experiment", "created_at"])
     op.create_index("ix_impressions_user_id", "impressions", ["user_id"])
+    # The post-publish guard: a bundle's first list, the list before it, a bundle's lists since a time.
+    op.create_index("ix_impressions_bundle_version_created_at", "impressions", ["bundle_version", "created_at"])
+    op.create_index("ix_impressions_created_at", "impressions", ["created_at"])
     op.add_column("events", sa.Column("request_id", sa.String(64), nullable=True))
     op.create_index("ix_events_request_id", "events", ["request_id"])
     op.create_table(
@@ -50,6 +53,8 @@ def downgrade() -> None:
     op.drop_index("ix_events_request_id", table_name="events")
     with op.batch_alter_table("events") as batch:
         batch.drop_column("request_id")
+    op.drop_index("ix_impressions_created_at", table_name="impressions")
+    op.drop_index("ix_impressions_bundle_version_created_at", table_name="impressions")
     op.drop_index("ix_impressions_user_id", table_name="impressions")
     op.drop_index("ix_impressions_experiment_created_at", table_name="impressions")
     op.drop_table("impressions")
