@@ -60,6 +60,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 FLUSH_S = 1.5  # the service writes impressions every second
 
 
+def server_env(database: Path) -> dict[str, str]:
+    """`python -m service`'s settings here: dev mode, quiet, its own SQLite system of record, following experiments
+    every second and no bundle registry."""
+    return {
+        "RECO_DEV_MODE": "true",
+        "RECO_ACCESS_LOG": "false",
+        "RECO_LOG_LEVEL": "warning",
+        "RECO_DATABASE_URL": f"sqlite:///{database}",
+        "RECO_EXPERIMENTS_SYNC_S": "1",
+        "RECO_BUNDLE_SYNC_S": "0",
+    }
+
+
 def call(method: str, url: str, body: Any = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"}, method=method)
@@ -264,15 +277,7 @@ def retrain_worlds(
         t0 = time.perf_counter()
         build_with_cli(copy, bundles, args.preset, args.seed)
         build_s = time.perf_counter() - t0
-        env = {
-            "RECO_DEV_MODE": "true",
-            "RECO_ACCESS_LOG": "false",
-            "RECO_LOG_LEVEL": "warning",
-            "RECO_DATABASE_URL": f"sqlite:///{work / f'reco-{arm}.sqlite3'}",
-            "RECO_EXPERIMENTS_SYNC_S": "1",
-            "RECO_BUNDLE_SYNC_S": "0",
-        }
-        server = Server(bundles / "current", env)
+        server = Server(bundles / "current", server_env(work / f"reco-{arm}.sqlite3"))
         try:
             if arm == "explore":  # every user of this world explores: two identical exploring variants
                 both = [{"name": n, "share": 0.5, "exploration": share} for n in ("explore-a", "explore-b")]
@@ -335,15 +340,7 @@ def main() -> None:
         write_copy(dataset, train, args.data_dir, "same", work / "data", drop_items=cold)
         build_with_cli(work / "data", bundles, args.preset, args.seed)
     build_s = time.perf_counter() - t0
-    env = {
-        "RECO_DEV_MODE": "true",
-        "RECO_ACCESS_LOG": "false",
-        "RECO_LOG_LEVEL": "warning",
-        "RECO_DATABASE_URL": f"sqlite:///{work / 'reco.sqlite3'}",
-        "RECO_EXPERIMENTS_SYNC_S": "1",
-        "RECO_BUNDLE_SYNC_S": "0",
-    }
-    server = Server(bundles / "current", env)
+    server = Server(bundles / "current", server_env(work / "reco.sqlite3"))
     report: dict[str, Any] = {
         "meta": {
             "dataset": dataset.name,

@@ -16,7 +16,7 @@ import asyncio
 import functools
 import hashlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from service.store import experiments as store
@@ -41,22 +41,10 @@ class Variant:
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> Variant:
-        return cls(
-            name=str(spec["name"]),
-            share=float(spec["share"]),
-            ordering=spec.get("ordering", "model"),
-            exploration=float(spec.get("exploration", 0.0)),
-            exploration_pool=int(spec.get("exploration_pool", 50)),
-        )
+        return cls(**spec)
 
     def spec(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "share": self.share,
-            "ordering": self.ordering,
-            "exploration": self.exploration,
-            "exploration_pool": self.exploration_pool,
-        }
+        return asdict(self)
 
 
 CONTROL = Variant("control", 1.0)  # outside any experiment: the bundle's ordering, no exploration

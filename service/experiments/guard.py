@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -37,11 +38,10 @@ def compare(engine: Any, current: str, *, min_lists: int, window_s: float = WIND
     rows = store.clicked_lists_by_bundle(engine, [previous, current], since, LOOK_S)
     lists, clicked = {previous: 0, current: 0}, {previous: 0, current: 0}
     best_ratio = 1.0
-    for bucket in sorted({b for _, b, _, _ in rows}):
-        for version, b, n, c in rows:
-            if b == bucket:
-                lists[version] += n
-                clicked[version] += c
+    for _, hour in itertools.groupby(rows, key=lambda row: row[1]):  # rows come ordered by hour
+        for version, _, n, c in hour:
+            lists[version] += n
+            clicked[version] += c
         ratio = always_valid(clicked[current], lists[current], clicked[previous], lists[previous])[0]
         best_ratio = max(best_ratio, ratio)
     ctr = {v: clicked[v] / lists[v] if lists[v] else 0.0 for v in (previous, current)}

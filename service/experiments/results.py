@@ -48,6 +48,15 @@ class Tally:
         self.liked += any(kind == "like" and item in everything for item, kind in shown.events)
         self.purchased += any(kind == "purchase" and item in everything for item, kind in shown.events)
 
+    def absorb(self, other: Tally) -> None:
+        """Add `other`'s lists to these."""
+        self.lists += other.lists
+        self.clicked += other.clicked
+        self.clicks += other.clicks
+        self.liked += other.liked
+        self.purchased += other.purchased
+        self.items |= other.items
+
     def count(self, rate: str) -> int:
         return {"ctr": self.clicked, "like_rate": self.liked, "purchase_rate": self.purchased}[rate]
 
@@ -88,27 +97,25 @@ def results(
     tau2: float = TAU2,
 ) -> dict[str, Any]:
     """The experiment's results: per variant its tallies and rates, each compared with `variants[0]`."""
-    totals = {v: Tally() for v in variants}
     buckets: dict[int, dict[str, Tally]] = defaultdict(lambda: {v: Tally() for v in variants})
     start = shown[0].created_at if shown else 0.0
     for s in shown:
-        if s.variant in totals:
-            totals[s.variant].add(s, k)
+        if s.variant is not None and s.variant in variants:
             buckets[int((s.created_at - start) // bucket_s)][s.variant].add(s, k)
-    # Cumulative tallies at each bucket's end: the curves, and the looks the always-valid p-value minimises over.
-    running = {v: Tally() for v in variants}
+    # Cumulative tallies at each bucket's end: the curves, and the looks the always-valid p-value minimises over;
+    # after the last bucket, the totals.
+    totals = {v: Tally() for v in variants}
     series, best_ratio = [], {(v, r): 1.0 for v in variants[1:] for r in RATES}
     control = variants[0] if variants else None
     for b in sorted(buckets):
         point: dict[str, Any] = {"t": start + (b + 1) * bucket_s, "variants": {}}
         for v in variants:
-            t, r = buckets[b][v], running[v]
-            r.lists, r.clicked, r.clicks = r.lists + t.lists, r.clicked + t.clicked, r.clicks + t.clicks
-            r.liked, r.purchased = r.liked + t.liked, r.purchased + t.purchased
-            point["variants"][v] = {"lists": r.lists, "ctr": r.clicked / r.lists if r.lists else None}
+            t = totals[v]
+            t.absorb(buckets[b][v])
+            point["variants"][v] = {"lists": t.lists, "ctr": t.clicked / t.lists if t.lists else None}
         for v in variants[1:]:
             for rate in RATES:
-                c, x = running[control], running[v]  # type: ignore[index]
+                c, x = totals[control], totals[v]  # type: ignore[index]
                 ratio = always_valid(x.count(rate), x.lists, c.count(rate), c.lists, tau2)[0]
                 best_ratio[v, rate] = max(best_ratio[v, rate], ratio)
         series.append(point)

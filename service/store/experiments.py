@@ -95,16 +95,21 @@ def running(engine: Engine) -> ExperimentRow | None:
     return _row(r) if r is not None else None
 
 
+def _require(connection: sa.Connection, name: str, status: str, verb: str) -> None:
+    """KeyError if there is no experiment `name`; ExperimentConflict unless it is in `status`."""
+    found = connection.execute(sa.select(experiments.c.status).where(experiments.c.name == name)).first()
+    if found is None:
+        raise KeyError(name)
+    if found.status != status:
+        raise ExperimentConflict(f"experiment {name!r} is {found.status}; only a {status} one can {verb}")
+
+
 def start(engine: Engine, name: str) -> ExperimentRow:
     """Start a created experiment; ExperimentConflict if another runs or this one is not `created`; KeyError if
-    there is none of that name. One transaction: two replicas starting two experiments at once cannot both win on
-    PostgreSQL (the row lock on the one running is taken by the check's UPDATE)."""
+    there is none of that name. One transaction, the status checked again by the UPDATE itself; two replicas
+    starting two different experiments in the same instant could still both succeed (no constraint says one)."""
     with engine.begin() as connection:
-        found = connection.execute(sa.select(experiments.c.status).where(experiments.c.name == name)).first()
-        if found is None:
-            raise KeyError(name)
-        if found.status != CREATED:
-            raise ExperimentConflict(f"experiment {name!r} is {found.status}; only a created one can start")
+        _require(connection, name, CREATED, "start")
         other = connection.execute(sa.select(experiments.c.name).where(experiments.c.status == RUNNING)).first()
         if other is not None:
             raise ExperimentConflict(f"experiment {other.name!r} is running: stop it first")
@@ -122,11 +127,7 @@ def start(engine: Engine, name: str) -> ExperimentRow:
 
 def stop(engine: Engine, name: str) -> ExperimentRow:
     with engine.begin() as connection:
-        found = connection.execute(sa.select(experiments.c.status).where(experiments.c.name == name)).first()
-        if found is None:
-            raise KeyError(name)
-        if found.status != RUNNING:
-            raise ExperimentConflict(f"experiment {name!r} is {found.status}; only a running one can stop")
+        _require(connection, name, RUNNING, "stop")
         connection.execute(
             sa.update(experiments).where(experiments.c.name == name).values(status=STOPPED, stopped_at=time.time())
         )
