@@ -64,6 +64,19 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bundle(generate_synthetic(config.synthetic, seed=config.seed), config, out, progress=False).path
 
 
+@pytest.fixture(scope="session")
+def second_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny bundle: same kind of data, another seed, so another version."""
+    from model_export.build import build_bundle
+    from model_export.config import preset
+    from model_export.data import generate_synthetic
+
+    config = preset("tiny", seed=1)
+    out = tmp_path_factory.mktemp("bundles-b")
+    raw = generate_synthetic(config.synthetic, seed=0)
+    return build_bundle(raw, config, out, progress=False, evaluate_bundle=False).path
+
+
 @pytest.fixture
 def settings(tiny_bundle: Path, tmp_path: Path) -> Settings:
     # A generous deadline: a shared CI machine may be slow; the deadline itself is tested in test_overload.

@@ -182,10 +182,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = await AppState.open(settings, metrics)
         app.state.reco = state
         drain_on_sigterm(state, settings.shutdown_delay_s)
-        follows = settings.live_items_store == "database" or settings.workers > 1
-        followers = [asyncio.create_task(state.follow_live_items())] if follows else []
-        followers.append(asyncio.create_task(state.follow_deletions()))
-        followers.append(asyncio.create_task(follow(state.experiments, state.records, settings.experiments_sync_s)))
+        followers = [asyncio.create_task(state.follow_live_items()), asyncio.create_task(state.follow_deletions())]
+        experiments = follow(state.experiments, state.records, settings.experiments_sync_s, state.prepare_experiment)
+        followers.append(asyncio.create_task(experiments))
         if settings.impressions:
             served = lambda: state.bundle.version  # noqa: E731
             guarded = watch(state.records, metrics, served, min_lists=settings.guard_min_lists)

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.auth import admin_router
 from service.api.schemas import ERRORS, ErrorResponse
+from service.core.bundle import MANIFEST
 from service.core.errors import Conflict, InvalidField, NotFound, Unavailable
-from service.experiments.design import MAX_EXPLORATION, Variant, check_variants, normalised
+from service.experiments.design import MAX_EXPLORATION, Experiment, Variant, check_variants, normalised
 from service.experiments.guard import compare_bundles
 from service.experiments.results import results
 from service.serving.state import AppState, StateDep
@@ -24,7 +25,7 @@ from service.store.records import RecordsUnavailable
 
 router = admin_router()  # RECO_ADMIN_TOKEN
 _ERRORS: dict[int | str, dict[str, Any]] = ERRORS | {
-    404: {"model": ErrorResponse, "description": "No experiment of that name."},
+    404: {"model": ErrorResponse, "description": "No experiment of that name, or no bundle of a variant's version."},
     409: {
         "model": ErrorResponse,
         "description": "The change does not fit the experiment's state (a name taken, another running), or two "
@@ -51,7 +52,24 @@ class VariantSpec(BaseModel):
         description="Expected share of slots given to items the model ranked lower or showed rarely (0: none); "
         "each slot's propensity is logged with the list.",
     )
-    exploration_pool: int = Field(50, ge=1, le=500, description="How far past the k-th item exploration draws.")
+    exploration_pool: int = Field(
+        50, ge=1, le=500, description="How far past the k-th item exploration and diversity draw."
+    )
+    diversity: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Maximal marginal relevance's weight: each slot goes to the candidate with the best mix of "
+        "(1 - diversity) x its ranking and diversity x its dissimilarity to the items above it (0: the ranking).",
+    )
+    bundle: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="A bundle version under RECO_BUNDLES_ROOT, served to this variant's users beside the published "
+        "one (null: the published bundle).",
+    )
 
 
 class ExperimentCreate(BaseModel):
@@ -65,7 +83,14 @@ class ExperimentCreate(BaseModel):
                         {"name": "popular", "share": 0.5, "ordering": "popular"},
                         {"name": "model", "share": 0.5},
                     ],
-                }
+                },
+                {
+                    "name": "new-bundle",
+                    "variants": [
+                        {"name": "published", "share": 0.8},
+                        {"name": "candidate", "share": 0.2, "bundle": "20261207T101500-3f2a9c1d"},
+                    ],
+                },
             ]
         },
     )
@@ -106,6 +131,10 @@ async def create_experiment(body: ExperimentCreate, state: StateDep) -> Experime
     problem = check_variants(variants)
     if problem is not None:
         raise InvalidField(("body", "variants"), problem)
+    root = state.settings.reload_root
+    for n, v in enumerate(variants):  # (validated, loaded and warmed up when the experiment starts)
+        if v.bundle is not None and not (root / v.bundle / MANIFEST).is_file():
+            raise NotFound(f"body.variants.{n}.bundle: no bundle {v.bundle!r} under the bundles root")
     row = await _call(state, store.create, body.name, [v.spec() for v in variants])
     return ExperimentOut(**asdict(row))
 
@@ -118,8 +147,10 @@ async def list_experiments(state: StateDep) -> list[ExperimentOut]:
 
 @router.post("/admin/experiments/{name}/start", response_model=ExperimentOut, responses=_ERRORS)
 async def start_experiment(name: Name, state: StateDep) -> ExperimentOut:
-    """Start a created experiment (one runs at a time): this process at once, every other within the sync."""
+    """Start a created experiment (one runs at a time): this process at once, every other within the sync, each
+    once it has opened the bundles its variants name."""
     row = await _call(state, store.start, name)
+    await state.prepare_experiment(Experiment.of(row))
     state.experiments.follow(row)
     return ExperimentOut(**asdict(row))
 
@@ -129,6 +160,7 @@ async def stop_experiment(name: Name, state: StateDep) -> ExperimentOut:
     """Stop a running experiment: every user gets the bundle's ordering again; its results stay."""
     row = await _call(state, store.stop, name)
     state.experiments.follow(None)
+    await state.prepare_experiment(None)  # the bundles only it served are closed
     return ExperimentOut(**asdict(row))
 
 

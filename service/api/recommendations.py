@@ -44,8 +44,8 @@ async def recommendations_json(
         raise InvalidField(("body", "exclude_item_ids"), f"at most {settings.max_exclusions} ids")
     request_id: str = request_state["request_id"]  # set by HTTPMetricsMiddleware from X-Request-ID or new
     request_state["user_hash"] = user_hash(body.user_id)  # the access record's `user`
-    serving = state.serving  # one bundle for the whole request, whatever a reload does meanwhile
-    experiment, variant = state.experiments.assign(body.user_id)
+    # One bundle for the whole request, whatever a reload does meanwhile: the published one, or the variant's.
+    experiment, variant, serving = state.assign(body.user_id)
     async with state.admit():
         treated = await treat(
             serving.recommender, variant, body.user_id, body.k, body.exclude_item_ids, state.exposure, state.rng

@@ -91,7 +91,8 @@ class Metrics:
         )
         self.reloads = Counter(
             "reco_bundle_reloads",
-            "Bundle reloads (POST /admin/reload, /admin/rollback, and following the registry) by result.",
+            "Bundle reloads (POST /admin/reload, /admin/rollback, following the registry, and the bundles experiment "
+            "variants open) by result.",
             ["result"],
             registry=r,
         )

@@ -132,8 +132,8 @@ class Settings(BaseSettings):
     live_items_sync_s: float = Field(
         1.0,
         gt=0,
-        description="How often each process adds the items other processes and replicas were sent (the database "
-        "store; the file store: only with RECO_WORKERS > 1).",
+        description="How often each process adds the items other processes and replicas were sent (and the bundles "
+        "experiment variants serve beside the published one take the items added).",
     )
     # Online experiments (service.experiments).
     impressions: bool = Field(

@@ -2,12 +2,14 @@
 
 An experiment splits users between variants by traffic share: a user's variant is a stable hash of the
 experiment's name and the user id, so a user sees one variant for the whole experiment, on every replica, and a
-new experiment reshuffles users independently of the last. A variant is a treatment of the ranking: the bundle's
-own ordering or most-popular (`ordering`), with or without exploration (`exploration`: the expected share of
-slots given to items the model ranked lower or showed rarely, `service.experiments.exploration`).
+new experiment reshuffles users independently of the last. A variant is a bundle version (`bundle`: served beside
+the published one, `service.serving.variants`; None: the bundle served) and a treatment of its ranking: the
+bundle's own ordering or most-popular (`ordering`), a diversity weight (`diversity`: maximal marginal relevance,
+`service.experiments.diversity`), exploration (`exploration`: the expected share of slots given to items the model
+ranked lower or showed rarely, `service.experiments.exploration`).
 
-`Experiments` holds the one running experiment of this process, replaced by the follower
-(`service.serving.state.AppState.follow_experiments`) within the sync interval of a change on any replica.
+`Experiments` holds the one running experiment of this process, replaced by the follower (`follow`) within the
+sync interval of a change on any replica.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -37,7 +40,9 @@ class Variant:
     share: float  # of the experiment's users
     ordering: Ordering = "model"  # model: the bundle's ordering; popular: most popular, unseen
     exploration: float = 0.0  # expected share of slots explored (0: none)
-    exploration_pool: int = 50  # how far past the k-th item the exploration draws from
+    exploration_pool: int = 50  # how far past the k-th item exploration and diversity draw from
+    diversity: float = 0.0  # maximal marginal relevance's weight on dissimilarity (0: the ranking as it is)
+    bundle: str | None = None  # a bundle version under the bundles root, served beside (None: the one served)
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> Variant:
@@ -58,7 +63,8 @@ def normalised(variants: list[Variant]) -> list[Variant]:
 
 def check_variants(variants: list[Variant]) -> str | None:
     """What is wrong with `variants` as an experiment's split (None: nothing): at least two, unique names, positive
-    non-negative shares summing to 1, a known ordering, exploration within [0, MAX_EXPLORATION]."""
+    non-negative shares summing to 1, a known ordering, exploration within [0, MAX_EXPLORATION], diversity within
+    [0, 1]."""
     if len(variants) < 2:
         return "an experiment needs at least two variants"
     names = [v.name for v in variants]
@@ -73,6 +79,8 @@ def check_variants(variants: list[Variant]) -> str | None:
             return f"variant {v.name!r}: ordering must be one of {list(ORDERINGS)}"
         if not 0 <= v.exploration <= MAX_EXPLORATION:
             return f"variant {v.name!r}: exploration must be within [0, {MAX_EXPLORATION}]"
+        if not 0 <= v.diversity <= 1:
+            return f"variant {v.name!r}: diversity must be within [0, 1]"
     return None
 
 
@@ -92,6 +100,11 @@ class Experiment:
     @classmethod
     def of(cls, row: ExperimentRow) -> Experiment:
         return cls(row.name, tuple(Variant.of(v) for v in row.variants), row.started_at)
+
+    @property
+    def bundles(self) -> set[str]:
+        """The bundle versions its variants name."""
+        return {v.bundle for v in self.variants if v.bundle is not None}
 
     def assign(self, user_id: str) -> Variant:
         """The user's variant: the one whose share interval holds the user's bucket."""
@@ -124,15 +137,21 @@ class Experiments:
         return changed
 
 
-async def follow(experiments: Experiments, records: Records, every_s: float) -> None:
+Prepare = Callable[["Experiment | None"], Awaitable[None]]
+
+
+async def follow(experiments: Experiments, records: Records, every_s: float, prepare: Prepare) -> None:
     """Every `every_s`, read which experiment runs (any replica may have started or stopped one) into
-    `experiments`. Runs until cancelled; while the database is away the last one read keeps running."""
+    `experiments`, after `prepare` has made ready what it needs (the bundles its variants name: called every round,
+    so a bundle that went away is opened again). Runs until cancelled; while the database is away the last one read
+    keeps running."""
     while True:
         try:
             row = await records.run(functools.partial(store.running, records.engine))
         except RecordsUnavailable:
             pass  # the last experiment read keeps running
         else:
+            await prepare(Experiment.of(row) if row is not None else None)
             if experiments.follow(row):
                 running = experiments.running
                 log.info("experiment running: %s", running.name if running is not None else "none")

@@ -23,7 +23,7 @@ from service.core.errors import Conflict, NotReady, Overloaded
 from service.core.metrics import Metrics
 from service.core.settings import Settings
 from service.core.threads import LifoThreadPool
-from service.experiments.design import Experiments
+from service.experiments.design import CONTROL, Experiment, Experiments, Variant
 from service.experiments.exploration import Exposure
 from service.experiments.impressions import ImpressionLog
 from service.items.live_items import LiveItems
@@ -39,6 +39,7 @@ from service.serving.resources import (
     open_shared_reads,
     precision_label,
 )
+from service.serving.variants import VariantServings
 from service.store import registry
 from service.store.breaker import CircuitBreaker
 from service.store.cache import EmbeddingCache
@@ -73,6 +74,10 @@ class AppState:
     impressions: ImpressionLog | None = None  # every list served, into the database (None: RECO_IMPRESSIONS off)
     exposure: Exposure = field(default_factory=Exposure)  # items shown by this process: exploration's weights
     rng: np.random.Generator = field(default_factory=np.random.default_rng)  # exploration's draws
+    variants: VariantServings = field(init=False)  # bundles the running experiment's variants name, beside this one
+
+    def __post_init__(self) -> None:
+        self.variants = VariantServings(lambda v: self.open_bundle(self.settings.reload_root / v), self.metrics)
 
     @property
     def bundle(self) -> Bundle:
@@ -89,6 +94,24 @@ class AppState:
     @property
     def live_items(self) -> LiveItems:
         return self.serving.live_items
+
+    def servings(self) -> list[Serving]:  # the published bundle, then those experiment variants name
+        return [self.serving, *self.variants.servings.values()]
+
+    def assign(self, user_id: str) -> tuple[str | None, Variant, Serving]:
+        """(the running experiment or None, the user's variant, the bundle serving it). A variant whose bundle this
+        process has not opened (yet, or at all) is served the published bundle outside the experiment."""
+        experiment, variant = self.experiments.assign(user_id)
+        if variant.bundle is None or variant.bundle == self.bundle.version:
+            return experiment, variant, self.serving
+        serving = self.variants.get(variant.bundle)
+        if serving is None:
+            return None, CONTROL, self.serving
+        return experiment, variant, serving
+
+    async def prepare_experiment(self, experiment: Experiment | None) -> None:
+        """Open the bundles `experiment`'s variants name (close those no running experiment names)."""
+        await self.variants.follow(experiment.bundles if experiment is not None else set(), self.bundle.version)
 
     @contextlib.asynccontextmanager
     async def admit(self, deadline: bool = True) -> AsyncIterator[None]:
@@ -218,22 +241,8 @@ class AppState:
             raise Conflict("a reload is already in progress")
         async with self._reloading:
             t0 = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            bundle = await loop.run_in_executor(self.executor, load_bundle, path or self.settings.bundle_path)
-            dim, served_dim = bundle.manifest.dims.embedding_dim, self.bundle.manifest.dims.embedding_dim
-            if dim != served_dim:
-                raise BundleError(f"{bundle.path}: embedding_dim {dim} != {served_dim} served; restart to change it")
-            serving = await open_serving(
-                bundle,
-                self.settings,
-                self.metrics,
-                self.executor,
-                self.cache,
-                self.events,
-                self.records,
-                self.forgotten,
-            )
-            old = self.serving
+            serving = await self.open_bundle(path or self.settings.bundle_path)
+            bundle, old = serving.bundle, self.serving
             self.serving = serving  # one assignment: every request from here on sees the new bundle
             await old.recommender.close()
             self.refreeze_after_reload()
@@ -242,6 +251,16 @@ class AppState:
             self.publish()
             log.info("reloaded %s -> %s in %.2fs", old.bundle.version, bundle.version, time.perf_counter() - t0)
             return old.bundle.version, bundle.version
+
+    async def open_bundle(self, path: Path) -> Serving:
+        """The bundle at `path` loaded, validated (its embedding size must be the one served: the cache holds that
+        size) and warmed up beside the one serving. Raises BundleError."""
+        bundle = await asyncio.get_running_loop().run_in_executor(self.executor, load_bundle, path)
+        dim, served_dim = bundle.manifest.dims.embedding_dim, self.bundle.manifest.dims.embedding_dim
+        if dim != served_dim:
+            raise BundleError(f"{bundle.path}: embedding_dim {dim} != {served_dim} served; restart to change it")
+        args = (self.settings, self.metrics, self.executor, self.cache, self.events, self.records, self.forgotten)
+        return await open_serving(bundle, *args)
 
     def refreeze_after_reload(self) -> None:
         """Thaw the heap now (the bundle just replaced becomes collectable once its last request is done) and
@@ -301,7 +320,8 @@ class AppState:
             except RecordsUnavailable:  # the database away: the next round asks again
                 continue
             for user_id in changed:
-                await self.recommender.forget_locally(user_id)
+                for serving in self.servings():
+                    await serving.recommender.forget_locally(user_id)
             if changed:
                 log.info("%d users deleted by other processes are now masked", len(changed))
 
@@ -321,26 +341,27 @@ class AppState:
         """Every `live_items_sync_s`, add the items other processes and replicas stored (in the database: read in
         its threads, behind its breaker; or in the delta file: each appends what it is sent). Runs until
         cancelled."""
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.live_items_sync_s)
-            live = self.serving.live_items
-            try:
-                if self.settings.live_items_store == "database":
-                    stored = await self.records.run(functools.partial(self.records.live_items_after, live.seq))
-                    added = await loop.run_in_executor(self.executor, live.apply_stored, stored) if stored else 0
-                elif live.behind():
-                    added = await loop.run_in_executor(self.executor, live.sync)
-                else:
-                    continue
-            except RecordsUnavailable:  # the database away: the next round asks again
-                continue
-            except Exception:  # an unreadable file must not end the loop; the next round retries
-                log.exception("following the live items failed")
-                continue
-            if added:
-                self.metrics.index_items.set(self.pipeline.retriever.n_items)
-                log.info("added %d live items another process took", added)
+            for serving in self.servings():  # (the bundles experiment variants name take them too)
+                await self._take_live_items(serving.live_items)
+
+    async def _take_live_items(self, live: LiveItems) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.settings.live_items_store == "database":
+                stored = await self.records.run(functools.partial(self.records.live_items_after, live.seq))
+                added = await loop.run_in_executor(self.executor, live.apply_stored, stored) if stored else 0
+            else:
+                added = await loop.run_in_executor(self.executor, live.sync) if live.behind() else 0
+        except RecordsUnavailable:  # the database away: the next round asks again
+            return
+        except Exception:  # an unreadable file must not end the loop; the next round retries
+            log.exception("following the live items failed")
+            return
+        if added:
+            self.metrics.index_items.set(self.pipeline.retriever.n_items)
+            log.info("added %d live items another process took", added)
 
     async def close(self) -> None:
         self.ready = False
@@ -349,6 +370,7 @@ class AppState:
             self._refreeze.cancel()
         gc.unfreeze()  # what this state held can be collected (another app in the process, as in tests)
         await self.recommender.close()
+        await self.variants.close()
         if self.impressions is not None:
             await self.impressions.close()
         await self.cache.close()

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.core.settings import Settings
 from service.experiments.design import Experiment, Variant, check_variants
+from service.experiments.diversity import diversify
 from service.experiments.exploration import Exposure, explore
 from service.experiments.guard import compare
 from service.experiments.results import always_valid, results
@@ -43,6 +44,7 @@ def test_a_users_variant_is_stable_and_follows_the_shares() -> None:
         ([Variant("a", 0.5), Variant("a", 0.5)], "unique"),
         ([Variant("a", 0.5), Variant("b", 0.6)], "sum to 1"),
         ([Variant("a", 0.5), Variant("b", 0.5, exploration=0.9)], "exploration"),
+        ([Variant("a", 0.5), Variant("b", 0.5, diversity=1.5)], "diversity"),
     ],
 )
 def test_a_wrong_split_is_named(variants: list[Variant], problem: str) -> None:
@@ -89,6 +91,20 @@ def test_exploration_takes_a_bounded_share_of_slots_and_logs_their_propensities(
     for _ in range(60):
         exposure.click("hit")
     assert exposure.weight("hit") > exposure.weight("new") == 0.5 > exposure.weight("miss")
+
+
+def test_a_diversity_weight_trades_rank_for_dissimilarity() -> None:
+    """Items 0-2 are near copies of one another, 3 and 4 point elsewhere: with weight, the second slot goes to the
+    best item unlike the first; without, the ranking stays."""
+    scores = np.array([1.0, 0.95, 0.9, 0.8, 0.7, np.nan])  # (a missing score ranks last)
+    embeddings = np.array(
+        [[1, 0, 0], [1, 0.01, 0], [1, 0, 0.01], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0]], dtype=np.float32
+    )
+    assert diversify(scores, embeddings, 3, 0.0).tolist() == list(range(6))
+    order = diversify(scores, embeddings, 3, 0.5)
+    assert order[:3].tolist() == [0, 3, 4]
+    assert sorted(order.tolist()) == list(range(6))  # every candidate once: the rest after, as ranked
+    assert order[3:].tolist() == [1, 2, 5]
 
 
 def _lists(variant: str, n: int, clicked: int, start: float = 0.0) -> list[Shown]:
@@ -258,3 +274,59 @@ def test_the_guard_flags_a_bundle_whose_live_ctr_fell(database: str) -> None:  #
         assert not compare(engine, "v1", min_lists=1000)["regression"]  # v1 has no bundle before it
     finally:
         records.close()
+
+
+def test_a_variant_serves_its_own_bundle_beside_the_published_one(
+    settings: Settings, tiny_bundle: Path, second_bundle: Path, tmp_path: Path
+) -> None:
+    """A variant naming another bundle version: checked on disk when created, opened in every process when the
+    experiment starts, its users served (and their lists recorded) from it, with its diversity weight; closed when
+    the experiment stops. A variant whose bundle does not load is served the published bundle outside the
+    experiment, never counted for it."""
+    root = tmp_path / "bundles"
+    root.mkdir()
+    for bundle in (tiny_bundle, second_bundle):
+        (root / bundle.name).symlink_to(bundle)
+    (root / "broken").mkdir()
+    (root / "broken" / "manifest.json").write_text("{}")
+    published, candidate = tiny_bundle.name, second_bundle.name
+    settings = settings.model_copy(update={"bundles_root": root, "bundle_path": root / published})
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.reco  # type: ignore[attr-defined]
+        missing = {"name": "x", "variants": [{"name": "a", "share": 0.5}, {"name": "b", "share": 0.5, "bundle": "v0"}]}
+        answer = client.post("/admin/experiments", json=missing)
+        assert answer.status_code == 404
+        assert "body.variants.1.bundle" in answer.text
+        variants = [{"name": "published", "share": 0.5}, {"name": "candidate", "share": 0.5, "bundle": candidate}]
+        variants[1]["diversity"] = 0.5
+        post(client, "/admin/experiments", {"name": "bundles", "variants": variants})
+        post(client, "/admin/experiments/bundles/start")
+        assert set(state.variants.servings) == {candidate}
+        experiment = Experiment.of(store.get(state.records.engine, "bundles"))  # type: ignore[arg-type]
+        served: dict[str, set[str]] = {}
+        for n in range(30):
+            user = str(1 + n)
+            answer = post(client, "/v1/recommendations", {"user_id": user, "k": 10})
+            served.setdefault(experiment.assign(user).name, set()).add(answer["bundle_version"])
+            assert len({i["item_id"] for i in answer["items"]}) == 10
+        assert served == {"published": {published}, "candidate": {candidate}}
+        assert eventually(lambda: store.impressions_of(state.records.engine, "30") == 1)
+        recorded = store.shown(state.records.engine, experiment="bundles")
+        assert {(s.variant, s.bundle_version) for s in recorded} == {("published", published), ("candidate", candidate)}
+        post(client, "/admin/experiments/bundles/stop")
+        assert state.variants.servings == {}
+
+        broken = [{"name": "published", "share": 0.5}, {"name": "broken", "share": 0.5, "bundle": "broken"}]
+        post(client, "/admin/experiments", {"name": "broken", "variants": broken})
+        post(client, "/admin/experiments/broken/start")  # the experiment runs; the bundle is refused, not served
+        assert state.variants.refused == {"broken"}
+        experiment = Experiment.of(store.get(state.records.engine, "broken"))  # type: ignore[arg-type]
+        users = [str(1 + n) for n in range(30)]
+        outside = [u for u in users if experiment.assign(u).name == "broken"]
+        for user in users:
+            assert post(client, "/v1/recommendations", {"user_id": user, "k": 5})["bundle_version"] == published
+        assert eventually(lambda: all(store.impressions_of(state.records.engine, u) == 2 for u in users))
+        counted = store.shown(state.records.engine, experiment="broken")
+        assert {s.variant for s in counted} == {"published"}
+        assert len(counted) == len(users) - len(outside)
+        assert 'reco_bundle_reloads_total{result="refused"} 1.0' in client.get("/metrics").text

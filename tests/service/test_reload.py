@@ -10,7 +10,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -19,19 +18,6 @@ from service.core.settings import Settings
 
 TOKEN = "reload-admin-token-0123"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def second_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Another tiny bundle: same kind of data, another seed, so another version."""
-    from model_export.build import build_bundle
-    from model_export.config import preset
-    from model_export.data import generate_synthetic
-
-    config = preset("tiny", seed=1)
-    out = tmp_path_factory.mktemp("bundles-b")
-    raw = generate_synthetic(config.synthetic, seed=0)
-    return build_bundle(raw, config, out, progress=False, evaluate_bundle=False).path
 
 
 def test_reload_under_traffic_then_refuse_a_corrupt_bundle_then_roll_back(

@@ -435,7 +435,7 @@ async function experimentsPage(name) {
       ? table(["name", "status", "variants", "created", "started", "stopped", ""], listed.map((x) => [
         el("a", { href: `/ui/experiments/${encodeURIComponent(x.name)}` }, x.name),
         x.status,
-        x.variants.map((v) => `${v.name} ${(v.share * 100).toFixed(0)} %${v.ordering === "popular" ? " popular" : ""}${v.exploration ? ` explore ${v.exploration}` : ""}`).join(", "),
+        x.variants.map((v) => `${v.name} ${(v.share * 100).toFixed(0)} %${v.ordering === "popular" ? " popular" : ""}${v.exploration ? ` explore ${v.exploration}` : ""}${v.diversity ? ` diversity ${v.diversity}` : ""}${v.bundle ? ` bundle ${v.bundle}` : ""}`).join(", "),
         when(x.created_at), when(x.started_at), when(x.stopped_at),
         x.status === "created" ? el("button", { type: "button", onclick: act(x.name, "start") }, "start")
           : x.status === "running" ? el("button", { type: "button", onclick: act(x.name, "stop") }, "stop") : "–",
