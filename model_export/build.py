@@ -60,6 +60,30 @@ class BuildResult:
     path: Path
     version: str
     metrics: dict[str, Any]
+    fitted: Fitted | None = None  # what a later build of the same recipe on more data can reuse (`reuse`)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A build's model selection, for a build of the same recipe on the same data plus newer events (a retrain:
+    the gate's build, then the bundle's on everything; `build_bundle(reuse=...)`)."""
+
+    models: Models  # the model-selection fit: trained on the training part of its split
+    stats: ItemStats  # the item statistics of what its towers saw
+    best_epochs: int  # the two-tower epochs chosen
+    validation: Validation | None  # its validation's choices (ordering, depth, int8, similar items)
+    seen_until: np.ndarray  # (n_users,) int64: each user's latest event time its towers saw (int64 min: none)
+
+    def unseen(self, interactions: Interactions) -> np.ndarray:
+        """(N,) bool: the events its towers never saw, each strictly after its user's latest one they saw (a user
+        new since: all of theirs)."""
+        seen_until = np.full(max(len(self.seen_until), int(interactions.user.max(initial=-1)) + 1), NEVER)
+        seen_until[: len(self.seen_until)] = self.seen_until
+        new: np.ndarray = interactions.timestamp > seen_until[interactions.user]
+        return new
+
+
+NEVER = np.iinfo(np.int64).min
 
 
 @dataclass
@@ -227,6 +251,7 @@ def build_bundle(
     evaluate_bundle: bool = True,
     fit: str = "all",
     make_current: bool = True,
+    reuse: Fitted | None = None,
 ) -> BuildResult:
     """Train, export and write a bundle from `raw` (every interaction, whatever its rating).
 
@@ -237,7 +262,13 @@ def build_bundle(
     every interaction with the chosen settings (epochs) and the bundle's histories, seen sets and item statistics
     cover all of them: what is served learns from everything it is given. `fit="split"`: the bundle is the
     model-selection fit itself, for evaluation-only bundles (the held-out part is then unknown to it).
-    `make_current`: point `out_dir/current` at the new bundle (a retrain does only once it is published)."""
+    `make_current`: point `out_dir/current` at the new bundle (a retrain does only once it is published).
+
+    `reuse` (a retrain's gate build of the same recipe on the events before a cut, `BuildResult.fitted`): its model
+    selection stands in for this one's. Its towers score the ranker's examples on the events they never saw (each
+    user's held-out part of that build, and everything since), as this build's own model-selection towers would
+    score its held-out part, and the two-tower model is refitted on everything for its epochs; its validation's
+    choices are served. The two-tower model is trained once, not three times."""
     if fit not in FIT_MODES:
         raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
     started = time.perf_counter()
@@ -256,7 +287,14 @@ def build_bundle(
         dataset = replace(dataset, item_text=embed_texts(text_model, texts))
         timer.lap("item_text")
     n_items = dataset.n_items
-    raw_train, raw_heldout = split or temporal_split(raw.interactions, config.holdout_fraction)
+    if reuse is not None and fit == "all":  # the events its towers never saw are this build's held-out part
+        new = reuse.unseen(raw.interactions)
+        raw_train, raw_heldout = raw.interactions.take(np.flatnonzero(~new)), raw.interactions.take(np.flatnonzero(new))
+        if not len(unseen(positives(raw_heldout, n_items, config.min_rating), raw_train, n_items)):
+            log.info("no positive is new to the build reused: a model selection of its own")
+            reuse = None
+    if reuse is None:
+        raw_train, raw_heldout = split or temporal_split(raw.interactions, config.holdout_fraction)
     train = positives(raw_train, n_items, config.min_rating)
     # Held-out positives the user had not already met in training (those are filtered out as seen).
     heldout = unseen(positives(raw_heldout, n_items, config.min_rating), raw_train, n_items)
@@ -271,37 +309,45 @@ def build_bundle(
         len(heldout),
     )
 
-    # Model selection on the split: the two-tower model early-stops on the latest events of `train` (the
-    # window), the ranker learns on that window, then the two-tower model is refitted on all of `train` for the
-    # epochs chosen. Scoring the early-stopped towers instead (no refit: one training less) lost 2.5 % NDCG@10
-    # and 6 % Recall@10 through the API on ml-100k (benchmarks.api_quality, 2026-12-07: 0.2040 / 0.1793 against
-    # 0.2093 / 0.1899; one run each, inside each other's intervals): the served ranker then learns the scores of
-    # towers that saw 64 % of the data, not 80 %.
-    tt_train, rank_events = _window(train, config)
-    timer.lap()
-    user_tower, item_tower, tt_history = train_two_tower(dataset, tt_train, config, progress, validation=rank_events)
-    timer.lap("two_tower_selection")
-    recalls = tt_history["validation_recall@50"]
-    best_epochs = int(np.argmax(recalls)) + 1 if recalls else config.two_tower.epochs
-    tt_stats = _item_stats(tt_train, dataset, config)
-    timer.lap("item_statistics")
-    selection = _ranker_then_refit(
-        dataset,
-        train,
-        rank_events,
-        (user_tower, item_tower),
-        tt_stats,
-        raw_train,
-        config,
-        best_epochs,
-        progress,
-        timer,
-    )
-    selection.training = {"two_tower": tt_history, "best_epochs": best_epochs, **selection.training}
-    selection_data = ServingData(
-        train, negative_feedback(raw_train, n_items, config.min_rating), _item_stats(train, dataset, config)
-    )
-    timer.lap("item_statistics")
+    if reuse is not None:
+        selection, best_epochs = reuse.models, reuse.best_epochs
+        tt_stats = reuse.stats
+        selection_data = ServingData(train, negative_feedback(raw_train, n_items, config.min_rating), reuse.stats)
+        log.info("model selection reused: %d epochs, %d events new to its towers", best_epochs, len(raw_heldout))
+    else:
+        # Model selection on the split: the two-tower model early-stops on the latest events of `train` (the
+        # window), the ranker learns on that window, then the two-tower model is refitted on all of `train` for the
+        # epochs chosen. Scoring the early-stopped towers instead (no refit: one training less) lost 2.5 % NDCG@10
+        # and 6 % Recall@10 through the API on ml-100k (benchmarks.api_quality, 2026-12-07: 0.2040 / 0.1793 against
+        # 0.2093 / 0.1899; one run each, inside each other's intervals): the served ranker then learns the scores of
+        # towers that saw 64 % of the data, not 80 %.
+        tt_train, rank_events = _window(train, config)
+        timer.lap()
+        user_tower, item_tower, tt_history = train_two_tower(
+            dataset, tt_train, config, progress, validation=rank_events
+        )
+        timer.lap("two_tower_selection")
+        recalls = tt_history["validation_recall@50"]
+        best_epochs = int(np.argmax(recalls)) + 1 if recalls else config.two_tower.epochs
+        tt_stats = _item_stats(tt_train, dataset, config)
+        timer.lap("item_statistics")
+        selection = _ranker_then_refit(
+            dataset,
+            train,
+            rank_events,
+            (user_tower, item_tower),
+            tt_stats,
+            raw_train,
+            config,
+            best_epochs,
+            progress,
+            timer,
+        )
+        selection.training = {"two_tower": tt_history, "best_epochs": best_epochs, **selection.training}
+        selection_data = ServingData(
+            train, negative_feedback(raw_train, n_items, config.min_rating), _item_stats(train, dataset, config)
+        )
+        timer.lap("item_statistics")
 
     final, final_data = selection, selection_data
     if fit == "all" and len(heldout):
@@ -332,15 +378,17 @@ def build_bundle(
         "n_positives": len(dataset.interactions),
         "n_train": len(train),
         "n_heldout": len(heldout),
-        "split": f"per user, latest {config.holdout_fraction:.0%} of interactions held out for model selection",
+        "split": f"per user, latest {config.holdout_fraction:.0%} of interactions held out for model selection"
+        if reuse is None
+        else "the events the reused model selection's towers never saw held out",
         "fit": fit if final is not selection else "split",
         "served_positives": len(final_data.positives),
         "served_negative_feedback": len(final_data.negatives),
     }
     if raw.read_at is not None:
         fields_extra["read_at"] = raw.read_at
-    validation: Validation | None = None
-    if evaluate_bundle and final is not selection:
+    validation: Validation | None = reuse.validation if reuse is not None else None
+    if evaluate_bundle and final is not selection and reuse is None:
         # The manifest's validation metrics: the model-selection pipeline, exported and run as the service runs it,
         # on the held-out positives. A temporary bundle (no float16 variants or text encoder: not served).
         scratch = BundleWriter(out_dir)
@@ -357,7 +405,9 @@ def build_bundle(
         fields = _write(writer, dataset, final, final_data, config, rng, fields_extra, text_model, texts, validation)
         timer.lap("export")
         fields["training"] |= {
-            "model_selection": selection.training,
+            "model_selection": selection.training
+            if reuse is None
+            else {"reused": "the same recipe's model selection on the events before a cut", **selection.training},
             "final": final.training if final is not selection else "the model-selection fit (fit=split)",
             "seconds": round(time.perf_counter() - started, 1),
         }
@@ -409,7 +459,11 @@ def build_bundle(
         writer.abort()
         raise
     log.info("wrote bundle %s in %.1fs", path, time.perf_counter() - started)
-    return BuildResult(path=path, version=fields["bundle_version"], metrics=metrics)
+    seen_until = np.full(dataset.n_users, NEVER)
+    np.maximum.at(seen_until, raw_train.user, raw_train.timestamp)
+    towers_saw = selection_data.stats if config.two_tower.refit else tt_stats  # (refit: on all of `train`)
+    fitted = Fitted(selection, towers_saw, best_epochs, validation, seen_until)
+    return BuildResult(path=path, version=fields["bundle_version"], metrics=metrics, fitted=fitted)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@
    (history, and never recommended). NDCG@10 and Recall@10 per user, compared paired (model_export.gate): the
    candidate passes unless it is worse with confidence (a bootstrap interval over users) by more than `margin` of
    the published bundle's mean on either. No published bundle: it passes (`first`).
-4. The bundle itself is that recipe trained on everything (what is served learns from all the data): registered
-   with both scores and published if the gate passed (the `current` link re-pointed too), else `rejected`.
+4. The bundle itself is that recipe trained on everything (what is served learns from all the data), reusing the
+   gate's model selection (`build_bundle(reuse=...)`: its towers score the ranker's examples on the events after
+   the cut, the two-tower model is refitted once on everything): registered with both scores and published if the
+   gate passed (the `current` link re-pointed too), else `rejected`.
 Every run, whatever its end, is recorded in the registry's `retrains` table (service.store.registry).
 """
 
@@ -215,7 +217,10 @@ def _retrain(
     ok, comparisons = (True, []) if published_scores is None else judge(candidate, published_scores, margin)
     gate_result = "first" if published_scores is None else ("passed" if ok else "failed")
     cand, pub = means(candidate), None if published_scores is None else means(published_scores)
-    final = build_bundle(train_on(dataset), config, bundles_dir, progress=progress, make_current=ok)
+    # The gate's build is this recipe's model selection on the events before the cut: the bundle reuses it (its
+    # towers score the ranker's examples on the events after the cut; one refit on everything), one training
+    # instead of three.
+    final = build_bundle(train_on(dataset), config, bundles_dir, progress=progress, make_current=ok, reuse=gate.fitted)
     metrics = {
         "cut": cut,
         "margin": margin,

@@ -45,9 +45,16 @@ class UserTower(nn.Module):
 
     def forward(self, user_idx: torch.Tensor, history: torch.Tensor, user_categorical: torch.Tensor) -> torch.Tensor:
         # user_idx (B,), history (B, L) with -1 padding, user_categorical (B, U) -> (B, E)
-        mask = (history >= 0).unsqueeze(-1).float()  # (B, L, 1)
-        hist = self.history_embedding(history.clamp(min=0)) * mask  # (B, L, id_dim)
-        pooled = hist.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (B, id_dim)
+        if torch.onnx.is_in_onnx_export():  # the graph served: plain gathers, which every ONNX runtime runs fast
+            mask = (history >= 0).unsqueeze(-1).float()  # (B, L, 1)
+            hist = self.history_embedding(history.clamp(min=0)) * mask  # (B, L, id_dim)
+            pooled = hist.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (B, id_dim)
+        else:  # the same mean in one fused bag: no (B, L, id_dim) tensor, forward or backward (training's cost)
+            valid = history >= 0
+            summed = F.embedding_bag(
+                history.clamp(min=0), self.history_embedding.weight, mode="sum", per_sample_weights=valid.float()
+            )
+            pooled = summed / valid.sum(dim=1, keepdim=True).clamp(min=1)
         parts = [self.user_embedding(user_idx), pooled]
         parts += [emb(user_categorical[:, j]) for j, emb in enumerate(self.categorical)]
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)

@@ -379,3 +379,37 @@ def test_int8_is_served_only_where_it_holds_validation(tiny_bundle: Path) -> Non
     models, tried = choose_int8(bundle, heldout, "item_item", 100, 1.0, at_fp32)
     assert models == ("user_tower",)
     assert list(tried) == ["user_tower"]
+
+
+def test_a_build_reuses_an_earlier_builds_model_selection(tmp_path: Path) -> None:
+    """A retrain's bundle reuses its gate's build (the same recipe on the events before a cut): the two-tower model
+    is trained once (no model selection of its own), the ranker learns on the events the reused towers never saw
+    (each user's held-out part of the gate's split, and everything after the cut), and the choices served are the
+    reused validation's; the bundle knows every user and is served."""
+    config = preset("tiny")
+    raw = generate_synthetic(config.synthetic, seed=config.seed)
+    x = raw.interactions
+    cut = int(np.quantile(x.timestamp, 0.85))
+    before = replace(raw, interactions=x.take(np.flatnonzero(x.timestamp < cut)))
+    gate = build_bundle(before, config, tmp_path / "gate", progress=False, make_current=False)
+    assert gate.fitted is not None
+    assert gate.fitted.seen_until.max() < cut
+    final = build_bundle(raw, config, tmp_path / "final", progress=False, reuse=gate.fitted)
+    manifest = json.loads((final.path / MANIFEST).read_text())
+    training = manifest["training"]
+    assert "two_tower_selection" not in training["stage_seconds"]
+    assert "reused" in training["model_selection"]
+    data = manifest["dataset"]
+    assert data["split"].startswith("the events the reused model selection's towers never saw")
+    # The ranker's examples: positives its towers never saw, more than the gate's own (it adds those after the cut).
+    assert data["n_heldout"] > json.loads((gate.path / MANIFEST).read_text())["dataset"]["n_heldout"]
+    assert data["served_positives"] > json.loads((gate.path / MANIFEST).read_text())["dataset"]["served_positives"]
+    assert manifest["candidates"]["ranking"] == gate.fitted.validation.ranking  # type: ignore[union-attr]
+    assert final.metrics == gate.metrics  # the reused validation's figures, not new ones
+    bundle = load_bundle(final.path)
+    assert bundle.manifest.dims.n_users == len(raw.user_ids)
+    settings = Settings(bundle_path=final.path, redis_url=None, warmup_requests=1, dev_mode=True)
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/v1/recommendations", json={"user_id": raw.user_ids[0], "k": 5})
+        assert answer.status_code == 200
+        assert answer.json()["bundle_version"] == final.version

@@ -178,7 +178,7 @@ def test_retrain_publishes_to_every_replica_rejects_a_worse_model_and_rolls_back
         # No margin: the gate's few users (the last tenth of a 300-user log) leave a wide interval; worse with
         # confidence at all is enough here.
         worse = retrain(url, bundles, config, margin=0.0, training_data=scrambled)
-        assert worse.result == "rejected", worse
+        assert worse.result == "rejected", (worse.candidate, worse.published, worse.message)
         time.sleep(4 * SYNC_S)
         assert [served(u) for u in urls] == [second.version] * 2
         assert (bundles / "current").resolve().name == second.version

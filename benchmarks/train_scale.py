@@ -1,0 +1,151 @@
+"""Training cost as the log grows: the default recipe's two-tower training on synthetic logs of growing size.
+
+    python -m benchmarks.train_scale [--sizes 100000,1000000,5000000,25000000] [--epochs 1] [--out benchmarks/results]
+
+Each size is a synthetic log (`model_export.data.generate_synthetic`, users and items growing with it: one user per
+40 interactions, one item per 200) trained in its own process, as `build_bundle` trains its model-selection
+two-tower model: the log made implicit, split by time per user, the ranker's window taken out, then `--epochs`
+epochs over the rest (no early stopping, so every size does the same work). Recorded per size: seconds per
+interaction-epoch (training alone: the epochs' wall time over the interactions trained on x epochs), the item text
+embedding's seconds, peak RSS, and the quality on validation (two-tower Recall@50 on the ranker's window, the
+early-stopping signal). Writes `<out>/train_scale.{json,md,png}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+USERS_PER = 40  # interactions per user (the generator's mean)
+ITEMS_PER = 200  # interactions per item
+
+
+def one(size: int, epochs: int, seed: int) -> dict[str, Any]:
+    """Generate and train one size in this process (see the module's doc)."""
+    import torch
+
+    from model_export.build import _window
+    from model_export.config import SyntheticConfig, preset
+    from model_export.data import generate_synthetic, implicit, positives, temporal_split
+    from model_export.train import train_two_tower, validation_recall
+
+    config = preset("default", seed=seed)
+    synthetic = SyntheticConfig(n_users=max(100, size // USERS_PER), n_items=max(500, size // ITEMS_PER))
+    t0 = time.perf_counter()
+    raw = generate_synthetic(synthetic, seed=seed)
+    generate_s = time.perf_counter() - t0
+    dataset = implicit(raw, config.min_rating)
+    t0 = time.perf_counter()
+    if config.two_tower.text_features and dataset.has_text:
+        from model_export.text import embed_texts, item_texts, load_encoder
+
+        dataset = replace(dataset, item_text=embed_texts(load_encoder(), item_texts(dataset)))
+    text_s = time.perf_counter() - t0
+    raw_train, _ = temporal_split(raw.interactions, config.holdout_fraction)
+    train = positives(raw_train, dataset.n_items, config.min_rating)
+    tt_train, window = _window(train, config)
+    t0 = time.perf_counter()
+    user_tower, item_tower, history = train_two_tower(dataset, tt_train, config, progress=False, epochs=epochs)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    recall = validation_recall(user_tower, item_tower, dataset, tt_train, window, 50)
+    validation_s = time.perf_counter() - t0
+    return {
+        "interactions": len(raw.interactions),
+        "users": dataset.n_users,
+        "items": dataset.n_items,
+        "trained_on": len(tt_train),
+        "epochs": epochs,
+        "generate_s": round(generate_s, 1),
+        "item_text_s": round(text_s, 1),
+        "train_s": round(train_s, 1),
+        "us_per_interaction_epoch": round(train_s / (len(tt_train) * epochs) * 1e6, 1),
+        "validation_recall@50": round(recall, 4),
+        "validation_s": round(validation_s, 1),
+        "loss": [round(x, 4) for x in history["loss"]],
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def write(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_scale.json").write_text(json.dumps({**meta, "sizes": rows}, indent=2) + "\n")
+    lines = [
+        "# Training cost as the log grows (`python -m benchmarks.train_scale`)",
+        "",
+        f"{meta['date']}, {meta['machine']}, commit {meta['commit']}, {meta['epochs']} epoch(s) a size, "
+        f"{meta['note']}.",
+        "",
+        "| interactions | users | items | trained on | s | us / interaction-epoch | Recall@50 (validation) | "
+        "peak RSS GiB | item text s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {r['trained_on']:,} | {r['train_s']} | "
+            f"{r['us_per_interaction_epoch']} | {r['validation_recall@50']} | {r['peak_rss_gib']} | "
+            f"{r['item_text_s']} |"
+        )
+    (out / "train_scale.md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the bench extra: the table and JSON are written without it
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    x = [r["interactions"] for r in rows]
+    left.plot(x, [r["us_per_interaction_epoch"] for r in rows], marker="o")
+    left.set(xscale="log", xlabel="interactions", ylabel="us per interaction-epoch", title="training cost")
+    right.plot(x, [r["peak_rss_gib"] for r in rows], marker="o")
+    right.set(xscale="log", xlabel="interactions", ylabel="GiB", title="peak RSS")
+    fig.tight_layout()
+    fig.savefig(out / "train_scale.png", dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000,5000000,25000000")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--note", default="", help="a line on the run, written with its figures")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: one size, its JSON on stdout
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(one(args.one, args.epochs, args.seed)))
+        return
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        command = [sys.executable, "-m", "benchmarks.train_scale", "--one", str(size), "--epochs", str(args.epochs)]
+        done = subprocess.run([*command, "--seed", str(args.seed)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(done.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"size {size} failed (exit {done.returncode})")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+        meta = {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "commit": commit.stdout.strip() or "unknown",
+            "epochs": args.epochs,
+            "note": args.note or "no note",
+        }
+        write(rows, meta, args.out)  # after every size: a run cut short keeps what it measured
+
+
+if __name__ == "__main__":
+    main()
