@@ -47,7 +47,10 @@ class TwoTowerConfig:
     early_stopping_patience: int = 2  # epochs without a better validation Recall@50
     refit: bool = True  # after the ranker is trained, retrain on all training data for the best epoch count
     lr: float = 3e-3
-    weight_decay: float = 1e-6
+    weight_decay: float = 1e-6  # (AdamW's, on the dense weights; the id tables under lazy Adam take none)
+    # The user and item id tables under lazy Adam (SparseAdam): each step updates the rows its batch touched
+    # instead of whole tables (model_export.train._optimizers).
+    sparse_embeddings: bool = True
 
 
 @dataclass(frozen=True)

@@ -278,7 +278,7 @@ def train_two_tower(
         cfg.item_id_dropout,
         cfg.content_distillation,
     )
-    optimizer = torch.optim.AdamW(task.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizers = _optimizers(task, cfg)
     users = torch.from_numpy(ordered.user)
     items = torch.from_numpy(ordered.item)
     hist = torch.from_numpy(windows)
@@ -301,9 +301,11 @@ def train_two_tower(
         for b in bar:
             text = item_text[items[b]] if dataset.text_dim else None
             loss = task(users[b], hist[b], user_cat[users[b]], items[b], item_dense[items[b]], text)
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             total += loss.item() * len(b)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         losses.append(total / len(users))
@@ -321,7 +323,34 @@ def train_two_tower(
     if best is not None:
         task.load_state_dict(best[2])
     task.eval()
+    task.zero_grad(set_to_none=True)  # the last step's gradients: nothing reads them
+    for table in _id_tables(task):
+        table.sparse = False  # (the towers as built: dense gradients wherever they are trained next)
     return user_tower, item_tower, {"loss": losses, "validation_recall@50": recalls}
+
+
+def _id_tables(task: RetrievalTask) -> list[nn.Embedding]:
+    """The towers' own id tables: users and items, a few rows of each a step. (The history table is not among
+    them: a step touches batch x history-length rows of it, whose sparse gradient costs more to coalesce than a
+    dense update of the table.)"""
+    return [task.user_tower.user_embedding, task.item_tower.item_embedding]
+
+
+def _optimizers(task: RetrievalTask, cfg: TwoTowerConfig) -> list[torch.optim.Optimizer]:
+    """AdamW over every weight; with `sparse_embeddings`, the id tables apart under lazy Adam (SparseAdam): a step
+    then updates the rows its batch touched, not whole tables whose size grows with the users and items (AdamW's
+    step over a 60,000-user table costs more than the batch's own compute)."""
+    if not cfg.sparse_embeddings:
+        return [torch.optim.AdamW(task.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
+    tables = _id_tables(task)
+    for table in tables:
+        table.sparse = True
+    sparse = {id(table.weight) for table in tables}
+    dense = [p for p in task.parameters() if id(p) not in sparse]
+    return [
+        torch.optim.SparseAdam([table.weight for table in tables], lr=cfg.lr),
+        torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    ]
 
 
 @torch.no_grad()

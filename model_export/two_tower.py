@@ -52,7 +52,11 @@ class UserTower(nn.Module):
         else:  # the same mean in one fused bag: no (B, L, id_dim) tensor, forward or backward (training's cost)
             valid = history >= 0
             summed = F.embedding_bag(
-                history.clamp(min=0), self.history_embedding.weight, mode="sum", per_sample_weights=valid.float()
+                history.clamp(min=0),
+                self.history_embedding.weight,
+                mode="sum",
+                per_sample_weights=valid.float(),
+                sparse=self.history_embedding.sparse,
             )
             pooled = summed / valid.sum(dim=1, keepdim=True).clamp(min=1)
         parts = [self.user_embedding(user_idx), pooled]
@@ -126,11 +130,24 @@ class RetrievalTask(nn.Module):
             drop = torch.rand(user_idx.shape, device=user_idx.device) < self.user_id_dropout
             user_idx = torch.where(drop, torch.full_like(user_idx, self.user_tower.unknown_user), user_idx)
         users = self.user_tower(user_idx, history, user_categorical)  # (B, E)
-        tower_idx = item_idx
+        dropped: torch.Tensor | None = None
         if self.training and self.item_id_dropout > 0:
-            drop = torch.rand(item_idx.shape, device=item_idx.device) < self.item_id_dropout
-            tower_idx = torch.where(drop, torch.full_like(item_idx, self.item_tower.unknown_item), item_idx)
-        items = self.item_tower(tower_idx, item_dense, item_text)  # (B, E)
+            dropped = torch.rand(item_idx.shape, device=item_idx.device) < self.item_id_dropout
+        distil = self.training and self.content_distillation > 0
+        if dropped is None and not distil:
+            items = self.item_tower(item_idx, item_dense, item_text)  # (B, E)
+        else:
+            # Each positive embedded twice in one pass: by its id (`full`) and by its content alone (the
+            # unknown-item row, `content`). An id dropped out is the content embedding; the distillation term
+            # pulls the content embedding toward the full one (held fixed).
+            unknown = torch.full_like(item_idx, self.item_tower.unknown_item)
+            both = self.item_tower(
+                torch.cat([item_idx, unknown]),
+                torch.cat([item_dense, item_dense]),
+                None if item_text is None else torch.cat([item_text, item_text]),
+            )
+            full, content = both[: len(item_idx)], both[len(item_idx) :]
+            items = full if dropped is None else torch.where(dropped.unsqueeze(1), content, full)
         logits = users @ items.T / self.temperature  # (B, B); row b's positive is column b
         if self.logq_correction:
             logits = logits - self.item_log_probability[item_idx].unsqueeze(0)
@@ -140,11 +157,7 @@ class RetrievalTask(nn.Module):
         logits = logits.masked_fill(duplicate, float("-inf"))
         target = torch.arange(len(item_idx), device=item_idx.device)
         loss = F.cross_entropy(logits, target)
-        if self.training and self.content_distillation > 0:
-            # The content-only embedding (unknown-item row) of each positive is pulled toward that item's full
-            # embedding (held fixed), so an item added live lands where a trained item with its content would be.
-            full = items if self.item_id_dropout == 0 else self.item_tower(item_idx, item_dense, item_text)
-            unknown = torch.full_like(item_idx, self.item_tower.unknown_item)
-            content = self.item_tower(unknown, item_dense, item_text)
+        if distil:
+            # An item added live then lands where a trained item with its content would be.
             loss = loss + self.content_distillation * (1 - (content * full.detach()).sum(-1)).mean()
         return loss
