@@ -11,9 +11,10 @@
    candidate passes unless it is worse with confidence (a bootstrap interval over users) by more than `margin` of
    the published bundle's mean on either. No published bundle: it passes (`first`).
 4. The bundle itself is that recipe trained on everything (what is served learns from all the data), reusing the
-   gate's model selection (`build_bundle(reuse=...)`: its towers score the ranker's examples on the events after
-   the cut, the two-tower model is refitted once on everything): registered with both scores and published if the
-   gate passed (the `current` link re-pointed too), else `rejected`.
+   gate's model selection (`build_bundle(reuse=...)`: its model-selection towers score the ranker's examples on
+   the events they never saw, each user's held-out part of the gate's split and everything after the cut; the
+   two-tower model is refitted once on everything): registered with both scores and published if the gate passed
+   (the `current` link re-pointed too), else `rejected`.
 Every run, whatever its end, is recorded in the registry's `retrains` table (service.store.registry).
 """
 
@@ -218,8 +219,8 @@ def _retrain(
     gate_result = "first" if published_scores is None else ("passed" if ok else "failed")
     cand, pub = means(candidate), None if published_scores is None else means(published_scores)
     # The gate's build is this recipe's model selection on the events before the cut: the bundle reuses it (its
-    # towers score the ranker's examples on the events after the cut; one refit on everything), one training
-    # instead of three.
+    # model-selection towers score the ranker's examples on the events they never saw; one refit on everything),
+    # one two-tower training instead of three.
     final = build_bundle(train_on(dataset), config, bundles_dir, progress=progress, make_current=ok, reuse=gate.fitted)
     metrics = {
         "cut": cut,
