@@ -35,7 +35,9 @@ async def treat(
         return Treated(await recommender.recommend(user_id, k, exclude_item_ids), None, 0)
     result = await recommender.recommend(user_id, k + variant.exploration_pool, exclude_item_ids)
     recs, bundle = result.recommendations, recommender.pipeline.bundle
-    o = diversify(recs.ranking_scores, bundle.item_embeddings[recs.items], k, variant.diversity)
+    o = np.arange(len(recs.items))
+    if variant.diversity > 0:
+        o = diversify(recs.ranking_scores, bundle.item_embeddings[recs.items], k, variant.diversity)
     propensities, explored = None, 0
     if variant.exploration > 0:
         ranked = [bundle.item_ids[i] for i in recs.items[o].tolist()]
