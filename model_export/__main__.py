@@ -8,6 +8,8 @@
     python -m model_export publish VERSION --database URL [--bundles DIR] [--override-gate]
     python -m model_export rollback --database URL [--bundles DIR]
 
+Under `torchrun --nproc-per-node N -m model_export ...` a build or retrain trains its two-tower models on N
+processes (model_export/distributed.py); rank 0 does the rest and writes.
 `--if-missing`: build only when OUT/current does not exist (the compose `export` job, the k8s init container).
 Every command takes `--no-progress` (no progress bars) and `--json` (its result as one JSON line on stdout, for
 scripts); without `--json` it prints its result as readable lines. Errors go to stderr, with exit status 2.
@@ -186,6 +188,10 @@ def retrain_command(argv: list[str]) -> int:
     if not args.database:
         parser.error("give --database or set RECO_DATABASE_URL")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return in_group(lambda: _retrain_loop(args))
+
+
+def _retrain_loop(args: argparse.Namespace) -> int:
     from model_export.retrain import retrain
 
     while True:
@@ -347,7 +353,26 @@ def sample_data(argv: list[str]) -> int:
     return 0
 
 
+def in_group(run: Callable[[], int]) -> int:
+    """`run()`; under torchrun with N processes, `run()` on rank 0 while the other ranks train each two-tower model
+    with it (model_export/distributed.py)."""
+    from model_export import distributed  # imports torch: after argument errors are reported
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with distributed.launched() as group:
+        if group is not None and not group.leader:
+            from model_export.train import serve_two_tower
+
+            serve_two_tower(group)
+            return 0
+        return run()
+
+
 def build(args: argparse.Namespace, load: Callable[[ExportConfig], Dataset]) -> int:
+    return in_group(lambda: _build(args, load))
+
+
+def _build(args: argparse.Namespace, load: Callable[[ExportConfig], Dataset]) -> int:
     started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.if_missing and (args.out / "current").exists():

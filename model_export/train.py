@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model_export import distributed
 from model_export.config import ExportConfig, RankerConfig, TwoTowerConfig
 from model_export.data import Dataset, Interactions, chronological, pair_codes, user_histories
 from model_export.ranker import DCNRanker
@@ -260,7 +261,35 @@ def train_two_tower(
     epochs: int | None = None,
 ) -> tuple[UserTower, ItemTower, dict[str, list[float]]]:
     """Train on `train`; with `validation` (the interactions that follow `train`), keep the epoch with the best
-    validation Recall@50 and stop after `early_stopping_patience` epochs without improvement."""
+    validation Recall@50 and stop after `early_stopping_patience` epochs without improvement. In a process group
+    (under torchrun, `model_export.distributed`), rank 0 calls this and every rank trains: see `serve_two_tower`."""
+    group = distributed.current()
+    if group is not None:
+        group.share((dataset, train, config, validation, epochs))
+    return _fit_two_tower(dataset, train, config, progress, validation, epochs, group)
+
+
+def serve_two_tower(group: distributed.Group) -> int:
+    """A rank other than 0: train each two-tower model rank 0 trains, on this rank's share of every batch."""
+
+    def fit(
+        dataset: Dataset, train: Interactions, config: ExportConfig, validation: Interactions | None, epochs: int | None
+    ) -> None:
+        seed_everything(config.seed + group.rank)  # (the weights come from rank 0; this seeds the dropouts)
+        _fit_two_tower(dataset, train, config, False, validation, epochs, group)
+
+    return distributed.serve(group, fit)
+
+
+def _fit_two_tower(
+    dataset: Dataset,
+    train: Interactions,
+    config: ExportConfig,
+    progress: bool,
+    validation: Interactions | None,
+    epochs: int | None,
+    group: distributed.Group | None,
+) -> tuple[UserTower, ItemTower, dict[str, list[float]]]:
     cfg = config.two_tower
     ordered, windows, _ = sequence_windows(train, cfg.history_length)
     user_tower = new_user_tower(dataset, cfg)
@@ -279,6 +308,10 @@ def train_two_tower(
         cfg.content_distillation,
     )
     optimizers = _optimizers(task, cfg)
+    model: nn.Module = task
+    if group is not None:  # the same weights on every rank (rank 0's), gradients averaged over the ranks
+        task.gather_negatives = True
+        model = nn.parallel.DistributedDataParallel(task)
     users = torch.from_numpy(ordered.user)
     items = torch.from_numpy(ordered.item)
     hist = torch.from_numpy(windows)
@@ -299,8 +332,10 @@ def train_two_tower(
         total = 0.0
         bar = tqdm(batches, desc=f"two-tower epoch {epoch + 1}/{n_epochs}", disable=not progress, leave=False)
         for b in bar:
+            if group is not None:
+                b = group.shard(b)
             text = item_text[items[b]] if dataset.text_dim else None
-            loss = task(users[b], hist[b], user_cat[users[b]], items[b], item_dense[items[b]], text)
+            loss = model(users[b], hist[b], user_cat[users[b]], items[b], item_dense[items[b]], text)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -313,7 +348,11 @@ def train_two_tower(
         if validation is None or not len(validation):
             log.info("two-tower epoch %d: loss %.4f", epoch + 1, losses[-1])
             continue
-        recalls.append(validation_recall(user_tower, item_tower, dataset, train, validation, 50))
+        leads = group is None or group.leader
+        recall = validation_recall(user_tower, item_tower, dataset, train, validation, 50) if leads else 0.0
+        if group is not None:  # rank 0 measures; every rank takes the same early-stopping decision
+            recall = group.broadcast_float(recall)
+        recalls.append(recall)
         log.info("two-tower epoch %d: loss %.4f, validation recall@50 %.4f", epoch + 1, losses[-1], recalls[-1])
         if best is None or recalls[-1] > best[0]:
             best = (recalls[-1], epoch, copy.deepcopy(task.state_dict()))
@@ -323,6 +362,7 @@ def train_two_tower(
     if best is not None:
         task.load_state_dict(best[2])
     task.eval()
+    task.gather_negatives = False
     task.zero_grad(set_to_none=True)  # the last step's gradients: nothing reads them
     for table in _id_tables(task):
         table.sparse = False  # (the towers as built: dense gradients wherever they are trained next)

@@ -116,6 +116,7 @@ class RetrievalTask(nn.Module):
         self.user_id_dropout = user_id_dropout
         self.item_id_dropout = item_id_dropout
         self.content_distillation = content_distillation
+        self.gather_negatives = False  # set while training in a process group (model_export.distributed)
 
     def forward(
         self,
@@ -148,16 +149,29 @@ class RetrievalTask(nn.Module):
             )
             full, content = both[: len(item_idx)], both[len(item_idx) :]
             items = full if dropped is None else torch.where(dropped.unsqueeze(1), content, full)
-        logits = users @ items.T / self.temperature  # (B, B); row b's positive is column b
+        negatives, negative_idx, offset = self._negatives(items, item_idx)
+        logits = users @ negatives.T / self.temperature  # (B, N); row b's positive is column offset + b
         if self.logq_correction:
-            logits = logits - self.item_log_probability[item_idx].unsqueeze(0)
-        duplicate = (item_idx.unsqueeze(0) == item_idx.unsqueeze(1)) & ~torch.eye(
-            len(item_idx), dtype=torch.bool, device=item_idx.device
-        )
+            logits = logits - self.item_log_probability[negative_idx].unsqueeze(0)
+        target = offset + torch.arange(len(item_idx), device=item_idx.device)
+        duplicate = negative_idx.unsqueeze(0) == item_idx.unsqueeze(1)  # (B, N): another row's positive, same item
+        duplicate[torch.arange(len(item_idx), device=item_idx.device), target] = False
         logits = logits.masked_fill(duplicate, float("-inf"))
-        target = torch.arange(len(item_idx), device=item_idx.device)
         loss = F.cross_entropy(logits, target)
         if distil:
             # An item added live then lands where a trained item with its content would be.
             loss = loss + self.content_distillation * (1 - (content * full.detach()).sum(-1)).mean()
         return loss
+
+    def _negatives(self, items: torch.Tensor, item_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The positives every row is scored against, their ids, and where this batch's own start among them: the
+        batch itself; with `gather_negatives` (training in a process group, each rank on an equal share of a
+        batch), every rank's positives in rank order: the whole batch, as one process would see it (gradients
+        flow back to the rank that embedded each one)."""
+        if not (self.training and self.gather_negatives):
+            return items, item_idx, 0
+        from model_export import distributed
+
+        rank = distributed.current()
+        assert rank is not None, "gather_negatives outside a process group"
+        return distributed.gather_rows(items), distributed.gather_ids(item_idx), rank.rank * len(item_idx)
