@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -129,8 +128,7 @@ def train_from_files(argv: list[str]) -> int:
         def from_database(config: ExportConfig) -> Dataset:
             from model_export.database import load_database
 
-            with tempfile.TemporaryDirectory(prefix="reco-train-") as workdir:
-                return load_database(args.database, Path(workdir), name=args.name or "database")
+            return load_database(args.database, name=args.name or "database")
 
         return build(args, from_database)
     if args.interactions is None:

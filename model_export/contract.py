@@ -192,7 +192,6 @@ def load_contract(
         if item_id in seen:
             raise DataError(f"{item_table.where(row, 'item_id')}: item {item_id!r} appears twice")
         seen[item_id] = row
-    titles, dense, dense_names, descriptions = _item_features(item_table)
 
     user_column, item_column = _ids(log, "user_id"), _ids(log, "item_id")
     item_rows = np.empty(len(log), dtype=np.int64)
@@ -205,8 +204,6 @@ def load_contract(
     ratings = _ratings(log)
 
     user_ids = list(dict.fromkeys(user_column))
-    user_table = read_table(users) if users is not None else None
-    categorical, categorical_names, cardinalities = _user_features(user_table, user_ids)
     user_index = {u: i for i, u in enumerate(user_ids)}
     log_interactions = Interactions(
         user=np.fromiter((user_index[u] for u in user_column), dtype=np.int64, count=len(log)),
@@ -214,9 +211,21 @@ def load_contract(
         rating=ratings,
         timestamp=timestamps,
     )
+    user_table = read_table(users) if users is not None else None
+    return assemble(name, log_interactions, user_ids, item_table, user_table)
+
+
+def assemble(
+    name: str, interactions: Interactions, user_ids: list[str], item_table: Table, user_table: Table | None
+) -> Dataset:
+    """The Dataset of `interactions` (coded: `user_ids` and `item_table`'s rows), with the items' features from
+    `item_table` and the users' from `user_table` (ids checked unique in each)."""
+    item_ids = _ids(item_table, "item_id")
+    titles, dense, dense_names, descriptions = _item_features(item_table)
+    categorical, categorical_names, cardinalities = _user_features(user_table, user_ids)
     return Dataset(
         name=name,
-        interactions=log_interactions,
+        interactions=interactions,
         user_ids=user_ids,
         item_ids=item_ids,
         item_titles=titles,

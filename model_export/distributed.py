@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,52 @@ def gather_ids(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+def data_parallel(module: nn.Module, sparse: list[torch.Tensor]) -> nn.Module:
+    """`module` under DistributedDataParallel for its dense weights (rank 0's weights on every rank, gradients
+    averaged as the backward pass goes). The `sparse` ones (id tables with sparse gradients) are left out of it:
+    DDP's own sparse path (gloo's sparse all-reduce) corrupted the heap in a 2-process ml-100k build here
+    ("malloc(): unaligned tcache chunk detected"); they are copied from rank 0 here, and their gradients averaged
+    by `average_sparse_gradients`."""
+    ignored = [name for name, p in module.named_parameters() if any(p is q for q in sparse)]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored)  # type: ignore[no-untyped-call]
+    with torch.no_grad():
+        for p in sparse:
+            dist.broadcast(p.data, src=0)
+    return DistributedDataParallel(module)
+
+
+def average_sparse_gradients(params: list[torch.Tensor]) -> None:
+    """Each parameter's sparse gradient averaged over the ranks, kept sparse: every rank's touched rows and their
+    gradients gathered (padded to the largest count), duplicate rows summed. Costs the rows a step touched, not the
+    table."""
+    world = dist.get_world_size()
+    for p in params:
+        grad = (
+            p.grad.coalesce()
+            if p.grad is not None
+            else torch.sparse_coo_tensor(
+                torch.zeros((1, 0), dtype=torch.long), torch.zeros((0, *p.shape[1:]), dtype=p.dtype), p.shape
+            )
+        )
+        rows, values = grad.indices()[0], grad.values()
+        counts = gather_ids(torch.tensor([len(rows)]))
+        most = int(counts.max())
+        padded_rows = torch.zeros(most, dtype=rows.dtype)
+        padded_rows[: len(rows)] = rows
+        padded_values = values.new_zeros((most, *values.shape[1:]))
+        padded_values[: len(rows)] = values
+        all_rows = [torch.empty_like(padded_rows) for _ in range(world)]
+        all_values = [torch.empty_like(padded_values) for _ in range(world)]
+        dist.all_gather(all_rows, padded_rows)
+        dist.all_gather(all_values, padded_values)
+        keep = [slice(0, int(n)) for n in counts]
+        p.grad = torch.sparse_coo_tensor(
+            torch.cat([r[k] for r, k in zip(all_rows, keep, strict=True)]).unsqueeze(0),
+            torch.cat([v[k] for v, k in zip(all_values, keep, strict=True)]) / world,
+            p.shape,
+        ).coalesce()
 
 
 _current: Group | None = None

@@ -180,8 +180,7 @@ def _retrain(
 
     started = time.time()
     train_on = training_data or (lambda d: d)
-    with tempfile.TemporaryDirectory(prefix="reco-retrain-") as workdir:
-        dataset = load_database(url, Path(workdir), name="database")
+    dataset = load_database(url, name="database")
     x = dataset.interactions
     if not len(x):
         return RetrainResult("skipped", None, None, None, None, "the database holds no interactions", 0.0)

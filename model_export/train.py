@@ -309,9 +309,10 @@ def _fit_two_tower(
     )
     optimizers = _optimizers(task, cfg)
     model: nn.Module = task
+    sparse = [table.weight for table in _id_tables(task)] if cfg.sparse_embeddings else []
     if group is not None:  # the same weights on every rank (rank 0's), gradients averaged over the ranks
         task.gather_negatives = True
-        model = nn.parallel.DistributedDataParallel(task)
+        model = distributed.data_parallel(task, sparse)
     users = torch.from_numpy(ordered.user)
     items = torch.from_numpy(ordered.item)
     hist = torch.from_numpy(windows)
@@ -339,6 +340,8 @@ def _fit_two_tower(
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if group is not None:
+                distributed.average_sparse_gradients(sparse)
             for optimizer in optimizers:
                 optimizer.step()
             total += loss.item() * len(b)

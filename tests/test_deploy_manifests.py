@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -205,7 +206,7 @@ def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 @needs_kubectl
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "cpu-distributed"])
 def test_overlay_passes_strict_kubernetes_validation(overlay: str, tmp_path: Path) -> None:
     rendered = tmp_path / f"{overlay}.yaml"
     rendered.write_text(yaml.safe_dump_all(kustomize(overlay)))
@@ -314,3 +315,66 @@ def test_prometheusrule_is_the_repository_alert_rules(tmp_path: Path) -> None:
     rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
     run = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@needs_kubectl
+def test_distributed_retrain_pods_find_each_other_and_train_together(tmp_path: Path) -> None:
+    """k8s/overlays/cpu-distributed: each retrain is an indexed Job of N pods under torchrun, rank = completion
+    index, rank 0 found by its DNS name under a headless Service. Then the rendered container runs here, once per
+    pod, with the environment Kubernetes would give it (pod 0's name resolving to this machine): a tiny build in
+    place of `retrain` (which needs the database), trained by the N processes together, one bundle written."""
+    docs = kustomize("cpu-distributed")
+    single = find(kustomize("cpu"), "CronJob", "reco-retrain")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    job = find(docs, "CronJob", "reco-retrain")["spec"]["jobTemplate"]["spec"]
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {v["name"]: v for v in container["env"]}
+    nodes = int(env["PET_NNODES"]["value"])
+    assert nodes >= 2
+    assert job["completionMode"] == "Indexed"
+    assert job["completions"] == job["parallelism"] == nodes
+    assert env["PET_NPROC_PER_NODE"]["value"] == "1"
+    assert env["PET_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
+    assert env["JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/job-name']"
+    service = find(docs, "Service", "reco-train")
+    assert service["spec"]["clusterIP"] == "None"
+    assert pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= job["template"]["metadata"]["labels"].items()
+    assert env["PET_MASTER_ADDR"]["value"] == f"$(JOB_NAME)-0.{service['metadata']['name']}"
+    assert int(env["PET_MASTER_PORT"]["value"]) in {p["port"] for p in service["spec"]["ports"]}
+    (one,) = single["containers"]
+    assert container["args"] == one["args"]  # the same command as one pod runs, under torchrun
+    assert container["command"][:3] == ["python", "-m", "torch.distributed.run"]
+    assert container["command"][3:] == ["-m", *exec_form(dockerfile_stages()["exporter"], "ENTRYPOINT")[2:]]
+
+    port = str(_free_port())
+    command = [sys.executable, *container["command"][1:], "--preset", "tiny", "--out", str(tmp_path), "--no-progress"]
+    pods = []
+    for index in range(nodes):
+        pod_env = {k: v["value"] for k, v in env.items() if "value" in v and k.startswith("PET_")}
+        pod_env |= {"PET_NODE_RANK": str(index), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": port}
+        pods.append(
+            subprocess.Popen(
+                [*command, "--json"],
+                cwd=ROOT,
+                env={**os.environ, **pod_env, "OMP_NUM_THREADS": "1"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=600) for p in pods]
+    for p, (_, err) in zip(pods, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "training jobs done" in outputs[1][1]
+    written = [json.loads(line) for out, _ in outputs for line in out.splitlines() if line.startswith("{")]
+    assert len(written) == 1  # pod 0 alone writes
+    assert [p.name for p in tmp_path.iterdir() if p.name != "current"] == [written[0]["version"]]

@@ -41,11 +41,68 @@ def test_import_once_and_read_back_the_same_data(backend: str, sample: dict[str,
         assert first["events"] > 0
         assert again["events"] == 0  # the same file again adds nothing
         original = load_contract(sample["interactions"], sample["items"], sample["users"])
-        back = load_database(url, tmp_path / "export")
+        back = load_database(url)
         assert sorted(back.item_ids) == sorted(original.item_ids)
         assert len(back.interactions) == len(original.interactions)
         assert sorted(back.user_ids) == sorted(original.user_ids)
         assert back.user_categorical_names == original.user_categorical_names
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=needs_postgres)])
+def test_the_streamed_read_is_the_contract_read_of_the_exported_tables(
+    backend: str, sample: dict[str, Path], tmp_path: Path
+) -> None:
+    """`load_database` streams the events in chunks (here 7 rows, so that chunks split users and items) straight
+    into arrays; it must give what the contract reader gives on `export_tables`' CSVs of the same database: the
+    same ids in the same order, interactions, ratings (a dislike, a rating, neither), features, and an event on an
+    item the database does not list left out."""
+    import numpy as np
+    import sqlalchemy as sa
+
+    from model_export.database import export_tables
+    from service.store.schema import events, live_items
+
+    sqlite = contextlib.nullcontext(f"sqlite:///{tmp_path / 'reco.sqlite3'}")
+    with fresh_postgres() if backend == "postgresql" else sqlite as url:
+        import_tables(url, sample["interactions"], sample["items"], sample["users"])
+        engine = sa.create_engine(url)
+        with engine.begin() as connection:
+            live = {"item_id": "live-1", "title": "Live", "genres": ["g01", "new"], "year": 2031}
+            connection.execute(
+                sa.insert(live_items), [{"item_id": "live-1", "record": json.dumps(live), "created_at": 1.7e9}]
+            )
+            base = {"received_at": 1.7e9, "timestamp": None, "rating": None}
+            connection.execute(
+                sa.insert(events),
+                [
+                    base | {"event_id": "e1", "user_id": "new-u", "item_id": "live-1", "event_type": "like"},
+                    base | {"event_id": "e2", "user_id": "new-u", "item_id": "gone", "event_type": "view"},
+                    base | {"event_id": "e3", "user_id": "only-gone", "item_id": "gone", "event_type": "view"},
+                    base | {"event_id": "e4", "user_id": "new-u", "item_id": "live-1", "event_type": "dislike"},
+                    base
+                    | {"event_id": "e5", "user_id": "1", "item_id": "live-1", "event_type": "click"}
+                    | {"timestamp": 1.6e9 + 0.9996, "rating": 2.5},
+                ],
+            )
+        engine.dispose()
+        paths = export_tables(url, tmp_path / "export")
+        read = load_contract(paths["interactions"], paths["items"], paths["users"], name="database")
+        streamed = load_database(url, chunk=7)
+    assert streamed.user_ids == read.user_ids
+    assert "only-gone" not in streamed.user_ids  # its one event was on an item the database does not list
+    assert streamed.item_ids == read.item_ids
+    assert streamed.item_ids[-1] == "live-1"
+    for column in ("user", "item", "rating", "timestamp"):
+        np.testing.assert_array_equal(getattr(streamed.interactions, column), getattr(read.interactions, column))
+    assert streamed.interactions.rating[-3:].tolist() == [np.inf, -np.inf, 2.5]
+    assert streamed.item_titles == read.item_titles
+    assert streamed.item_dense_names == read.item_dense_names
+    np.testing.assert_array_equal(streamed.item_dense, read.item_dense)
+    assert streamed.item_descriptions == read.item_descriptions
+    assert streamed.user_categorical_names == read.user_categorical_names
+    np.testing.assert_array_equal(streamed.user_categorical, read.user_categorical)
+    assert streamed.user_categorical_cardinalities == read.user_categorical_cardinalities
+    assert streamed.read_at is not None
 
 
 def test_train_on_the_database_learns_new_events_and_forgets_deleted_users(
