@@ -30,7 +30,7 @@ USERS_PER = 40  # interactions per user (the generator's mean)
 ITEMS_PER = 200  # interactions per item
 
 
-def one(size: int, epochs: int, seed: int) -> dict[str, Any]:
+def one(size: int, epochs: int, seed: int, steps: int | None = None) -> dict[str, Any]:
     """Generate and train one size in this process (see the module's doc)."""
     import torch
 
@@ -40,6 +40,7 @@ def one(size: int, epochs: int, seed: int) -> dict[str, Any]:
     from model_export.train import train_two_tower, validation_recall
 
     config = preset("default", seed=seed)
+    config = replace(config, two_tower=replace(config.two_tower, steps_per_epoch=steps))
     synthetic = SyntheticConfig(n_users=max(100, size // USERS_PER), n_items=max(500, size // ITEMS_PER))
     t0 = time.perf_counter()
     raw = generate_synthetic(synthetic, seed=seed)
@@ -57,6 +58,7 @@ def one(size: int, epochs: int, seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     user_tower, item_tower, history = train_two_tower(dataset, tt_train, config, progress=False, epochs=epochs)
     train_s = time.perf_counter() - t0
+    trained = min(len(tt_train), steps * config.two_tower.batch_size) if steps else len(tt_train)
     t0 = time.perf_counter()
     recall = validation_recall(user_tower, item_tower, dataset, tt_train, window, 50)
     validation_s = time.perf_counter() - t0
@@ -69,7 +71,8 @@ def one(size: int, epochs: int, seed: int) -> dict[str, Any]:
         "generate_s": round(generate_s, 1),
         "item_text_s": round(text_s, 1),
         "train_s": round(train_s, 1),
-        "us_per_interaction_epoch": round(train_s / (len(tt_train) * epochs) * 1e6, 1),
+        "steps_per_epoch": steps,
+        "us_per_interaction_epoch": round(train_s / (trained * epochs) * 1e6, 1),
         "validation_recall@50": round(recall, 4),
         "validation_s": round(validation_s, 1),
         "loss": [round(x, 4) for x in history["loss"]],
@@ -120,16 +123,23 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000,5000000,25000000")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="at most this many batches an epoch (a budget for the largest logs; the cost per "
+        "interaction-epoch is then over the interactions those batches held)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--note", default="", help="a line on the run, written with its figures")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: one size, its JSON on stdout
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(one(args.one, args.epochs, args.seed)))
+        print(json.dumps(one(args.one, args.epochs, args.seed, args.steps)))
         return
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         command = [sys.executable, "-m", "benchmarks.train_scale", "--one", str(size), "--epochs", str(args.epochs)]
+        command += ["--steps", str(args.steps)] if args.steps else []
         done = subprocess.run([*command, "--seed", str(args.seed)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)

@@ -44,6 +44,9 @@ class TwoTowerConfig:
     text_features: bool = True  # item text through all-MiniLM-L6-v2 as an item-tower input (model_export.text)
     batch_size: int = 1024
     epochs: int = 20
+    # At most this many batches an epoch (None: the whole log every epoch), each epoch still a fresh shuffle: a
+    # time budget for a log too large to go through in full (benchmarks.train_scale's 25M run).
+    steps_per_epoch: int | None = None
     early_stopping_patience: int = 2  # epochs without a better validation Recall@50
     refit: bool = True  # after the ranker is trained, retrain on all training data for the best epoch count
     lr: float = 3e-3

@@ -89,9 +89,9 @@ def gather_ids(tensor: torch.Tensor) -> torch.Tensor:
 def data_parallel(module: nn.Module, sparse: list[torch.Tensor]) -> nn.Module:
     """`module` under DistributedDataParallel for its dense weights (rank 0's weights on every rank, gradients
     averaged as the backward pass goes). The `sparse` ones (id tables with sparse gradients) are left out of it:
-    DDP's own sparse path (gloo's sparse all-reduce) corrupted the heap in a 2-process ml-100k build here
-    ("malloc(): unaligned tcache chunk detected"); they are copied from rank 0 here, and their gradients averaged
-    by `average_sparse_gradients`."""
+    a 2-process ml-100k build whose id tables DDP reduced (gloo's sparse all-reduce) died of heap corruption
+    ("malloc(): unaligned tcache chunk detected") in its second training; with them copied from rank 0 here and
+    their gradients averaged by `average_sparse_gradients`, the same build ran through."""
     ignored = [name for name, p in module.named_parameters() if any(p is q for q in sparse)]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignored)  # type: ignore[no-untyped-call]
     with torch.no_grad():

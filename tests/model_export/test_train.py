@@ -37,6 +37,27 @@ def test_sequence_windows_hold_only_the_past() -> None:
     assert n_before.tolist() == [0, 1, 2, 0]
 
 
+def test_sequence_windows_built_in_blocks_hold_each_users_latest_earlier_items() -> None:
+    """Blocks of rows that cut through users give the windows a per-user reading of the log gives (int32, the
+    latest `length` earlier items, oldest first)."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    inter = Interactions(
+        user=rng.integers(0, 40, n),
+        item=rng.integers(0, 500, n),
+        rating=np.ones(n, np.float32),
+        timestamp=rng.permutation(n),
+    )
+    ordered, windows, n_before = sequence_windows(inter, 6, block=97)
+    assert windows.dtype == np.int32
+    for row in range(n):
+        user = ordered.user[row]
+        earlier = ordered.item[(ordered.user == user) & (ordered.timestamp < ordered.timestamp[row])]
+        assert n_before[row] == len(earlier)
+        latest = earlier[-6:].tolist()
+        assert windows[row].tolist() == latest + [-1] * (6 - len(latest))
+
+
 def test_shuffled_windows_hold_other_items_of_the_same_user_once() -> None:
 
     rng = np.random.default_rng(0)
