@@ -143,7 +143,9 @@ def current() -> Group | None:
 @contextmanager
 def launched() -> Iterator[Group | None]:
     """Under torchrun with more than one process (WORLD_SIZE > 1): join the group for the block and yield it, rank 0
-    telling the other ranks to stop as it leaves (even on an error); otherwise yield None."""
+    telling the other ranks to stop as the block ends; otherwise yield None. On an error rank 0 just leaves (it may
+    be in the middle of a training step): the others' next collective fails on the closed connection, and torchrun
+    stops them."""
     global _current
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield None
@@ -153,9 +155,9 @@ def launched() -> Iterator[Group | None]:
     log.info("training in a group of %d processes: this is rank %d", _current.world_size, _current.rank)
     try:
         yield _current
-    finally:
         if _current.leader:
             _current.share(None)
+    finally:
         _current = None
         dist.destroy_process_group()
 
