@@ -1,6 +1,7 @@
 """Training cost as the log grows: the default recipe's two-tower training on synthetic logs of growing size.
 
     python -m benchmarks.train_scale [--sizes 100000,1000000,5000000,25000000] [--epochs 1] [--out benchmarks/results]
+    python -m benchmarks.train_scale --sizes 25000000 --copies 5 --steps 3000   (the 25M figure in docs/training.md)
 
 Each size is a synthetic log (`model_export.data.generate_synthetic`, users and items growing with it: one user per
 40 interactions, one item per 200) trained in its own process, as `build_bundle` trains its model-selection
@@ -8,7 +9,7 @@ two-tower model: the log made implicit, split by time per user, the ranker's win
 epochs over the rest (no early stopping, so every size does the same work). Recorded per size: seconds per
 interaction-epoch (training alone: the epochs' wall time over the interactions trained on x epochs), the item text
 embedding's seconds, peak RSS, and the quality on validation (two-tower Recall@50 on the ranker's window, the
-early-stopping signal). Writes `<out>/train_scale.{json,md,png}`.
+early-stopping signal; not scored with `--steps`). Writes `<out>/train_scale.{json,md,png}`.
 """
 
 from __future__ import annotations
