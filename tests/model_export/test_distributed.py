@@ -112,6 +112,35 @@ def test_the_cli_under_torchrun_writes_one_bundle(tmp_path: Path) -> None:
     assert results[0]["metrics"]["pipeline"]["ndcg@10"] > 0
 
 
+def test_retrain_under_torchrun_gates_and_publishes_once(tmp_path: Path) -> None:
+    """The Kubernetes job's command: `retrain` from the database on two processes; rank 0 alone reads the database,
+    gates, writes and publishes, rank 1 trains each two-tower model with it."""
+    from model_export.database import import_tables
+
+    sample = tmp_path / "sample"
+    subprocess.run([sys.executable, "-m", "model_export", "sample-data", "--out", str(sample)], check=True, cwd=ROOT)
+    url = f"sqlite:///{tmp_path / 'reco.sqlite3'}"
+    import_tables(url, sample / "interactions.csv", sample / "items.csv", sample / "users.csv")
+    bundles = tmp_path / "bundles"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port"]
+    command += [str(_free_port()), "-m", "model_export", "retrain", "--database", url, "--bundles", str(bundles)]
+    run = subprocess.run(
+        [*command, "--preset", "tiny", "--no-progress", "--json"],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    (result,) = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert result["result"] == "published", result
+    assert (bundles / "current").resolve().name == result["version"]
+    jobs = re.search(r"rank 1: (\d+) training jobs done", run.stderr)
+    assert jobs, run.stderr[-3000:]
+    assert int(jobs[1]) >= 2  # the gate's build and the bundle's
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_shares_are_equal_contiguous_parts_of_the_batch(world_size: int) -> None:
     import torch
