@@ -354,7 +354,9 @@ def sample_data(argv: list[str]) -> int:
 def in_group(run: Callable[[], int]) -> int:
     """`run()`; under torchrun with N processes, `run()` on rank 0 while the other ranks train each two-tower model
     with it (model_export/distributed.py)."""
-    from model_export import distributed  # imports torch: after argument errors are reported
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # one process (torch is imported only once it is needed)
+        return run()
+    from model_export import distributed
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with distributed.launched() as group:
