@@ -84,7 +84,7 @@ def test_two_processes_train_the_weights_one_process_trains(tmp_path: Path) -> N
     alone = _weights(train_two_tower(dataset, train, config, progress=False))
     out = tmp_path / "group.npz"
     mp.spawn(_rank, args=(_free_port(), str(out)), nprocs=2, join=True)
-    together = dict(np.load(out))
+    together = dict(np.load(out, allow_pickle=False))
     assert together.keys() == alone.keys()
     moved = 0
     for name, value in alone.items():
