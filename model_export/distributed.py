@@ -61,10 +61,8 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
         ctx.rows = len(tensor)
-        return torch.cat(parts)
+        return gather_ids(tensor)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
@@ -81,7 +79,7 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def gather_ids(tensor: torch.Tensor) -> torch.Tensor:
-    """(B,) on each rank -> (world size x B,) on every rank, not differentiable."""
+    """(B, ...) on each rank -> (world size x B, ...) on every rank, not differentiable."""
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
